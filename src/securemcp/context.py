@@ -1,0 +1,264 @@
+"""The per-call security context: who is calling, what they call, and how.
+
+Guarantee 1 of securemcp: every ``tools/call``, ``resources/read`` and ``prompts/get`` runs inside a
+*fresh*, immutable :class:`SecurityContext` bound in a :class:`contextvars.ContextVar` and reset
+in ``finally``. The context is *closed* when its call ends, so a background task that kept a
+reference (or inherited the ContextVar) gets :class:`~securemcp.errors.ContextClosed` instead of
+the caller's identity.
+
+Neither :class:`Principal` nor :class:`SecurityContext` ever holds a raw credential.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Final, NoReturn
+
+from securemcp.errors import ContextClosed, NoActiveCall
+
+__all__ = [
+    "Actor",
+    "Principal",
+    "SecurityContext",
+    "bind",
+    "current",
+    "freeze_claims",
+]
+
+#: Scope that grants everything, honoured **only** for unverified development principals.
+DEVELOPMENT_WILDCARD: Final = "*"
+
+
+def freeze_claims(value: Any) -> Any:
+    """Return a deeply read-only copy of decoded JSON claims (dicts → mappingproxy, lists → tuples)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): freeze_claims(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze_claims(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """One link of an RFC 8693 ``act`` (actor) chain: who is acting on the subject's behalf."""
+
+    subject: str
+    issuer: str | None = None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A caller whose identity was established by a credential (or, in development, assumed).
+
+    Attributes:
+        subject: the ``sub`` of the credential (unique within ``issuer``).
+        issuer: who vouched for the subject (the token's ``iss``).
+        client_id: the OAuth client acting for the subject (``client_id`` / ``azp``), if any.
+        scopes: granted scopes, exact and case-sensitive.
+        tenant: tenant or organisation, from a configured claim, if any.
+        claims: every verified claim, read-only.
+        act: the RFC 8693 actor chain, outermost (current) actor first.
+        verified: ``False`` only for the development principal; never ``False`` in production.
+        authenticated_by: how identity was established (``"jwt"``, ``"development"``, ...).
+        expires_at: POSIX time after which the credential is no longer valid, if known.
+    """
+
+    subject: str
+    issuer: str
+    client_id: str | None = None
+    scopes: frozenset[str] = frozenset()
+    tenant: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    act: tuple[Actor, ...] = ()
+    verified: bool = True
+    authenticated_by: str = "jwt"
+    expires_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scopes, frozenset):
+            object.__setattr__(self, "scopes", frozenset(self.scopes))
+        if not isinstance(self.claims, MappingProxyType):
+            object.__setattr__(self, "claims", freeze_claims(dict(self.claims)))
+
+    def missing_scopes(self, required: Iterable[str]) -> frozenset[str]:
+        """The scopes in ``required`` that this principal does not hold.
+
+        The development wildcard ``"*"`` counts only for an unverified development principal; in
+        a verified token it is an ordinary (meaningless) scope string.
+        """
+        needed = frozenset(required)
+        if not self.verified and DEVELOPMENT_WILDCARD in self.scopes:
+            return frozenset()
+        return needed - self.scopes
+
+    @property
+    def pseudonym(self) -> str:
+        """A stable pseudonymous id for telemetry: a hash of (issuer, subject), never the subject."""
+        digest = hashlib.sha256(f"{self.issuer}\x00{self.subject}".encode()).hexdigest()
+        return digest[:16]
+
+
+_CLOSED_READABLE: Final = frozenset({"call_id", "closed"})
+
+
+class SecurityContext:
+    """The immutable security context of one call. Read it with :func:`current`.
+
+    Every attribute except ``call_id`` and ``closed`` raises
+    :class:`~securemcp.errors.ContextClosed` once the call has ended.
+    """
+
+    __slots__ = (
+        "_call_id",
+        "_method",
+        "_open",
+        "_parent_call_id",
+        "_principal",
+        "_server_name",
+        "_started_at",
+        "_target",
+        "_trace_id",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        method: str,
+        target: str,
+        principal: Principal,
+        transport: str,
+        started_at: datetime,
+        trace_id: str | None = None,
+        server_name: str = "",
+        parent_call_id: str | None = None,
+    ) -> None:
+        setter = object.__setattr__
+        setter(self, "_call_id", call_id)
+        setter(self, "_method", method)
+        setter(self, "_target", target)
+        setter(self, "_principal", principal)
+        setter(self, "_transport", transport)
+        setter(self, "_started_at", started_at)
+        setter(self, "_trace_id", trace_id)
+        setter(self, "_server_name", server_name)
+        setter(self, "_parent_call_id", parent_call_id)
+        setter(self, "_open", True)
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise AttributeError(f"SecurityContext is immutable; cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"SecurityContext is immutable; cannot delete {name!r}")
+
+    def __repr__(self) -> str:
+        state = "open" if self._open else "closed"
+        return f"<SecurityContext call_id={self._call_id} {state}>"
+
+    def _live(self) -> None:
+        if not self._open:
+            raise ContextClosed(reason=f"call {self._call_id} has ended")
+
+    def _close(self) -> None:
+        object.__setattr__(self, "_open", False)
+
+    @property
+    def call_id(self) -> str:
+        """Unique id of this call (also in audit records and spans)."""
+        return self._call_id
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once the call has ended."""
+        return not self._open
+
+    @property
+    def method(self) -> str:
+        """MCP method: ``tools/call``, ``resources/read``, ``prompts/get`` or a ``*/list``."""
+        self._live()
+        return self._method
+
+    @property
+    def target(self) -> str:
+        """Tool name, resource URI or prompt name as this server addresses it."""
+        self._live()
+        return self._target
+
+    @property
+    def principal(self) -> Principal:
+        """The verified caller."""
+        self._live()
+        return self._principal
+
+    @property
+    def transport(self) -> str:
+        """``stdio``, ``streamable-http``, ``sse`` or ``in-memory``."""
+        self._live()
+        return self._transport
+
+    @property
+    def started_at(self) -> datetime:
+        """When the call started (UTC)."""
+        self._live()
+        return self._started_at
+
+    @property
+    def trace_id(self) -> str | None:
+        """W3C trace id of the call's span, when tracing is active."""
+        self._live()
+        return self._trace_id
+
+    @property
+    def server_name(self) -> str:
+        """Name of the securemcp server that bound this context."""
+        self._live()
+        return self._server_name
+
+    @property
+    def parent_call_id(self) -> str | None:
+        """For a call delegated to a mounted server, the call id of the outer call."""
+        self._live()
+        return self._parent_call_id
+
+
+_CURRENT: contextvars.ContextVar[SecurityContext | None] = contextvars.ContextVar(
+    "securemcp.security_context", default=None
+)
+
+
+def current() -> SecurityContext:
+    """Return the security context of the call in progress.
+
+    Raises:
+        NoActiveCall: outside a tool, resource or prompt call.
+        ContextClosed: inside a task that outlived the call it was started from.
+    """
+    context = _CURRENT.get()
+    if context is None:
+        raise NoActiveCall()
+    context._live()
+    return context
+
+
+def peek() -> SecurityContext | None:
+    """The bound context, open or closed, without raising (for securemcp's own plumbing)."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def bind(context: SecurityContext) -> Iterator[SecurityContext]:
+    """Bind ``context`` for the duration of a call; reset and close it in ``finally``."""
+    token = _CURRENT.set(context)
+    try:
+        yield context
+    finally:
+        _CURRENT.reset(token)
+        context._close()

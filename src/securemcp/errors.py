@@ -1,0 +1,153 @@
+"""One exception tree for securemcp.
+
+Every error carries a stable machine-readable ``code`` and a client-safe message. The message
+that reaches an MCP client is always ``"<code>: <client message>"``; it never contains stack
+traces, key ids, token contents or policy source. Internal detail (why a token was rejected,
+which rule denied) lives on ``reason`` and is meant for the audit log and the server log only.
+
+Errors a client can receive during a call subclass FastMCP's ``AuthorizationError`` (a
+``FastMCPError``), so FastMCP turns them into an ``isError`` tool result or a JSON-RPC error
+with the message intact, and code written against FastMCP's exceptions keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastmcp.exceptions import AuthorizationError, InsufficientScopeError
+
+__all__ = [
+    "CallRefused",
+    "ConfigurationError",
+    "ContextClosed",
+    "ContextError",
+    "InsufficientScope",
+    "InvalidCredential",
+    "NoActiveCall",
+    "PipelineBypassed",
+    "PolicyDenied",
+    "ScopeDeclarationError",
+    "SecureMCPError",
+    "Unauthenticated",
+]
+
+
+class SecureMCPError(Exception):
+    """Base of every securemcp error.
+
+    Attributes:
+        code: stable, machine-readable identifier (``snake_case``), part of the public contract.
+        client_message: text safe to show to an MCP client.
+        reason: internal detail for the audit and server logs; never sent to a client.
+    """
+
+    code: str = "securemcp_error"
+    default_message: str = "The request could not be completed."
+
+    def __init__(self, client_message: str | None = None, *, reason: str | None = None) -> None:
+        self.client_message = client_message or self.default_message
+        self.reason = reason
+        # Exception.__init__ directly: cooperative super() would reach FastMCP exception
+        # constructors with other signatures through the multiple-inheritance MRO.
+        Exception.__init__(self, f"{self.code}: {self.client_message}")
+
+
+# --- configuration and registration (raised to the server author, at start-up) -------------
+
+
+class ConfigurationError(SecureMCPError, ValueError):
+    """The server is configured in a way securemcp refuses to run (raised at start-up)."""
+
+    code = "configuration_error"
+
+
+class ScopeDeclarationError(ConfigurationError, TypeError):
+    """``scopes=`` on a decorator or ``add_*`` call is not a collection of scope strings."""
+
+    code = "invalid_scopes"
+
+
+# --- the per-call context ----------------------------------------------------------------------
+
+
+class ContextError(SecureMCPError, RuntimeError):
+    """The per-call ``SecurityContext`` was used where it does not exist."""
+
+    code = "context_error"
+
+
+class NoActiveCall(ContextError):
+    """``securemcp.current()`` was called outside a tool, resource or prompt call."""
+
+    code = "no_active_call"
+    default_message = (
+        "securemcp.current() is only available inside a tool, resource or prompt call "
+        "served by a securemcp server."
+    )
+
+
+class ContextClosed(ContextError):
+    """A ``SecurityContext`` was read after its call had ended (e.g. from a background task)."""
+
+    code = "context_closed"
+    default_message = (
+        "This security context belongs to a call that has already ended; it can no longer be "
+        "used to act as that caller."
+    )
+
+
+# --- refusals a client receives ----------------------------------------------------------------
+
+
+class CallRefused(SecureMCPError, AuthorizationError):
+    """Base of every refusal: the tool, resource or prompt body did not run."""
+
+    code = "access_denied"
+    default_message = "The call was refused."
+
+
+class Unauthenticated(CallRefused):
+    """No valid credential was presented for a server that requires one."""
+
+    code = "invalid_token"
+    default_message = "Authentication required: the access token is missing, invalid or expired."
+
+
+class InvalidCredential(Unauthenticated):
+    """A presented credential failed verification. ``reason`` says why (internal only)."""
+
+
+class InsufficientScope(CallRefused, InsufficientScopeError):
+    """The caller's token lacks scopes the component requires.
+
+    ``required`` lists every scope the call needs (so a client can step up in one go, RFC 6750
+    §3.1); ``missing`` lists those the caller does not hold.
+    """
+
+    code = "insufficient_scope"
+
+    def __init__(self, required: Iterable[str], missing: Iterable[str]) -> None:
+        self.required: tuple[str, ...] = tuple(sorted(set(required)))
+        self.missing: tuple[str, ...] = tuple(sorted(set(missing)))
+        self.required_scopes = list(self.required)  # FastMCP's InsufficientScopeError attribute
+        message = (
+            f"Missing scope(s): {' '.join(self.missing)}. "
+            f"This call requires: {' '.join(self.required)}."
+        )
+        CallRefused.__init__(self, message)
+
+
+class PolicyDenied(CallRefused):
+    """The server's policy refused the call."""
+
+    code = "policy_denied"
+    default_message = "The server's policy does not allow this call."
+
+
+class PipelineBypassed(CallRefused):
+    """A component was invoked without passing through the securemcp pipeline."""
+
+    code = "pipeline_bypassed"
+    default_message = (
+        "This call did not pass through the securemcp security pipeline and was refused."
+    )

@@ -1,0 +1,373 @@
+"""``securemcp.FastMCP``: a drop-in ``fastmcp.FastMCP`` that runs every call through securemcp.
+
+Changing ``from fastmcp import FastMCP`` to ``from securemcp import FastMCP`` is the whole
+migration. Every FastMCP constructor argument and decorator form keeps working; ``tool``,
+``resource``, ``prompt``, the ``add_*`` methods and ``tools=`` additionally accept ``scopes=``.
+The :class:`~securemcp.pipeline.SecurityPipeline` is installed as the outermost middleware and
+kept there whatever the author does to ``middleware``; the core execution paths refuse calls the
+pipeline did not admit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any, SupportsIndex, cast
+
+import fastmcp
+from fastmcp.decorators import get_fastmcp_meta
+from fastmcp.server.middleware import Middleware
+from fastmcp.tools import Tool
+
+from securemcp.errors import ConfigurationError
+from securemcp.pipeline import (
+    SecurityPipeline,
+    development_principal,
+    is_production,
+    recheck_resolved,
+    require_admission,
+)
+from securemcp.scopes import function_scopes, meta_with_scopes, validate_scopes, with_scopes
+
+__all__ = ["FastMCP", "Server"]
+
+logger = logging.getLogger("securemcp")
+
+_SECUREMCP_KEYWORDS = (
+    "hide_unauthorized",
+    "disclose_required_scopes",
+    "development_scopes",
+)
+
+
+def _fastmcp_keywords() -> tuple[str, ...]:
+    parameters = inspect.signature(fastmcp.FastMCP.__init__).parameters
+    return tuple(
+        name for name, p in parameters.items() if name != "self" and p.kind != p.VAR_KEYWORD
+    )
+
+
+class _PipelineFirst(list[Middleware]):
+    """A middleware list that always keeps securemcp's pipeline at index 0 (outermost)."""
+
+    def __init__(self, pipeline: SecurityPipeline, items: Iterable[Middleware] = ()) -> None:
+        self._pipeline = pipeline
+        super().__init__(m for m in items if m is not pipeline)
+        super().insert(0, pipeline)
+
+    def _restore(self) -> None:
+        while self._pipeline in self:
+            super().remove(self._pipeline)
+        super().insert(0, self._pipeline)
+
+    def append(self, item: Middleware) -> None:
+        super().append(item)
+        self._restore()
+
+    def extend(self, items: Iterable[Middleware]) -> None:
+        super().extend(items)
+        self._restore()
+
+    def insert(self, index: SupportsIndex, item: Middleware) -> None:
+        super().insert(index, item)
+        self._restore()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        self._restore()
+
+    def __delitem__(self, index: Any) -> None:
+        super().__delitem__(index)
+        self._restore()
+
+    def __iadd__(self, items: Iterable[Middleware]) -> _PipelineFirst:  # type: ignore[override,misc]
+        super().extend(items)
+        self._restore()
+        return self
+
+    def remove(self, item: Middleware) -> None:
+        super().remove(item)
+        self._restore()
+
+    def pop(self, index: SupportsIndex = -1) -> Middleware:
+        item = super().pop(index)
+        self._restore()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._restore()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        super().sort(*args, **kwargs)
+        self._restore()
+
+    def reverse(self) -> None:
+        super().reverse()
+        self._restore()
+
+
+class FastMCP(fastmcp.FastMCP):  # type: ignore[type-arg]
+    """A FastMCP server whose every tool call, resource read and prompt runs through securemcp.
+
+    Takes every ``fastmcp.FastMCP`` argument, plus:
+
+    Args:
+        hide_unauthorized: filter ``*/list`` results down to what the caller may use (default on).
+        disclose_required_scopes: on a missing scope, name the scopes the call needs (so clients
+            can step up, RFC 6750 §3.1). When ``False`` the caller is told the target does not
+            exist instead, revealing nothing about it.
+        development_scopes: scopes of the development principal used when no verifier is set
+            (default: every scope, or ``SECUREMCP_DEV_SCOPES``). Never used in production.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        instructions: str | None = None,
+        *,
+        hide_unauthorized: bool = True,
+        disclose_required_scopes: bool = True,
+        development_scopes: Sequence[str] | None = None,
+        tools: Sequence[Any] | None = None,
+        lifespan: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        unknown = [k for k in kwargs if k not in _fastmcp_keywords()]
+        if unknown:
+            known = (*_SECUREMCP_KEYWORDS, *_fastmcp_keywords())
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(
+                f"securemcp.FastMCP() got unexpected keyword argument(s): {', '.join(hints)}. "
+                f"securemcp adds {', '.join(_SECUREMCP_KEYWORDS)} to FastMCP's own keywords."
+            )
+        if development_scopes is not None:
+            development_scopes = validate_scopes(development_scopes, where="development_scopes")
+        self._securemcp_parents: weakref.WeakSet[FastMCP] = weakref.WeakSet()
+        self._securemcp_pipeline = SecurityPipeline(
+            self,
+            hide_unauthorized=hide_unauthorized,
+            disclose_required_scopes=disclose_required_scopes,
+            development_scopes=development_scopes,
+        )
+        super().__init__(name, instructions, lifespan=self._wrap_lifespan(lifespan), **kwargs)
+        for item in tools or ():
+            self.add_tool(item)
+
+    # --- the middleware list: pipeline always first ----------------------------------------
+
+    @property  # type: ignore[override]
+    def middleware(self) -> list[Middleware]:
+        return self._securemcp_middleware
+
+    @middleware.setter
+    def middleware(self, value: Iterable[Middleware]) -> None:
+        self._securemcp_middleware = _PipelineFirst(self._securemcp_pipeline, value)
+
+    # --- start-up -------------------------------------------------------------------------
+
+    def _wrap_lifespan(self, user_lifespan: Any) -> Callable[[Any], Any]:
+        @asynccontextmanager
+        async def securemcp_lifespan(server: Any) -> AsyncIterator[Any]:
+            self.check_startup()
+            if user_lifespan is None:
+                yield {}
+            else:
+                async with user_lifespan(server) as result:
+                    yield result
+
+        return securemcp_lifespan
+
+    def check_startup(self) -> None:
+        """Refuse to start insecurely; warn loudly about development identity.
+
+        Raises:
+            ConfigurationError: no verifier is configured and ``SECUREMCP_ENV=production``.
+        """
+        verifier = self._securemcp_pipeline.verifier()
+        if verifier is not None:
+            return
+        if is_production():
+            raise ConfigurationError(
+                f"securemcp server {self.name!r} has no identity verifier and "
+                "SECUREMCP_ENV=production: refusing to start with the unverified development "
+                "identity. Pass auth=securemcp.auth.JWTVerifier(issuer=..., audience=...)."
+            )
+        principal = development_principal(self._securemcp_pipeline._development_scopes)
+        logger.warning(
+            "\n%s\n  securemcp DEVELOPMENT IDENTITY: server %r has no verifier configured.\n"
+            "  Every call runs as the UNVERIFIED principal %r with scopes %s.\n"
+            "  Configure auth=securemcp.auth.JWTVerifier(...) before exposing this server;\n"
+            "  SECUREMCP_ENV=production refuses to start like this.\n%s",
+            "!" * 78,
+            self.name,
+            principal.subject,
+            " ".join(sorted(principal.scopes)),
+            "!" * 78,
+        )
+
+    # --- registration: scopes= on every path ----------------------------------------------
+
+    def _registration_changed(self) -> None:
+        pipeline = getattr(self, "_securemcp_pipeline", None)
+        if pipeline is not None:
+            pipeline.forget_requirements()
+
+    def tool(  # type: ignore[override]
+        self, name_or_fn: Any = None, *, scopes: Iterable[str] | None = None, **kwargs: Any
+    ) -> Any:
+        """FastMCP's ``tool`` decorator, every form, plus ``scopes=[...]``."""
+        if scopes is not None:
+            kwargs["meta"] = meta_with_scopes(kwargs.get("meta"), validate_scopes(scopes))
+        self._registration_changed()
+        return super().tool(name_or_fn, **kwargs)
+
+    def resource(  # type: ignore[override]
+        self, uri: str, *, scopes: Iterable[str] | None = None, **kwargs: Any
+    ) -> Any:
+        """FastMCP's ``resource`` decorator (URIs and URI templates) plus ``scopes=[...]``."""
+        if scopes is not None:
+            kwargs["meta"] = meta_with_scopes(kwargs.get("meta"), validate_scopes(scopes))
+        self._registration_changed()
+        return super().resource(uri, **kwargs)
+
+    def prompt(  # type: ignore[override]
+        self, name_or_fn: Any = None, *, scopes: Iterable[str] | None = None, **kwargs: Any
+    ) -> Any:
+        """FastMCP's ``prompt`` decorator, every form, plus ``scopes=[...]``."""
+        if scopes is not None:
+            kwargs["meta"] = meta_with_scopes(kwargs.get("meta"), validate_scopes(scopes))
+        self._registration_changed()
+        return super().prompt(name_or_fn, **kwargs)
+
+    def _scoped(self, item: Any, scopes: Iterable[str] | None) -> Any:
+        """Apply ``scopes=`` (or scopes recorded by ``with_scopes``) to a component or function."""
+        declared = validate_scopes(scopes) if scopes is not None else function_scopes(item)
+        if declared is None:
+            return item
+        if hasattr(item, "model_copy"):
+            return with_scopes(item, declared)
+        fmeta = get_fastmcp_meta(item)
+        if fmeta is not None:
+            target = getattr(item, "__func__", item)
+            target.__fastmcp__ = replace(fmeta, meta=meta_with_scopes(fmeta.meta, declared))
+            return item
+        return None  # a plain function: caller registers it through the decorator path
+
+    def add_tool(self, tool: Any, *, scopes: Iterable[str] | None = None) -> Tool:
+        """FastMCP's ``add_tool`` plus ``scopes=[...]``."""
+        self._registration_changed()
+        scoped = self._scoped(tool, scopes)
+        if scoped is None:
+            declared = validate_scopes(scopes) if scopes is not None else function_scopes(tool)
+            scoped = Tool.from_function(tool, meta=meta_with_scopes(None, declared or ()))
+        return cast(Tool, super().add_tool(scoped))
+
+    def add_resource(self, resource: Any, *, scopes: Iterable[str] | None = None) -> Any:
+        """FastMCP's ``add_resource`` plus ``scopes=[...]``."""
+        self._registration_changed()
+        scoped = self._scoped(resource, scopes)
+        if scoped is None:
+            raise ConfigurationError(
+                "add_resource() needs a Resource or a function decorated with "
+                "fastmcp.resources.resource; use @mcp.resource(uri, scopes=[...]) for functions"
+            )
+        return super().add_resource(scoped)
+
+    def add_template(self, template: Any, *, scopes: Iterable[str] | None = None) -> Any:
+        """FastMCP's ``add_template`` plus ``scopes=[...]``."""
+        self._registration_changed()
+        return super().add_template(self._scoped(template, scopes) or template)
+
+    def add_prompt(self, prompt: Any, *, scopes: Iterable[str] | None = None) -> Any:
+        """FastMCP's ``add_prompt`` plus ``scopes=[...]``."""
+        self._registration_changed()
+        scoped = self._scoped(prompt, scopes)
+        if scoped is None:
+            from fastmcp.prompts import Prompt
+
+            declared = validate_scopes(scopes) if scopes is not None else function_scopes(prompt)
+            scoped = Prompt.from_function(prompt, meta=meta_with_scopes(None, declared or ()))
+        return super().add_prompt(scoped)
+
+    def mount(self, server: Any, namespace: str | None = None, **kwargs: Any) -> None:
+        """FastMCP's ``mount``; a mounted securemcp server trusts this server's verified caller."""
+        super().mount(server, namespace, **kwargs)
+        self._registration_changed()
+        if isinstance(server, FastMCP):
+            server._securemcp_parents.add(self)
+
+    def add_provider(self, provider: Any, *args: Any, **kwargs: Any) -> None:
+        super().add_provider(provider, *args, **kwargs)
+        self._registration_changed()
+
+    def add_transform(self, transform: Any) -> None:
+        super().add_transform(transform)
+        self._registration_changed()
+
+    def enable(self, *args: Any, **kwargs: Any) -> Any:
+        self._registration_changed()
+        return super().enable(*args, **kwargs)
+
+    def disable(self, *args: Any, **kwargs: Any) -> Any:
+        self._registration_changed()
+        return super().disable(*args, **kwargs)
+
+    # --- core paths: only run what the pipeline admitted ----------------------------------
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        version: Any = None,
+        run_middleware: bool = True,
+    ) -> Any:
+        if not run_middleware:
+            require_admission(self, "tools/call", name)
+        return await super().call_tool(
+            name, arguments, version=version, run_middleware=run_middleware
+        )
+
+    async def read_resource(
+        self, uri: Any, *, version: Any = None, run_middleware: bool = True
+    ) -> Any:
+        if not run_middleware:
+            require_admission(self, "resources/read", str(uri))
+        return await super().read_resource(uri, version=version, run_middleware=run_middleware)
+
+    async def render_prompt(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        version: Any = None,
+        run_middleware: bool = True,
+    ) -> Any:
+        if not run_middleware:
+            require_admission(self, "prompts/get", name)
+        return await super().render_prompt(
+            name, arguments, version=version, run_middleware=run_middleware
+        )
+
+    async def get_tool(self, name: str, version: Any = None) -> Any:
+        tool = await super().get_tool(name, version)
+        recheck_resolved(self, "tools/call", name, tool)
+        return tool
+
+    async def get_prompt(self, name: str, version: Any = None) -> Any:
+        prompt = await super().get_prompt(name, version)
+        recheck_resolved(self, "prompts/get", name, prompt)
+        return prompt
+
+
+#: The same class under the name used by ``securemcp.Server(name=...)``.
+Server = FastMCP
