@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastmcp.exceptions import NotFoundError
+from mcp import MCPError
+from mcp.types import INTERNAL_ERROR
 from fastmcp.server.dependencies import get_access_token
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from opentelemetry import trace
@@ -95,6 +97,12 @@ class _Admission:
 
 _ADMISSION: contextvars.ContextVar[_Admission | None] = contextvars.ContextVar(
     "securemcp.admission", default=None
+)
+
+#: (server, principal) while a securemcp server lists components, so that mounted securemcp
+#: servers filter their own listings for the caller the parent verified.
+_LISTING: contextvars.ContextVar[tuple[FastMCP, Principal] | None] = contextvars.ContextVar(
+    "securemcp.listing", default=None
 )
 
 
@@ -393,12 +401,27 @@ class SecurityPipeline(Middleware):
     async def _filtered(
         self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
     ) -> Any:
+        parents = self._server._securemcp_parents
         outer = _ADMISSION.get()
-        if outer is not None and outer.open and outer.server in self._server._securemcp_parents:
+        listing = _LISTING.get()
+        if listing is not None and listing[0] in parents:
+            principal = listing[1]
+        elif outer is not None and outer.open and outer.server in parents:
             principal = outer.context.principal
         else:
-            principal = await self.authenticate()
-        components = await call_next(context)
+            try:
+                principal = await self.authenticate()
+            except Unauthenticated as exc:
+                logger.info("securemcp refused %s: %s", context.method, exc.reason)
+                # List handlers mask non-MCP errors as "Internal server error"; say what it is.
+                raise MCPError(
+                    code=INTERNAL_ERROR, message=str(exc), data={"securemcp_error": exc.code}
+                ) from None
+        token = _LISTING.set((self._server, principal))
+        try:
+            components = await call_next(context)
+        finally:
+            _LISTING.reset(token)
         if not self.hide_unauthorized:
             return components
         return [c for c in components if _may_use(principal, c)]
