@@ -50,7 +50,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Actor": ("securemcp.context", "Actor"),
     "CurrentSecurityContext": ("securemcp.dependencies", "CurrentSecurityContext"),
     "with_scopes": ("securemcp.scopes", "with_scopes"),
-    # FastMCP's stable names, so `from securemcp import X` works wherever `from fastmcp import X` did
+    # FastMCP's stable names: `from securemcp import X` works wherever `from fastmcp import X` did
     "Client": ("fastmcp", "Client"),
     "Context": ("fastmcp", "Context"),
     "settings": ("fastmcp", "settings"),

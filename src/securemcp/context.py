@@ -36,7 +36,7 @@ DEVELOPMENT_WILDCARD: Final = "*"
 
 
 def freeze_claims(value: Any) -> Any:
-    """Return a deeply read-only copy of decoded JSON claims (dicts → mappingproxy, lists → tuples)."""
+    """A deeply read-only copy of decoded JSON claims (dicts → mappingproxy, lists → tuples)."""
     if isinstance(value, Mapping):
         return MappingProxyType({str(k): freeze_claims(v) for k, v in value.items()})
     if isinstance(value, list | tuple):
@@ -82,7 +82,8 @@ class Principal:
     expires_at: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.scopes, frozenset):
+        scopes: object = self.scopes  # callers may pass any iterable of strings
+        if not isinstance(scopes, frozenset):
             object.__setattr__(self, "scopes", frozenset(self.scopes))
         if not isinstance(self.claims, MappingProxyType):
             object.__setattr__(self, "claims", freeze_claims(dict(self.claims)))
@@ -100,7 +101,7 @@ class Principal:
 
     @property
     def pseudonym(self) -> str:
-        """A stable pseudonymous id for telemetry: a hash of (issuer, subject), never the subject."""
+        """Stable pseudonymous id for telemetry: a hash of (issuer, subject), never the subject."""
         digest = hashlib.sha256(f"{self.issuer}\x00{self.subject}".encode()).hexdigest()
         return digest[:16]
 
@@ -127,6 +128,17 @@ class SecurityContext:
         "_trace_id",
         "_transport",
     )
+
+    _call_id: str
+    _method: str
+    _open: bool
+    _parent_call_id: str | None
+    _principal: Principal
+    _server_name: str
+    _started_at: datetime
+    _target: str
+    _trace_id: str | None
+    _transport: str
 
     def __init__(
         self,

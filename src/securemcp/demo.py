@@ -85,35 +85,80 @@ async def run_demo() -> list[Step]:
     async with connect(server, token=alice) as client:
         visible = sorted(t.name for t in await client.list_tools())
         steps.append(
-            Step("alice", "tools/list", ", ".join(visible),
-                 "purge_notes is hidden: it needs notes:admin, which alice's token lacks")
+            Step(
+                "alice",
+                "tools/list",
+                ", ".join(visible),
+                "purge_notes is hidden: it needs notes:admin, which alice's token lacks",
+            )
         )
         ok, text = await _call(client, "add_note", {"text": "ship securemcp"})
-        steps.append(Step("alice", "add_note", ("ALLOWED: " if ok else "REFUSED: ") + text,
-                          "alice's token carries notes:write"))
+        steps.append(
+            Step(
+                "alice",
+                "add_note",
+                ("ALLOWED: " if ok else "REFUSED: ") + text,
+                "alice's token carries notes:write",
+            )
+        )
         ok, text = await _call(client, "whoami", {})
-        steps.append(Step("alice", "whoami", text,
-                          "identity comes from the verified token, fresh for every call"))
+        steps.append(
+            Step(
+                "alice",
+                "whoami",
+                text,
+                "identity comes from the verified token, fresh for every call",
+            )
+        )
 
     async with connect(server, token=bob) as client:
         visible = sorted(t.name for t in await client.list_tools())
-        steps.append(Step("bob", "tools/list", ", ".join(visible),
-                          "bob only holds notes:read, so write and admin tools are hidden"))
+        steps.append(
+            Step(
+                "bob",
+                "tools/list",
+                ", ".join(visible),
+                "bob only holds notes:read, so write and admin tools are hidden",
+            )
+        )
         ok, text = await _call(client, "list_notes", {})
-        steps.append(Step("bob", "list_notes", ("ALLOWED: " if ok else "REFUSED: ") + text,
-                          "bob's token carries notes:read"))
+        steps.append(
+            Step(
+                "bob",
+                "list_notes",
+                ("ALLOWED: " if ok else "REFUSED: ") + text,
+                "bob's token carries notes:read",
+            )
+        )
         ok, text = await _call(client, "add_note", {"text": "bob was here"})
-        steps.append(Step("bob", "add_note", ("ALLOWED: " if ok else "REFUSED: ") + text,
-                          "the tool body never ran; the error names the missing scope"))
+        steps.append(
+            Step(
+                "bob",
+                "add_note",
+                ("ALLOWED: " if ok else "REFUSED: ") + text,
+                "the tool body never ran; the error names the missing scope",
+            )
+        )
         ok, text = await _call(client, "purge_notes", {})
-        steps.append(Step("bob", "purge_notes (hidden)", ("ALLOWED: " if ok else "REFUSED: ") + text,
-                          "hidden from bob's list, and refused when called by name"))
+        steps.append(
+            Step(
+                "bob",
+                "purge_notes (hidden)",
+                ("ALLOWED: " if ok else "REFUSED: ") + text,
+                "hidden from bob's list, and refused when called by name",
+            )
+        )
 
     async with connect(server, token=mallory) as client:
         ok, text = await _call(client, "purge_notes", {})
-        steps.append(Step("mallory", "purge_notes with a forged 'alice' admin token",
-                          ("ALLOWED: " if ok else "REFUSED: ") + text,
-                          "the token is signed by a key the identity provider never published"))
+        steps.append(
+            Step(
+                "mallory",
+                "purge_notes with a forged 'alice' admin token",
+                ("ALLOWED: " if ok else "REFUSED: ") + text,
+                "the token is signed by a key the identity provider never published",
+            )
+        )
     return steps
 
 

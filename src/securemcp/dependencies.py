@@ -30,6 +30,6 @@ class _CurrentSecurityContext(Dependency[SecurityContext]):
         return None
 
 
-def CurrentSecurityContext() -> SecurityContext:  # noqa: N802  (FastMCP's DI naming style)
+def CurrentSecurityContext() -> SecurityContext:
     """Default value that injects the current call's security context."""
     return cast(SecurityContext, _CurrentSecurityContext())

@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastmcp.exceptions import NotFoundError
-from mcp import MCPError
-from mcp.types import INTERNAL_ERROR
 from fastmcp.server.dependencies import get_access_token
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from mcp import MCPError
+from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
 from securemcp.auth.base import IdentityVerifier
@@ -164,7 +164,7 @@ def recheck_resolved(server: FastMCP, method: str, target: str, component: Any) 
 
 
 class FastMCPVerifierAdapter:
-    """Wraps a FastMCP ``AuthProvider`` (e.g. FastMCP's own ``JWTVerifier``) as an identity verifier.
+    """Wraps a FastMCP ``AuthProvider`` (e.g. FastMCP's ``JWTVerifier``) as an identity verifier.
 
     FastMCP's verifiers return an ``AccessToken``; securemcp maps it to a verified principal. Prefer
     :class:`securemcp.auth.JWTVerifier`, which enforces the RFC 9068 / RFC 8725 rules FastMCP's
@@ -287,7 +287,7 @@ class SecurityPipeline(Middleware):
             return await server.get_tool(target)
         if method == "prompts/get":
             return await server.get_prompt(target)
-        resource = await server.get_resource(target)
+        resource: Any = await server.get_resource(target)
         if resource is None:
             resource = await server.get_resource_template(target)
         return resource
@@ -452,4 +452,3 @@ def _may_use(principal: Principal, component: Any) -> bool:
         return not principal.missing_scopes(declared_scopes(component))
     except InvalidScopeDeclaration:
         return False
-

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, SupportsIndex, cast
+from typing import Any, SupportsIndex, TypeVar, cast, overload
 
 import fastmcp
 from fastmcp.decorators import get_fastmcp_meta
@@ -38,6 +38,8 @@ __all__ = ["FastMCP", "Server"]
 
 logger = logging.getLogger("securemcp")
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _SECUREMCP_KEYWORDS = (
     "hide_unauthorized",
     "disclose_required_scopes",
@@ -50,6 +52,13 @@ def _fastmcp_keywords() -> tuple[str, ...]:
     return tuple(
         name for name, p in parameters.items() if name != "self" and p.kind != p.VAR_KEYWORD
     )
+
+
+def _fastmcp_removed_keywords() -> frozenset[str]:
+    """Keywords FastMCP removed in 4.x; FastMCP itself explains how to migrate each one."""
+    from fastmcp.server import server as fastmcp_server
+
+    return frozenset(getattr(fastmcp_server, "_REMOVED_KWARGS", {}))
 
 
 class _PipelineFirst(list[Middleware]):
@@ -90,6 +99,11 @@ class _PipelineFirst(list[Middleware]):
         self._restore()
         return self
 
+    def __imul__(self, count: SupportsIndex) -> _PipelineFirst:
+        super().__imul__(count)
+        self._restore()
+        return self
+
     def remove(self, item: Middleware) -> None:
         super().remove(item)
         self._restore()
@@ -112,7 +126,7 @@ class _PipelineFirst(list[Middleware]):
         self._restore()
 
 
-class FastMCP(fastmcp.FastMCP):  # type: ignore[type-arg]
+class FastMCP(fastmcp.FastMCP[Any]):
     """A FastMCP server whose every tool call, resource read and prompt runs through securemcp.
 
     Takes every ``fastmcp.FastMCP`` argument, plus:
@@ -138,7 +152,11 @@ class FastMCP(fastmcp.FastMCP):  # type: ignore[type-arg]
         lifespan: Any = None,
         **kwargs: Any,
     ) -> None:
-        unknown = [k for k in kwargs if k not in _fastmcp_keywords()]
+        unknown = [
+            k
+            for k in kwargs
+            if k not in _fastmcp_keywords() and k not in _fastmcp_removed_keywords()
+        ]
         if unknown:
             known = (*_SECUREMCP_KEYWORDS, *_fastmcp_keywords())
             hints = []
@@ -164,7 +182,7 @@ class FastMCP(fastmcp.FastMCP):  # type: ignore[type-arg]
 
     # --- the middleware list: pipeline always first ----------------------------------------
 
-    @property  # type: ignore[override]
+    @property
     def middleware(self) -> list[Middleware]:
         return self._securemcp_middleware
 
@@ -221,32 +239,72 @@ class FastMCP(fastmcp.FastMCP):  # type: ignore[type-arg]
         if pipeline is not None:
             pipeline.forget_requirements()
 
-    def tool(  # type: ignore[override]
+    @overload
+    def tool(self, name_or_fn: F, *, scopes: Iterable[str] | None = None, **kwargs: Any) -> F: ...
+
+    @overload
+    def tool(
+        self, name_or_fn: str | None = None, *, scopes: Iterable[str] | None = None, **kwargs: Any
+    ) -> Callable[[F], F]: ...
+
+    def tool(
         self, name_or_fn: Any = None, *, scopes: Iterable[str] | None = None, **kwargs: Any
     ) -> Any:
         """FastMCP's ``tool`` decorator, every form, plus ``scopes=[...]``."""
-        if scopes is not None:
-            kwargs["meta"] = meta_with_scopes(kwargs.get("meta"), validate_scopes(scopes))
-        self._registration_changed()
-        return super().tool(name_or_fn, **kwargs)
+        return self._decorate(super().tool, name_or_fn, scopes, kwargs)
 
-    def resource(  # type: ignore[override]
-        self, uri: str, *, scopes: Iterable[str] | None = None, **kwargs: Any
+    def _decorate(
+        self,
+        register: Callable[..., Any],
+        name_or_fn: Any,
+        scopes: Iterable[str] | None,
+        kwargs: dict[str, Any],
     ) -> Any:
+        """Shared body of ``tool``/``prompt``: every FastMCP calling form, plus scopes.
+
+        The decorator-factory forms (``@tool()``, ``@tool("name")``) return a decorator of our
+        own, so scopes recorded on the function by :func:`with_scopes` are seen when it arrives.
+        """
+        declared = validate_scopes(scopes) if scopes is not None else None
+        if not inspect.isroutine(name_or_fn):
+            if isinstance(name_or_fn, str) and kwargs.get("name") is None:
+                kwargs = {**kwargs, "name": name_or_fn}
+            elif name_or_fn is not None:  # FastMCP's own error for unsupported first arguments
+                return register(name_or_fn, **kwargs)
+
+            def decorator(fn: Any) -> Any:
+                return self._decorate(register, fn, declared, kwargs)
+
+            return decorator
+        if declared is None:
+            declared = function_scopes(name_or_fn)
+        if declared is not None:
+            kwargs = {**kwargs, "meta": meta_with_scopes(kwargs.get("meta"), declared)}
+        self._registration_changed()
+        return register(name_or_fn, **kwargs)
+
+    def resource(
+        self, uri: str, *, scopes: Iterable[str] | None = None, **kwargs: Any
+    ) -> Callable[[F], F]:
         """FastMCP's ``resource`` decorator (URIs and URI templates) plus ``scopes=[...]``."""
         if scopes is not None:
             kwargs["meta"] = meta_with_scopes(kwargs.get("meta"), validate_scopes(scopes))
         self._registration_changed()
         return super().resource(uri, **kwargs)
 
-    def prompt(  # type: ignore[override]
+    @overload
+    def prompt(self, name_or_fn: F, *, scopes: Iterable[str] | None = None, **kwargs: Any) -> F: ...
+
+    @overload
+    def prompt(
+        self, name_or_fn: str | None = None, *, scopes: Iterable[str] | None = None, **kwargs: Any
+    ) -> Callable[[F], F]: ...
+
+    def prompt(
         self, name_or_fn: Any = None, *, scopes: Iterable[str] | None = None, **kwargs: Any
     ) -> Any:
         """FastMCP's ``prompt`` decorator, every form, plus ``scopes=[...]``."""
-        if scopes is not None:
-            kwargs["meta"] = meta_with_scopes(kwargs.get("meta"), validate_scopes(scopes))
-        self._registration_changed()
-        return super().prompt(name_or_fn, **kwargs)
+        return self._decorate(super().prompt, name_or_fn, scopes, kwargs)
 
     def _scoped(self, item: Any, scopes: Iterable[str] | None) -> Any:
         """Apply ``scopes=`` (or scopes recorded by ``with_scopes``) to a component or function."""
@@ -255,12 +313,29 @@ class FastMCP(fastmcp.FastMCP):  # type: ignore[type-arg]
             return item
         if hasattr(item, "model_copy"):
             return with_scopes(item, declared)
-        fmeta = get_fastmcp_meta(item)
-        if fmeta is not None:
-            target = getattr(item, "__func__", item)
-            target.__fastmcp__ = replace(fmeta, meta=meta_with_scopes(fmeta.meta, declared))
-            return item
-        return None  # a plain function: caller registers it through the decorator path
+        return None  # a function: the caller registers it with _register_function
+
+    def _register_function(
+        self, register: Callable[[Any], Any], fn: Any, declared: tuple[str, ...]
+    ) -> Any:
+        """Register a function with scopes, without changing the function for anyone else.
+
+        A function decorated with FastMCP's standalone ``@tool``/``@prompt`` carries its settings
+        in ``__fastmcp__``; the scoped copy is in place only while FastMCP converts it.
+        """
+        fmeta = get_fastmcp_meta(fn)
+        if fmeta is None:
+            return None
+        target = getattr(fn, "__func__", fn)
+        original = target.__dict__.get("__fastmcp__")
+        target.__fastmcp__ = replace(fmeta, meta=meta_with_scopes(fmeta.meta, declared))
+        try:
+            return register(fn)
+        finally:
+            if original is None:
+                del target.__fastmcp__
+            else:
+                target.__fastmcp__ = original
 
     def add_tool(self, tool: Any, *, scopes: Iterable[str] | None = None) -> Tool:
         """FastMCP's ``add_tool`` plus ``scopes=[...]``."""
@@ -268,14 +343,21 @@ class FastMCP(fastmcp.FastMCP):  # type: ignore[type-arg]
         scoped = self._scoped(tool, scopes)
         if scoped is None:
             declared = validate_scopes(scopes) if scopes is not None else function_scopes(tool)
+            registered = self._register_function(super().add_tool, tool, declared or ())
+            if registered is not None:
+                return cast(Tool, registered)
             scoped = Tool.from_function(tool, meta=meta_with_scopes(None, declared or ()))
-        return cast(Tool, super().add_tool(scoped))
+        return super().add_tool(scoped)
 
     def add_resource(self, resource: Any, *, scopes: Iterable[str] | None = None) -> Any:
         """FastMCP's ``add_resource`` plus ``scopes=[...]``."""
         self._registration_changed()
         scoped = self._scoped(resource, scopes)
         if scoped is None:
+            declared = validate_scopes(scopes) if scopes is not None else function_scopes(resource)
+            registered = self._register_function(super().add_resource, resource, declared or ())
+            if registered is not None:
+                return registered
             raise ConfigurationError(
                 "add_resource() needs a Resource or a function decorated with "
                 "fastmcp.resources.resource; use @mcp.resource(uri, scopes=[...]) for functions"
@@ -295,12 +377,20 @@ class FastMCP(fastmcp.FastMCP):  # type: ignore[type-arg]
             from fastmcp.prompts import Prompt
 
             declared = validate_scopes(scopes) if scopes is not None else function_scopes(prompt)
+            registered = self._register_function(super().add_prompt, prompt, declared or ())
+            if registered is not None:
+                return registered
             scoped = Prompt.from_function(prompt, meta=meta_with_scopes(None, declared or ()))
         return super().add_prompt(scoped)
 
-    def mount(self, server: Any, namespace: str | None = None, **kwargs: Any) -> None:
+    def mount(
+        self,
+        server: fastmcp.FastMCP[Any],
+        namespace: str | None = None,
+        tool_names: dict[str, str] | None = None,
+    ) -> None:
         """FastMCP's ``mount``; a mounted securemcp server trusts this server's verified caller."""
-        super().mount(server, namespace, **kwargs)
+        super().mount(server, namespace, tool_names)
         self._registration_changed()
         if isinstance(server, FastMCP):
             server._securemcp_parents.add(self)

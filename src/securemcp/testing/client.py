@@ -37,8 +37,10 @@ async def _access_token_for(server: Any, token: str) -> AccessToken:
 
 
 @asynccontextmanager
-async def connect(server: Any, token: str | None = None, **client_kwargs: Any) -> AsyncIterator[Client[Any]]:
-    """Yield a connected in-memory FastMCP ``Client`` that calls ``server`` as ``token``'s principal.
+async def connect(
+    server: Any, token: str | None = None, **client_kwargs: Any
+) -> AsyncIterator[Client[Any]]:
+    """Yield a connected in-memory FastMCP ``Client`` calling ``server`` as ``token``'s principal.
 
     With ``token=None`` the client presents no credential (a server with a verifier refuses it;
     a server in development mode runs it as the development principal).

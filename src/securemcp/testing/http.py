@@ -37,7 +37,6 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -54,7 +53,9 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def serve_http(server: Any, *, path: str = "/mcp", **http_app_kwargs: Any) -> AsyncIterator[str]:
+async def serve_http(
+    server: Any, *, path: str = "/mcp", **http_app_kwargs: Any
+) -> AsyncIterator[str]:
     """Serve ``server`` over streamable HTTP on loopback; yield the MCP endpoint URL."""
     app = server.http_app(path=path, **http_app_kwargs)
     async with serve_asgi(app) as base_url:
@@ -62,8 +63,10 @@ async def serve_http(server: Any, *, path: str = "/mcp", **http_app_kwargs: Any)
 
 
 @asynccontextmanager
-async def connect_http(url: str, token: str | None = None, **client_kwargs: Any) -> AsyncIterator[Client[Any]]:
-    """Yield a connected FastMCP ``Client`` for ``url`` sending ``Authorization: Bearer <token>``."""
+async def connect_http(
+    url: str, token: str | None = None, **client_kwargs: Any
+) -> AsyncIterator[Client[Any]]:
+    """Yield a connected FastMCP ``Client`` for ``url`` that sends ``Bearer <token>``."""
     transport = StreamableHttpTransport(url, auth=token) if token else StreamableHttpTransport(url)
     async with Client(transport, **client_kwargs) as client:
         yield client

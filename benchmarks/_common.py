@@ -1,0 +1,50 @@
+"""Shared helpers for the benchmarks: interleaved side-by-side timing and ratio printing."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
+os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
+
+AUDIENCE = "https://bench.securemcp.test/mcp"
+
+
+async def timed(fn: Callable[[], Awaitable[object]], n: int) -> float:
+    """Mean seconds per call of ``n`` sequential awaits of ``fn``."""
+    gc.collect()
+    start = time.perf_counter()
+    for _ in range(n):
+        await fn()
+    return (time.perf_counter() - start) / n
+
+
+async def side_by_side(
+    name: str,
+    bare: Callable[[], Awaitable[object]],
+    secure: Callable[[], Awaitable[object]],
+    *,
+    n: int,
+    rounds: int,
+    warmup: int,
+) -> float:
+    """Alternate bare/secure rounds (so drift hits both), print medians and the ratio."""
+    for _ in range(warmup):
+        await bare()
+        await secure()
+    bare_times: list[float] = []
+    secure_times: list[float] = []
+    for _ in range(rounds):
+        bare_times.append(await timed(bare, n))
+        secure_times.append(await timed(secure, n))
+    b = statistics.median(bare_times) * 1e6
+    s = statistics.median(secure_times) * 1e6
+    ratio = s / b
+    print(f"{name:<44} bare {b:9.1f} us   securemcp {s:9.1f} us   ratio {ratio:5.3f}")
+    sys.stdout.flush()
+    return ratio

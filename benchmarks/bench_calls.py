@@ -1,0 +1,81 @@
+"""Per-call cost of securemcp vs bare FastMCP, measured side by side in one run.
+
+(a) in-memory client ``call_tool``; (b) server-side ``call_tool`` with no client.
+securemcp runs with a real verifier (fake IdP token, verified once then served from the
+verified-token cache), a scoped tool, the scope check and a fresh SecurityContext per call.
+
+    python benchmarks/bench_calls.py [N] [ROUNDS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import warnings
+
+from _common import AUDIENCE, side_by_side
+
+warnings.simplefilter("ignore")
+logging.disable(logging.WARNING)
+
+
+def build_bare():  # type: ignore[no-untyped-def]
+    import fastmcp
+
+    mcp = fastmcp.FastMCP("bench")
+
+    @mcp.tool
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    return mcp
+
+
+def build_secure(idp):  # type: ignore[no-untyped-def]
+    import securemcp
+
+    mcp = securemcp.FastMCP("bench", auth=idp.verifier(audience=AUDIENCE))
+
+    @mcp.tool(scopes=["calc:write"])
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    return mcp
+
+
+async def main(n: int, rounds: int) -> None:
+    from fastmcp import Client
+
+    from securemcp.testing import FakeIdentityProvider, connect
+
+    idp = FakeIdentityProvider(audience=AUDIENCE)
+    token = idp.token("alice", scopes=["calc:write"])
+    bare, secure = build_bare(), build_secure(idp)
+    args = {"a": 1, "b": 2}
+    print(f"python {sys.version.split()[0]}  n={n} rounds={rounds}")
+
+    async with Client(bare) as bc, connect(secure, token) as sc:
+        await side_by_side(
+            "(a) in-memory client call_tool",
+            lambda: bc.call_tool("add", args),
+            lambda: sc.call_tool("add", args),
+            n=n,
+            rounds=rounds,
+            warmup=200,
+        )
+        # (b) server-side, no client: the token is presented the same way connect() does
+        await side_by_side(
+            "(b) server-side call_tool (no client)",
+            lambda: bare.call_tool("add", args),
+            lambda: secure.call_tool("add", args),
+            n=n * 2,
+            rounds=rounds,
+            warmup=200,
+        )
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    asyncio.run(main(n, rounds))

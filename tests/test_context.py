@@ -1,0 +1,174 @@
+"""SecurityContext and Principal: immutable, fresh per call, closed when the call ends."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+import pytest
+from fastmcp import Client
+
+import securemcp
+from securemcp import CurrentSecurityContext, FastMCP, Principal, SecurityContext, current
+from securemcp.context import bind
+from securemcp.errors import ContextClosed, NoActiveCall
+
+
+def _context(subject: str = "alice") -> SecurityContext:
+    return SecurityContext(
+        call_id="c1",
+        method="tools/call",
+        target="t",
+        principal=Principal(subject=subject, issuer="https://idp"),
+        transport="in-memory",
+        started_at=datetime.now(UTC),
+    )
+
+
+def test_current_outside_a_call_is_a_clear_error() -> None:
+    with pytest.raises(NoActiveCall, match="only available inside a tool"):
+        current()
+    assert NoActiveCall.code == "no_active_call"
+
+
+def test_context_is_immutable_and_holds_no_token_field() -> None:
+    ctx = _context()
+    with pytest.raises(AttributeError):
+        ctx.principal = Principal(subject="mallory", issuer="x")  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        ctx._open = True  # type: ignore[misc]
+    principal = ctx.principal
+    with pytest.raises(AttributeError):
+        principal.subject = "mallory"  # type: ignore[misc]
+    names = set(SecurityContext.__slots__) | set(Principal.__dataclass_fields__)
+    assert not {n for n in names if "token" in n.lower()}
+
+
+def test_principal_claims_are_deeply_read_only() -> None:
+    principal = Principal(
+        subject="a", issuer="i", claims={"roles": ["x"], "org": {"id": 1}}, scopes=["b", "a"]
+    )
+    assert isinstance(principal.claims, MappingProxyType)
+    assert principal.claims["roles"] == ("x",)
+    with pytest.raises(TypeError):
+        principal.claims["org"]["id"] = 2  # type: ignore[index]
+    assert principal.scopes == frozenset({"a", "b"})
+
+
+def test_development_wildcard_only_counts_for_unverified_principals() -> None:
+    verified = Principal(subject="a", issuer="i", scopes=["*"])
+    dev = Principal(subject="d", issuer="dev", scopes=["*"], verified=False)
+    assert verified.missing_scopes(["admin"]) == {"admin"}
+    assert dev.missing_scopes(["admin"]) == frozenset()
+
+
+def test_bind_resets_and_closes() -> None:
+    ctx = _context()
+    with bind(ctx):
+        assert current() is ctx
+    assert ctx.closed
+    with pytest.raises(NoActiveCall):
+        current()
+    with pytest.raises(ContextClosed):
+        _ = ctx.principal
+    assert ctx.call_id == "c1"  # still readable for logging
+
+
+def _server(counter: dict[str, int]) -> FastMCP:
+    mcp = FastMCP("ctx")
+
+    @mcp.tool
+    async def who() -> dict[str, str]:
+        counter["who"] += 1
+        sec = current()
+        return {"call_id": sec.call_id, "subject": sec.principal.subject, "target": sec.target}
+
+    @mcp.tool
+    def who_sync() -> str:
+        assert threading.current_thread() is not threading.main_thread()
+        return current().principal.subject
+
+    @mcp.tool
+    def injected(x: int, sec: SecurityContext = CurrentSecurityContext()) -> str:
+        return f"{x}:{sec.principal.subject}:{sec.method}:{sec.target}"
+
+    return mcp
+
+
+async def test_each_call_gets_a_fresh_context() -> None:
+    counter = {"who": 0}
+    mcp = _server(counter)
+    async with Client(mcp) as client:
+        first = (await client.call_tool("who", {})).data
+        second = (await client.call_tool("who", {})).data
+    assert first["call_id"] != second["call_id"]
+    assert first["subject"] == "local-developer"
+    assert first["target"] == "who"
+    assert counter["who"] == 2
+
+
+async def test_sync_tools_in_worker_threads_see_the_context() -> None:
+    mcp = _server({"who": 0})
+    async with Client(mcp) as client:
+        assert (await client.call_tool("who_sync", {})).data == "local-developer"
+
+
+async def test_context_is_injectable_and_absent_from_the_input_schema() -> None:
+    mcp = _server({"who": 0})
+    async with Client(mcp) as client:
+        tools = {t.name: t for t in await client.list_tools()}
+        assert set(tools["injected"].input_schema["properties"]) == {"x"}
+        result = await client.call_tool("injected", {"x": 7})
+        assert result.data == "7:local-developer:tools/call:injected"
+        # a client cannot smuggle a value for the injected parameter
+        spoof = await client.call_tool("injected", {"x": 1, "sec": "mallory"}, raise_on_error=False)
+        assert spoof.is_error
+
+
+async def test_background_task_cannot_use_the_identity_after_the_call() -> None:
+    mcp = FastMCP("bg")
+    leaked: dict[str, object] = {}
+    started = asyncio.Event()
+    done = asyncio.Event()
+    body_runs = {"n": 0}
+
+    async def later() -> None:
+        started.set()
+        await asyncio.sleep(0.05)  # the call has returned by now
+        try:
+            leaked["subject"] = current().principal.subject
+        except Exception as exc:
+            leaked["error"] = exc
+        try:
+            leaked["kept"] = kept["ctx"].principal.subject
+        except Exception as exc:
+            leaked["kept_error"] = exc
+        done.set()
+
+    kept: dict[str, SecurityContext] = {}
+
+    @mcp.tool
+    async def spawn() -> str:
+        body_runs["n"] += 1
+        kept["ctx"] = current()
+        asyncio.get_running_loop().create_task(later())
+        await started.wait()
+        return "spawned"
+
+    async with Client(mcp) as client:
+        assert (await client.call_tool("spawn", {})).data == "spawned"
+        await asyncio.wait_for(done.wait(), 5)
+    assert "subject" not in leaked and "kept" not in leaked
+    assert isinstance(leaked["error"], ContextClosed)
+    assert isinstance(leaked["kept_error"], ContextClosed)
+    assert body_runs["n"] == 1
+
+
+def test_public_names() -> None:
+    for name in ("FastMCP", "Server", "current", "SecurityContext", "Principal", "Client"):
+        assert getattr(securemcp, name) is not None
+    assert securemcp.Server is securemcp.FastMCP
+    with pytest.raises(AttributeError):
+        _ = securemcp.DoesNotExist  # type: ignore[attr-defined]
