@@ -1,0 +1,47 @@
+"""`securemcp demo` and the CLI: the quickstart must show real outcomes, not scripted ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from securemcp.cli import main
+from securemcp.demo import run_demo
+
+
+async def test_demo_outcomes_are_real() -> None:
+    steps = {(s.actor, s.action.split(" ")[0]): s for s in await run_demo()}
+    assert steps[("alice", "tools/list")].outcome == "add_note, list_notes, whoami"
+    assert steps[("alice", "add_note")].outcome.startswith("ALLOWED: added note #2 as alice")
+    assert steps[("bob", "tools/list")].outcome == "list_notes, whoami"
+    assert steps[("bob", "add_note")].outcome.startswith("REFUSED: insufficient_scope")
+    assert "notes:write" in steps[("bob", "add_note")].outcome
+    assert steps[("bob", "purge_notes")].outcome.startswith("REFUSED: insufficient_scope")
+    assert steps[("mallory", "purge_notes")].outcome.startswith("REFUSED: invalid_token")
+
+
+def test_cli_demo_runs_in_a_fresh_process() -> None:
+    env = {**os.environ, "SECUREMCP_ENV": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "securemcp.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "REFUSED: insufficient_scope" in done.stdout
+    assert "eyJ" not in done.stdout + done.stderr  # no token ever printed
+
+
+def test_cli_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["--version"]) == 0
+    assert "securemcp" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as excinfo:
+        main(["no-such-command"])
+    assert excinfo.value.code == 2

@@ -1,0 +1,92 @@
+"""The testing kit's client helpers and pytest fixtures, and transports FastMCP leaves open."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastmcp import Client
+from fastmcp.client.transports import PythonStdioTransport
+
+from securemcp import FastMCP, current
+from securemcp.testing import FakeIdentityProvider, connect_http, serve_http
+
+AUDIENCE = "https://mcp.securemcp.test/mcp"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _server(idp: FakeIdentityProvider) -> FastMCP:
+    mcp = FastMCP("helpers", auth=idp.verifier(audience=AUDIENCE))
+
+    @mcp.tool(scopes=["a"])
+    def who() -> str:
+        return current().principal.subject
+
+    return mcp
+
+
+async def test_call_as_fixture(call_as: Any, fake_idp: FakeIdentityProvider) -> None:
+    mcp = FastMCP("fixtures", auth=fake_idp.verifier())
+
+    @mcp.tool(scopes=["a"])
+    def who() -> str:
+        return current().principal.subject
+
+    async with call_as(mcp, "carol", scopes=["a"]) as client:
+        assert (await client.call_tool("who", {})).data == "carol"
+    async with call_as(mcp, "dave") as client:
+        assert (await client.call_tool("who", {}, raise_on_error=False)).is_error
+
+
+def test_production_mode_fixture(production_mode: None) -> None:
+    assert os.environ["SECUREMCP_ENV"] == "production"
+
+
+@pytest.mark.http
+async def test_real_http_bearer_tokens() -> None:
+    idp = FakeIdentityProvider(audience=AUDIENCE)
+    mcp = _server(idp)
+    async with serve_http(mcp) as url:
+        async with connect_http(url, idp.token("erin", scopes=["a"])) as client:
+            assert (await client.call_tool("who", {})).data == "erin"
+        async with connect_http(url, idp.token("frank", scopes=[])) as client:
+            refused = await client.call_tool("who", {}, raise_on_error=False)
+            assert refused.is_error
+            assert refused.content[0].text.startswith("insufficient_scope:")
+        # a forged token never reaches the pipeline: FastMCP's HTTP layer answers 401
+        async with httpx.AsyncClient() as raw:
+            response = await raw.post(
+                url,
+                headers={
+                    "Authorization": f"Bearer {idp.bad_token('signed_by_stranger')}",
+                    "Accept": "application/json, text/event-stream",
+                    "Content-Type": "application/json",
+                },
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+            )
+        assert response.status_code == 401
+        assert "invalid_token" in response.headers.get("www-authenticate", "")
+
+
+async def test_stdio_enforces_scopes_where_fastmcp_skips_auth() -> None:
+    """FastMCP skips every auth check on stdio; securemcp's pipeline does not."""
+    env = {
+        **os.environ,
+        "SECUREMCP_DEV_SCOPES": "",  # the development principal holds no scopes
+        "FASTMCP_SHOW_SERVER_BANNER": "false",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    transport = PythonStdioTransport(
+        str(EXAMPLES / "calculator.py"), python_cmd=sys.executable, env=env
+    )
+    async with Client(transport) as client:
+        names = sorted(t.name for t in await client.list_tools())
+        assert names == ["add"]
+        assert (await client.call_tool("add", {"a": 2, "b": 3})).data == 5
+        refused = await client.call_tool("reset", {}, raise_on_error=False)
+        assert refused.is_error
+        assert refused.content[0].text.startswith("insufficient_scope:")
