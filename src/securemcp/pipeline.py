@@ -27,6 +27,7 @@ import contextvars
 import logging
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from opentelemetry import trace
 from securemcp.auth.base import IdentityVerifier
 from securemcp.context import Principal, SecurityContext, bind
 from securemcp.errors import (
+    CallRefused,
     ConfigurationError,
     InsufficientScope,
     PipelineBypassed,
@@ -49,6 +51,7 @@ from securemcp.errors import (
     Unauthenticated,
 )
 from securemcp.scopes import InvalidScopeDeclaration, declared_scopes
+from securemcp.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from securemcp.server import FastMCP
@@ -217,8 +220,8 @@ def _new_call_id() -> str:
     return secrets.token_hex(16)
 
 
-def _trace_id() -> str | None:
-    span_context = trace.get_current_span().get_span_context()
+def _trace_id(span: trace.Span | None) -> str | None:
+    span_context = (span or trace.get_current_span()).get_span_context()
     if not span_context.is_valid:
         return None
     return format(span_context.trace_id, "032x")
@@ -242,6 +245,7 @@ class SecurityPipeline(Middleware):
         self._requirements: dict[tuple[str, str], frozenset[str]] = {}
         self._verifier_source: object = None
         self._verifier: IdentityVerifier | None = None
+        self._telemetry = Telemetry()
 
     # --- identity -------------------------------------------------------------------------
 
@@ -317,6 +321,20 @@ class SecurityPipeline(Middleware):
 
     # --- the guarded call -----------------------------------------------------------------
 
+    async def _identify(self) -> tuple[Principal, str | None]:
+        """The caller: inherited from a mounting securemcp server, or freshly authenticated."""
+        outer = _ADMISSION.get()
+        if (
+            outer is not None
+            and outer.open
+            and outer.consumed
+            and outer.server in self._server._securemcp_parents
+        ):
+            # Delegated from a securemcp server that mounted this one: the caller was verified
+            # there, for this very call. A fresh context is bound for this server all the same.
+            return outer.context.principal, outer.context.call_id
+        return await self.authenticate(), None
+
     async def _guard(
         self,
         method: str,
@@ -324,62 +342,90 @@ class SecurityPipeline(Middleware):
         context: MiddlewareContext[Any],
         call_next: CallNext[Any, Any],
     ) -> Any:
-        server = self._server
-        outer = _ADMISSION.get()
-        if (
-            outer is not None
-            and outer.open
-            and outer.consumed
-            and outer.server in server._securemcp_parents
-        ):
-            # Delegated from a securemcp server that mounted this one: the caller was verified
-            # there, for this very call. Bind a fresh context for this server all the same.
-            principal = outer.context.principal
-            parent_call_id: str | None = outer.context.call_id
-        else:
-            try:
-                principal = await self.authenticate()
-            except Unauthenticated as exc:
-                logger.info("securemcp refused %s %r: %s", method, target, exc.reason)
-                raise
-            parent_call_id = None
-
-        fastmcp_context = context.fastmcp_context
-        transport = (fastmcp_context.transport if fastmcp_context else None) or "in-memory"
-        security_context = SecurityContext(
-            call_id=_new_call_id(),
-            method=method,
-            target=target,
-            principal=principal,
-            transport=transport,
-            started_at=datetime.now(UTC),
-            trace_id=_trace_id(),
-            server_name=server.name,
-            parent_call_id=parent_call_id,
-        )
-        with bind(security_context):
-            scopes = await self.required_scopes(method, target)
-            if scopes is None:
-                raise self._not_found(method, target)
-            missing = principal.missing_scopes(scopes)
-            if missing:
-                logger.info(
-                    "securemcp refused %s %r for %s: missing scope(s) %s",
-                    method,
-                    target,
-                    principal.pseudonym,
-                    " ".join(sorted(missing)),
+        started = time.perf_counter()
+        span = Telemetry.current_span()
+        principal: Principal | None = None
+        call_id: str | None = None
+        allowed = False
+        error_type: str | None = None
+        try:
+            principal, parent_call_id = await self._identify()
+            server = self._server
+            fastmcp_context = context.fastmcp_context
+            transport = (fastmcp_context.transport if fastmcp_context else None) or "in-memory"
+            security_context = SecurityContext(
+                call_id=_new_call_id(),
+                method=method,
+                target=target,
+                principal=principal,
+                transport=transport,
+                started_at=datetime.now(UTC),
+                trace_id=_trace_id(span),
+                server_name=server.name,
+                parent_call_id=parent_call_id,
+            )
+            call_id = security_context.call_id
+            with bind(security_context):
+                scopes = self._authorize(
+                    method, target, principal, await self.required_scopes(method, target)
                 )
-                if not self.disclose_required_scopes:
-                    raise self._not_found(method, target)
-                raise InsufficientScope(scopes, missing)
-            admission = _Admission(server, method, target, security_context, scopes)
-            token = _ADMISSION.set(admission)
-            try:
-                return await call_next(context)
-            finally:
-                admission.open = False
-                _ADMISSION.reset(token)
+                allowed = True
+                admission = _Admission(server, method, target, security_context, scopes)
+                token = _ADMISSION.set(admission)
+                try:
+                    result = await call_next(context)
+                finally:
+                    admission.open = False
+                    _ADMISSION.reset(token)
+                if getattr(result, "is_error", False):
+                    error_type = "tool_error"
+                return result
+        except CallRefused as exc:
+            error_type = exc.code
+            if exc.reason:
+                logger.info("securemcp refused %s %r: %s", method, target, exc.reason)
+            raise
+        except NotFoundError:
+            error_type = "not_found"
+            raise
+        except Exception as exc:
+            error_type = _classify_failure(exc)
+            raise
+        finally:
+            self._telemetry.record(
+                span,
+                method=method,
+                target=target,
+                decision="allow" if allowed else "deny",
+                reason=error_type or "ok",
+                error_type=error_type,
+                duration_s=time.perf_counter() - started,
+                principal=principal,
+                call_id=call_id,
+            )
+
+    def _authorize(
+        self, method: str, target: str, principal: Principal, scopes: frozenset[str] | None
+    ) -> frozenset[str]:
+        """Refuse unknown targets and missing scopes (the tool body never runs).
+
+        Returns the target's required scopes, all of which the principal holds.
+        """
+        if scopes is None:
+            raise self._not_found(method, target)
+        missing = principal.missing_scopes(scopes)
+        if not missing:
+            return scopes
+        logger.info(
+            "securemcp refused %s %r for %s: missing scope(s) %s",
+            method,
+            target,
+            principal.pseudonym,
+            " ".join(sorted(missing)),
+        )
+        if not self.disclose_required_scopes:
+            raise self._not_found(method, target)
+        raise InsufficientScope(scopes, missing)
 
     async def on_call_tool(
         self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
@@ -445,6 +491,18 @@ class SecurityPipeline(Middleware):
         self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
     ) -> Any:
         return await self._filtered(context, call_next)
+
+
+def _classify_failure(exc: BaseException) -> str:
+    """``error.type`` for a failure that is not a securemcp refusal."""
+    message = str(exc).lower()
+    if isinstance(exc, TimeoutError) or "timed out" in message:
+        return "timeout"
+    from fastmcp.exceptions import FastMCPError
+
+    if isinstance(exc, FastMCPError):
+        return "tool_error"
+    return "_OTHER"
 
 
 def _may_use(principal: Principal, component: Any) -> bool:
