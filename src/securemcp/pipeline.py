@@ -34,14 +34,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastmcp.exceptions import NotFoundError
-from fastmcp.server.dependencies import get_access_token
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from mcp import MCPError
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
 from securemcp.auth.base import IdentityVerifier
-from securemcp.context import Principal, SecurityContext, bind
+from securemcp.context import _CURRENT, Principal, SecurityContext
 from securemcp.errors import (
     CallRefused,
     ConfigurationError,
@@ -216,12 +217,32 @@ def resolve_verifier(auth: Any) -> IdentityVerifier | None:
     )
 
 
+def presented_token(context: MiddlewareContext[Any] | None) -> str | None:
+    """The raw bearer credential presented with this request, if any (never trusted as-is).
+
+    Same sources, in the same order, as FastMCP's ``get_access_token()``: the HTTP request's
+    authenticated user (set by FastMCP's bearer middleware from the ``Authorization`` header),
+    then the MCP SDK's ``auth_context_var`` (the in-memory transport's carrier). Reading the
+    request from the middleware context avoids ``get_http_request()``'s exception on the
+    in-memory path, which is the hot path in tests and benchmarks.
+    """
+    fastmcp_context = context.fastmcp_context if context is not None else None
+    request_context = fastmcp_context.request_context if fastmcp_context is not None else None
+    request = request_context.request if request_context is not None else None
+    if request is not None:
+        user = request.scope.get("user")
+        if isinstance(user, AuthenticatedUser):
+            return user.access_token.token
+    carrier = auth_context_var.get()
+    return carrier.access_token.token if carrier is not None else None
+
+
 def _new_call_id() -> str:
     return secrets.token_hex(16)
 
 
-def _trace_id(span: trace.Span | None) -> str | None:
-    span_context = (span or trace.get_current_span()).get_span_context()
+def _trace_id(span: trace.Span) -> str | None:
+    span_context = span.get_span_context()
     if not span_context.is_valid:
         return None
     return format(span_context.trace_id, "032x")
@@ -257,14 +278,14 @@ class SecurityPipeline(Middleware):
             self._verifier_source = auth
         return self._verifier
 
-    async def authenticate(self) -> Principal:
+    async def authenticate(self, context: MiddlewareContext[Any] | None = None) -> Principal:
         """Establish the caller from a verified credential, or the development principal.
 
         Raises:
             Unauthenticated: no credential, an invalid one, or development mode in production.
         """
         verifier = self.verifier()
-        access = get_access_token()
+        token = presented_token(context)
         if verifier is None:
             if is_production():
                 raise Unauthenticated(
@@ -272,12 +293,12 @@ class SecurityPipeline(Middleware):
                     "the development identity"
                 )
             return development_principal(self._development_scopes)
-        if access is None or not access.token:
+        if not token:
             raise Unauthenticated(reason="no credential presented")
-        # The AccessToken found here may come from the caller's own ContextVars (in-memory
-        # transports run handlers in the sender's context), so only its raw token is used and
-        # identity is always re-established by this server's verifier (cached by token hash).
-        return await verifier.authenticate(access.token)
+        # The credential found may come from the caller's own ContextVars (in-memory transports
+        # run handlers in the sender's context), so only the raw token is used and identity is
+        # always re-established by this server's verifier (cached by token hash).
+        return await verifier.authenticate(token)
 
     # --- requirements ---------------------------------------------------------------------
 
@@ -321,7 +342,7 @@ class SecurityPipeline(Middleware):
 
     # --- the guarded call -----------------------------------------------------------------
 
-    async def _identify(self) -> tuple[Principal, str | None]:
+    async def _identify(self, context: MiddlewareContext[Any]) -> tuple[Principal, str | None]:
         """The caller: inherited from a mounting securemcp server, or freshly authenticated."""
         outer = _ADMISSION.get()
         if (
@@ -333,7 +354,7 @@ class SecurityPipeline(Middleware):
             # Delegated from a securemcp server that mounted this one: the caller was verified
             # there, for this very call. A fresh context is bound for this server all the same.
             return outer.context.principal, outer.context.call_id
-        return await self.authenticate(), None
+        return await self.authenticate(context), None
 
     async def _guard(
         self,
@@ -343,13 +364,14 @@ class SecurityPipeline(Middleware):
         call_next: CallNext[Any, Any],
     ) -> Any:
         started = time.perf_counter()
-        span = Telemetry.current_span()
+        current_span = trace.get_current_span()
+        span = current_span if current_span.is_recording() else None
         principal: Principal | None = None
         call_id: str | None = None
         allowed = False
         error_type: str | None = None
         try:
-            principal, parent_call_id = await self._identify()
+            principal, parent_call_id = await self._identify(context)
             server = self._server
             fastmcp_context = context.fastmcp_context
             transport = (fastmcp_context.transport if fastmcp_context else None) or "in-memory"
@@ -360,12 +382,13 @@ class SecurityPipeline(Middleware):
                 principal=principal,
                 transport=transport,
                 started_at=datetime.now(UTC),
-                trace_id=_trace_id(span),
+                trace_id=_trace_id(current_span),
                 server_name=server.name,
                 parent_call_id=parent_call_id,
             )
             call_id = security_context.call_id
-            with bind(security_context):
+            bound = _CURRENT.set(security_context)
+            try:
                 scopes = self._authorize(
                     method, target, principal, await self.required_scopes(method, target)
                 )
@@ -380,6 +403,9 @@ class SecurityPipeline(Middleware):
                 if getattr(result, "is_error", False):
                     error_type = "tool_error"
                 return result
+            finally:
+                _CURRENT.reset(bound)
+                security_context._close()
         except CallRefused as exc:
             error_type = exc.code
             if exc.reason:
@@ -456,7 +482,7 @@ class SecurityPipeline(Middleware):
             principal = outer.context.principal
         else:
             try:
-                principal = await self.authenticate()
+                principal = await self.authenticate(context)
             except Unauthenticated as exc:
                 logger.info("securemcp refused %s: %s", context.method, exc.reason)
                 # List handlers mask non-MCP errors as "Internal server error"; say what it is.
