@@ -1,0 +1,225 @@
+"""Value predicates for the rules file: argument and claim conditions.
+
+A condition is either a bare value (shorthand) or a table of operators that must all hold::
+
+    amount   = { lt = 1000, ge = 0 }
+    currency = { in = ["EUR", "USD"] }
+    memo     = { max_length = 200, regex = "[a-z ]*" }
+    dryrun   = true                          # shorthand: eq (for a claim: contains)
+
+Operators: ``eq``, ``ne``, ``in``, ``not_in``, ``lt``, ``le``, ``gt``, ``ge`` (numbers only;
+booleans are not numbers), ``regex`` (Python ``re``, **anchored**: the whole string must match),
+``min_length``, ``max_length`` (strings, arrays, objects), ``contains`` / ``contains_any`` (an
+array holds the value; a single string counts as a one-element array, which suits claims like
+``aud`` or ``groups`` that IdPs emit either way) and ``present`` (``true``/``false``).
+
+Every operator except ``present = false`` fails on a missing value, and a value of the wrong type
+fails the operator instead of raising: conditions never error on untrusted input. JSON types are
+kept apart (``true`` is not ``1``). Regular expressions run on attacker-controlled arguments with
+a backtracking engine: keep them simple (no nested quantifiers) and pair them with
+``max_length``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+__all__ = ["MISSING", "Predicate", "compile_predicate"]
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+#: Stands for an absent argument or claim.
+MISSING: Final = _Missing()
+
+
+# Concrete type tuples: isinstance against ``int | float`` or an ABC is several times slower.
+_NUMBERS: Final = (int, float)
+_SEQUENCES: Final = (list, tuple)
+_SIZED: Final = (str, list, tuple, dict, MappingProxyType)
+_SCALARS: Final = (str, int, float)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: ``true`` is not ``1`` (bool cannot be subclassed, so ``is`` suffices)."""
+    if a.__class__ is bool or b.__class__ is bool:
+        return a is b
+    return bool(a == b)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBERS) and value.__class__ is not bool
+
+
+def _has_len(value: Any) -> bool:
+    return isinstance(value, _SIZED)
+
+
+def _contains(value: Any, operand: Any) -> bool:
+    """An array holds ``operand``; a single scalar counts as a one-element array."""
+    if isinstance(value, _SEQUENCES):
+        for item in value:  # noqa: SIM110 - hot path, no generator
+            if _same(item, operand):
+                return True
+        return False
+    if isinstance(value, _SCALARS):  # includes bool
+        return _same(value, operand)
+    return False
+
+
+_Check = Callable[[Any], bool]
+
+
+def _number_operand(op: str, operand: Any) -> float:
+    if not _is_number(operand):
+        raise ValueError(f"'{op}' needs a number, got {operand!r}")
+    return float(operand)
+
+
+def _list_operand(op: str, operand: Any) -> tuple[Any, ...]:
+    if not isinstance(operand, list | tuple):
+        raise ValueError(f"'{op}' needs a list, got {operand!r}")
+    return tuple(operand)
+
+
+def _length_operand(op: str, operand: Any) -> int:
+    if not isinstance(operand, int) or isinstance(operand, bool) or operand < 0:
+        raise ValueError(f"'{op}' needs a non-negative integer, got {operand!r}")
+    return operand
+
+
+def _build(op: str, operand: Any) -> _Check:
+    if op == "eq":
+        return lambda v: _same(v, operand)
+    if op == "ne":
+        return lambda v: v is not MISSING and not _same(v, operand)
+    if op == "in":
+        options = _list_operand(op, operand)
+        if all(o.__class__ is str for o in options):
+            strings = frozenset(options)
+            return lambda v: v.__class__ is str and v in strings
+        return lambda v: any(_same(v, o) for o in options)
+    if op == "not_in":
+        options = _list_operand(op, operand)
+        return lambda v: v is not MISSING and not any(_same(v, o) for o in options)
+    if op in ("lt", "le", "gt", "ge"):
+        bound = _number_operand(op, operand)
+        compare: Callable[[float, float], bool] = {
+            "lt": float.__lt__,
+            "le": float.__le__,
+            "gt": float.__gt__,
+            "ge": float.__ge__,
+        }[op]
+        return lambda v: _is_number(v) and compare(float(v), bound)
+    if op == "regex":
+        if not isinstance(operand, str):
+            raise ValueError(f"'regex' needs a string, got {operand!r}")
+        try:
+            pattern = re.compile(operand)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {operand!r}: {exc}") from None
+        return lambda v: isinstance(v, str) and pattern.fullmatch(v) is not None
+    if op == "max_length":
+        limit = _length_operand(op, operand)
+        return lambda v: _has_len(v) and len(v) <= limit
+    if op == "min_length":
+        limit = _length_operand(op, operand)
+        return lambda v: _has_len(v) and len(v) >= limit
+    if op == "contains":
+        if operand.__class__ is str:
+            return lambda v: (
+                v == operand if v.__class__ is str else isinstance(v, _SEQUENCES) and operand in v
+            )
+        return lambda v: _contains(v, operand)
+    if op == "contains_any":
+        options = _list_operand(op, operand)
+        return lambda v: any(_contains(v, o) for o in options)
+    if op == "present":
+        if not isinstance(operand, bool):
+            raise ValueError(f"'present' needs true or false, got {operand!r}")
+        return (lambda v: v is not MISSING) if operand else (lambda v: v is MISSING)
+    raise ValueError(f"unknown operator {op!r}")
+
+
+OPERATORS: Final = frozenset(
+    {
+        "eq",
+        "ne",
+        "in",
+        "not_in",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "regex",
+        "max_length",
+        "min_length",
+        "contains",
+        "contains_any",
+        "present",
+    }
+)
+
+
+class Predicate:
+    """A compiled condition on one value. Call it with the value (or :data:`MISSING`)."""
+
+    __slots__ = ("_checks", "check")
+
+    def __init__(self, checks: tuple[tuple[str, Any, _Check], ...]) -> None:
+        self._checks = checks
+        if len(checks) == 1:
+            self.check: _Check = checks[0][2]
+        else:
+            functions = tuple(check for _op, _operand, check in checks)
+
+            def check_all(value: Any) -> bool:
+                for check in functions:  # noqa: SIM110 - hot path, no generator
+                    if not check(value):
+                        return False
+                return True
+
+            self.check = check_all
+
+    def __call__(self, value: Any) -> bool:
+        return self.check(value)
+
+    def failure(self, value: Any) -> str | None:
+        """The first operator ``value`` fails, as text (``None`` when all hold)."""
+        for op, operand, check in self._checks:
+            if not check(value):
+                return f"{op} {operand!r}"
+        return None
+
+    def describe(self) -> str:
+        """The condition as text, e.g. ``lt 1000 and ge 0``."""
+        return " and ".join(f"{op} {operand!r}" for op, operand, _ in self._checks)
+
+
+def compile_predicate(spec: Any, *, claim: bool = False) -> Predicate:
+    """Compile one condition.
+
+    A bare value is shorthand: ``eq`` for arguments, ``contains`` for claims; a bare list is
+    ``in`` for arguments and ``contains_any`` for claims.
+
+    Raises:
+        ValueError: unknown operators or operands of the wrong type.
+    """
+    if isinstance(spec, Mapping):
+        if not spec:
+            raise ValueError("an empty condition table matches nothing useful; remove it")
+        items = list(spec.items())
+    elif isinstance(spec, list | tuple):
+        items = [("contains_any" if claim else "in", list(spec))]
+    else:
+        items = [("contains" if claim else "eq", spec)]
+    checks = tuple((str(op), operand, _build(str(op), operand)) for op, operand in items)
+    return Predicate(checks)

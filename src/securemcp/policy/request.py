@@ -1,0 +1,252 @@
+"""The description of a call that a policy decides on: :class:`CallRequest` and :class:`RiskClass`.
+
+A policy sees *who* (the verified :class:`~securemcp.context.Principal`, never asserted identity —
+DESIGN.md guarantee 2), *what* (method, target, read-only arguments, tags, MCP tool annotations and
+a risk class) and *how* (transport). Everything is immutable, so a hook cannot change the call it
+decides on.
+
+Risk classes follow the MCP tool annotations (``ToolAnnotations`` in the MCP schema:
+``readOnlyHint``, ``destructiveHint``, ``openWorldHint``) or are declared explicitly by the server
+author, which always wins. Precedence when derived from annotations::
+
+    destructiveHint true (and not readOnlyHint)   -> destructive
+    readOnlyHint true and openWorldHint true      -> external
+    readOnlyHint true                             -> read
+    openWorldHint true                            -> external
+    anything else (including no annotations)      -> write
+
+Deliberate deviation from the MCP defaults (``destructiveHint`` and ``openWorldHint`` default to
+true): applying them would make every un-annotated tool destructive and put every existing server
+behind approvals. securemcp classifies an un-annotated tool as ``write`` (never ``read``: nothing
+is assumed harmless) and only explicit hints move it. ``admin`` is never derived; declare it.
+Annotations here are the server author's own declarations, not claims from a client.
+
+Arguments are hashed with :func:`arguments_hash`: SHA-256 over a canonical JSON encoding (sorted
+keys, no insignificant whitespace, UTF-8; the RFC 8785 JCS idea for the JSON that MCP carries), so
+the same arguments always hash the same and approvals can be bound to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Final
+
+from securemcp.context import Principal, freeze_claims
+
+__all__ = [
+    "CallRequest",
+    "RiskClass",
+    "annotations_mapping",
+    "arguments_hash",
+    "canonical_json",
+    "freeze",
+]
+
+
+class RiskClass(StrEnum):
+    """How dangerous a call is, from least to most (``admin`` is declared, never derived)."""
+
+    READ = "read"
+    WRITE = "write"
+    EXTERNAL = "external"
+    DESTRUCTIVE = "destructive"
+    ADMIN = "admin"
+
+    @classmethod
+    def classify(
+        cls, annotations: Any = None, declared: RiskClass | str | None = None
+    ) -> RiskClass:
+        """The risk class of a tool: ``declared`` if given, else derived from its annotations.
+
+        ``annotations`` may be a mapping, an object with hint attributes (FastMCP/MCP
+        ``ToolAnnotations``) or ``None``.
+
+        Raises:
+            ValueError: ``declared`` is not a risk class name.
+        """
+        if declared is not None:
+            return cls(declared)
+        if annotations is None or annotations is _NO_ANNOTATIONS:
+            return cls.WRITE
+        hints = annotations_mapping(annotations)
+        read_only = _hint(hints, "readOnlyHint")
+        destructive = _hint(hints, "destructiveHint")
+        open_world = _hint(hints, "openWorldHint")
+        if destructive is True and read_only is not True:
+            return cls.DESTRUCTIVE
+        if open_world is True:
+            return cls.EXTERNAL
+        if read_only is True:
+            return cls.READ
+        return cls.WRITE
+
+
+_SNAKE: Final[dict[str, str]] = {
+    "read_only_hint": "readOnlyHint",
+    "destructive_hint": "destructiveHint",
+    "idempotent_hint": "idempotentHint",
+    "open_world_hint": "openWorldHint",
+}
+
+
+def _hint(annotations: Mapping[str, Any], name: str) -> bool | None:
+    value = annotations.get(name)
+    return value if isinstance(value, bool) else None
+
+
+_SCALAR_TYPES: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def freeze(value: Any) -> Any:
+    """A deeply read-only copy of JSON data (objects → mappingproxy, arrays → tuples).
+
+    Same result as :func:`securemcp.context.freeze_claims`, with a fast path for scalars.
+    """
+    cls = value.__class__
+    if cls in _SCALAR_TYPES:
+        return value
+    if cls is dict or cls is MappingProxyType:
+        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+    if cls is list or cls is tuple:
+        return tuple(freeze(v) for v in value)
+    return freeze_claims(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Canonical UTF-8 JSON: sorted keys, no whitespace, no NaN/Infinity.
+
+    Raises:
+        TypeError, ValueError: ``value`` is not JSON data.
+    """
+    text = json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_json_default,
+    )
+    return text.encode("utf-8")
+
+
+def arguments_hash(arguments: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of the canonical JSON of ``arguments``.
+
+    Values that are not JSON data hash by ``repr`` (still deterministic within a process).
+    """
+    try:
+        data = canonical_json(arguments)
+    except (TypeError, ValueError):
+        data = repr(sorted((str(k), repr(v)) for k, v in arguments.items())).encode()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+_NO_ANNOTATIONS: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
+def annotations_mapping(annotations: Any) -> Mapping[str, Any]:
+    """MCP annotations as a read-only mapping with the schema's camelCase hint names.
+
+    Accepts a mapping or an MCP/FastMCP ``ToolAnnotations``. The result can be cached per tool
+    and passed to :meth:`CallRequest.build` (a read-only mapping is used as is), which saves a
+    pydantic dump per call.
+    """
+    if annotations is None:
+        return _NO_ANNOTATIONS
+    if isinstance(annotations, MappingProxyType):
+        return annotations
+    if isinstance(annotations, Mapping):
+        data = dict(annotations)
+    else:
+        dump = getattr(annotations, "model_dump", None)
+        if not callable(dump):
+            raise TypeError(
+                f"annotations must be a mapping or ToolAnnotations, not {annotations!r}"
+            )
+        data = dump(by_alias=True, exclude_none=True)
+    normalized = {_SNAKE.get(str(k), str(k)): v for k, v in data.items()}
+    return freeze_claims(normalized)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """One call, as a policy sees it. Build it with :meth:`build`.
+
+    Attributes:
+        principal: the verified caller.
+        tenant: the caller's tenant (defaults to ``principal.tenant``).
+        method: MCP method (``tools/call``, ``resources/read``, ``prompts/get``).
+        target: tool name, resource URI or prompt name.
+        arguments: the call's arguments, deeply read-only (lists become tuples).
+        tags: the component's FastMCP tags.
+        annotations: the component's MCP annotations, read-only.
+        risk: the risk class (declared, or derived from ``annotations``).
+        transport: ``stdio``, ``streamable-http``, ``sse`` or ``in-memory``.
+    """
+
+    principal: Principal
+    tenant: str | None
+    method: str
+    target: str
+    arguments: Mapping[str, Any] = field(default_factory=lambda: _NO_ANNOTATIONS)
+    tags: frozenset[str] = frozenset()
+    annotations: Mapping[str, Any] = field(default_factory=lambda: _NO_ANNOTATIONS)
+    risk: RiskClass = RiskClass.WRITE
+    transport: str = "in-memory"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.arguments, MappingProxyType):
+            object.__setattr__(self, "arguments", freeze(self.arguments))
+        if not isinstance(self.annotations, MappingProxyType):
+            object.__setattr__(self, "annotations", annotations_mapping(self.annotations))
+        tags: Any = self.tags
+        if not isinstance(tags, frozenset):
+            object.__setattr__(self, "tags", frozenset(tags))
+        risk: Any = self.risk
+        if not isinstance(risk, RiskClass):
+            object.__setattr__(self, "risk", RiskClass(risk))
+
+    @classmethod
+    def build(
+        cls,
+        principal: Principal,
+        target: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        method: str = "tools/call",
+        tenant: str | None = None,
+        tags: Iterable[str] = (),
+        annotations: Any = None,
+        risk: RiskClass | str | None = None,
+        transport: str = "in-memory",
+    ) -> CallRequest:
+        """Describe a call; freezes ``arguments`` and derives ``risk`` unless declared."""
+        hints = annotations_mapping(annotations)
+        return cls(
+            principal=principal,
+            tenant=tenant if tenant is not None else principal.tenant,
+            method=method,
+            target=target,
+            arguments=freeze(arguments) if arguments else _NO_ANNOTATIONS,
+            tags=tags if isinstance(tags, frozenset) else frozenset(tags),
+            annotations=hints,
+            risk=RiskClass.classify(hints, risk),
+            transport=transport,
+        )
+
+    def arguments_hash(self) -> str:
+        """``sha256:<hex>`` of the canonical JSON of the arguments (see :func:`arguments_hash`)."""
+        return arguments_hash(self.arguments)

@@ -1,0 +1,147 @@
+"""Decision model, constraints, CallRequest and risk classes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from mcp.types import ToolAnnotations
+from policy_helpers import principal, request
+
+from securemcp.errors import CallRefused
+from securemcp.policy import (
+    ApprovalInvalid,
+    ApprovalRequired,
+    ArgumentBound,
+    CallRequest,
+    Constraints,
+    Decision,
+    Effect,
+    PolicyError,
+    RateLimited,
+    RiskClass,
+    arguments_hash,
+)
+
+
+def test_constructors_and_provenance() -> None:
+    allow = Decision.allow(rule="r1", policy_version="sha256:aa")
+    assert allow.effect is Effect.ALLOW and allow.allowed
+    deny = Decision.deny("nope", rule="r2")
+    assert deny.effect is Effect.DENY and not deny.allowed and deny.reason == "nope"
+    approval = Decision.require_approval("dangerous", rule="r3")
+    assert approval.effect is Effect.REQUIRE_APPROVAL and not approval.allowed
+    constrained = Decision.constrain(
+        timeout_seconds=5, max_result_bytes=100, arguments={"amount": {"max": 10}}
+    )
+    assert constrained.allowed and constrained.effect is Effect.CONSTRAIN
+    assert constrained.constraints.arguments["amount"] == ArgumentBound(max=10)
+    filled = deny.with_source(rule="other", policy_version="sha256:bb")
+    assert filled.rule == "r2" and filled.policy_version == "sha256:bb"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        deny.reason = "changed"  # type: ignore[misc]
+    assert constrained.to_dict()["constraints"] == {
+        "max_result_bytes": 100,
+        "timeout_seconds": 5,
+        "arguments": {"amount": {"max": 10}},
+    }
+
+
+def test_argument_bounds() -> None:
+    constraints = Constraints.from_mapping(
+        {
+            "arguments": {
+                "amount": {"min": 0, "max": 1000},
+                "currency": {"enum": ["EUR", "USD"]},
+                "memo": {"max_length": 5},
+            }
+        }
+    )
+    assert constraints.violations({"amount": 10, "currency": "EUR", "memo": "hi"}) == ()
+    problems = constraints.violations({"amount": 5000, "currency": "GBP", "memo": "too long"})
+    assert len(problems) == 3
+    assert constraints.violations({"amount": True}) == ("argument 'amount' must be a number",)
+    assert constraints.violations({"amount": "5"}) == ("argument 'amount' must be a number",)
+    assert constraints.violations({}) == ()  # bounds apply only to arguments that are present
+    with pytest.raises(ValueError, match="unknown argument bound"):
+        Constraints.from_mapping({"arguments": {"x": {"maximum": 1}}})
+    with pytest.raises(ValueError, match="unknown constraint"):
+        Constraints.from_mapping({"timeout": 1})
+
+
+def test_constraints_merge_takes_the_tighter() -> None:
+    a = Constraints(
+        timeout_seconds=10, arguments={"n": ArgumentBound(min=0, max=100, enum=(1, 2, 3))}
+    )
+    b = Constraints(
+        timeout_seconds=5,
+        max_result_bytes=10,
+        arguments={"n": ArgumentBound(max=50, enum=(2, 3, 4))},
+    )
+    merged = a.merge(b)
+    assert merged.timeout_seconds == 5 and merged.max_result_bytes == 10
+    assert merged.arguments["n"] == ArgumentBound(min=0, max=50, enum=(2, 3))
+
+
+def test_risk_classification() -> None:
+    assert RiskClass.classify(None) is RiskClass.WRITE
+    assert RiskClass.classify({}) is RiskClass.WRITE
+    assert RiskClass.classify({"readOnlyHint": True}) is RiskClass.READ
+    assert RiskClass.classify({"readOnlyHint": True, "openWorldHint": True}) is RiskClass.EXTERNAL
+    assert RiskClass.classify({"openWorldHint": True}) is RiskClass.EXTERNAL
+    assert RiskClass.classify({"destructiveHint": True}) is RiskClass.DESTRUCTIVE
+    assert (
+        RiskClass.classify({"destructiveHint": True, "openWorldHint": True})
+        is RiskClass.DESTRUCTIVE
+    )
+    assert RiskClass.classify({"destructiveHint": False}) is RiskClass.WRITE
+    assert RiskClass.classify(ToolAnnotations(destructiveHint=True)) is RiskClass.DESTRUCTIVE
+    assert RiskClass.classify(ToolAnnotations(readOnlyHint=True)) is RiskClass.READ
+    assert RiskClass.classify({"readOnlyHint": True}, declared="admin") is RiskClass.ADMIN
+    with pytest.raises(ValueError):
+        RiskClass.classify(None, declared="harmless")
+
+
+def test_call_request_is_read_only() -> None:
+    args = {"items": [1, 2], "nested": {"k": "v"}}
+    req = request("add", args, annotations=ToolAnnotations(readOnlyHint=True), tags={"math"})
+    assert req.risk is RiskClass.READ
+    assert req.annotations["readOnlyHint"] is True
+    assert req.tags == frozenset({"math"})
+    with pytest.raises(TypeError):
+        req.arguments["items"] = []  # type: ignore[index]
+    with pytest.raises(TypeError):
+        req.arguments["nested"]["k"] = "x"  # type: ignore[index]
+    args["items"].append(3)  # the caller's dict is not shared
+    assert req.arguments["items"] == (1, 2)
+    assert req.tenant is None
+    tenanted = CallRequest.build(principal(tenant="acme"), "add")
+    assert tenanted.tenant == "acme"
+    direct = CallRequest(principal(), None, "tools/call", "add", {"a": [1]}, {"x"}, None, "read")  # type: ignore[arg-type]
+    assert direct.risk is RiskClass.READ and direct.arguments["a"] == (1,)
+
+
+def test_arguments_hash_is_canonical() -> None:
+    assert arguments_hash({"a": 1, "b": [1, 2]}) == arguments_hash({"b": [1, 2], "a": 1})
+    assert arguments_hash({"a": 1}) != arguments_hash({"a": 2})
+    assert arguments_hash({"a": 1}) != arguments_hash({"a": "1"})
+    frozen = request("t", {"b": [1, {"c": 2}], "a": "x"})
+    assert frozen.arguments_hash() == arguments_hash({"a": "x", "b": [1, {"c": 2}]})
+    assert frozen.arguments_hash().startswith("sha256:")
+
+
+def test_error_codes_are_stable_and_client_safe() -> None:
+    limited = RateLimited(2.2, "per-user", reason="key abc")
+    assert isinstance(limited, CallRefused)
+    assert limited.code == "rate_limited" and limited.retry_after == 2.2
+    assert limited.retry_after_header == 3
+    assert str(limited) == "rate_limited: Rate limit exceeded; retry after 3 s."
+    assert limited.data["retryAfter"] == 2.2
+    required = ApprovalRequired("apr_1", reason="rule x")
+    assert required.code == "approval_required" and required.approval_id == "apr_1"
+    assert "apr_1" in str(required) and "rule x" not in str(required)
+    invalid = ApprovalInvalid("other_arguments", "apr_1")
+    assert invalid.code == "approval_invalid" and invalid.why == "other_arguments"
+    assert "different arguments" in str(invalid)
+    error = PolicyError(reason="hook raised KeyError")
+    assert error.code == "policy_error" and "KeyError" not in str(error)

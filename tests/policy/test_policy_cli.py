@@ -1,0 +1,129 @@
+"""``securemcp policy check|explain`` and ``securemcp approvals list|approve|deny``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from policy_helpers import principal
+
+from securemcp.policy.approvals import ApprovalStatus
+from securemcp.policy.approvals_sqlite import SQLiteApprovalStore
+from securemcp.policy.cli import register
+
+RULES = """\
+default = "deny"
+
+[[rule]]
+name = "admins"
+effect = "allow"
+claims = { role = "admin" }
+
+[[rule]]
+name = "small-refunds"
+effect = "allow"
+tools = ["refund"]
+scopes = ["billing:write"]
+arguments = { amount = { le = 100 } }
+"""
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="securemcp")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(RULES)
+    return path
+
+
+def test_check_valid(rules: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("policy", "check", str(rules)) == 0
+    out = capsys.readouterr().out
+    assert "OK, 2 rules, default deny, version sha256:" in out
+
+
+def test_check_invalid_is_line_precise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(RULES.replace('effect = "allow"\ntools', 'effect = "alow"\ntools'))
+    assert run("policy", "check", str(bad)) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:10: 'effect' must be one of" in err
+    assert run("policy", "check", str(tmp_path / "missing.toml")) == 2
+
+
+def test_explain(rules: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(
+        "policy",
+        "explain",
+        str(rules),
+        "--tool",
+        "refund",
+        "--subject",
+        "alice",
+        "--scope",
+        "billing:write other:scope",
+        "--arg",
+        "amount=50",
+        "--claim",
+        "role=support",
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "rule 'admins' (line 3): no match: claim 'role' fails contains 'admin'" in out
+    assert "decision: allow by 'small-refunds' at line 8" in out
+    run(
+        "policy", "explain", str(rules), "--tool", "refund", "--subject", "a", "--arg", "amount=500"
+    )
+    assert "decision: deny by 'default'" in capsys.readouterr().out
+    assert (
+        run("policy", "explain", str(rules), "--tool", "x", "--subject", "a", "--arg", "oops") == 2
+    )
+
+
+def test_approvals_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "approvals.sqlite3"
+    store = SQLiteApprovalStore(db)
+    first = asyncio.run(
+        store.request(principal("alice"), "drop_db", "sha256:a", "sha256:p", reason="destructive")
+    )
+    second = asyncio.run(store.request(principal("bob"), "drop_db", "sha256:b", "sha256:p"))
+    assert run("approvals", "list", "--store", str(db)) == 0
+    out = capsys.readouterr().out
+    assert first in out and second in out and "'drop_db' for alice" in out
+    assert run("approvals", "approve", first, "--store", str(db), "--reusable-for", "60") == 0
+    assert "approved by" in capsys.readouterr().out
+    assert run("approvals", "deny", second, "--store", str(db), "--reason", "no") == 0
+    approved = asyncio.run(store.get(first))
+    assert approved is not None and approved.status is ApprovalStatus.APPROVED
+    assert (
+        approved.reusable
+        and approved.decided_by
+        and "securemcp:local-operator" in approved.decided_by
+    )
+    denied = asyncio.run(store.get(second))
+    assert denied is not None and denied.status is ApprovalStatus.DENIED and denied.note == "no"
+    # deciding twice, or an unknown id, is refused with exit 1
+    assert run("approvals", "approve", first, "--store", str(db)) == 1
+    assert "already been decided" in capsys.readouterr().err
+    assert run("approvals", "approve", "apr_unknown", "--store", str(db)) == 1
+    capsys.readouterr()
+    assert run("approvals", "list", "--store", str(db)) == 0
+    assert "no pending approval requests" in capsys.readouterr().out
+    assert run("approvals", "list", "--all", "--json", "--store", str(db)) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {r["status"] for r in records} == {"approved", "denied"}
+
+
+def test_approvals_cli_store_unavailable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("approvals", "list", "--store", "redis://127.0.0.1:1/0") == 2
+    assert "unavailable" in capsys.readouterr().err

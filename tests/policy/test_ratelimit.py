@@ -1,0 +1,230 @@
+"""Rate limits in memory and in a real Redis server (shared by separate OS processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from policy_helpers import RedisServer, principal, request
+
+from securemcp.policy import RateLimited
+from securemcp.policy.ratelimit import RateDecision, RateLimit, RateLimiter, StorageFailure
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def storage_uri(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    if request.param == "memory":
+        yield "memory://"
+    else:
+        yield request.getfixturevalue("redis_url")
+
+
+async def test_exactly_the_limit_under_concurrency(storage_uri: str) -> None:
+    limiter = RateLimiter([RateLimit("per-user", "10/minute")], storage_uri)
+    call = request("add", who=principal("alice"))
+    results = await asyncio.gather(*(limiter.hit(call) for _ in range(100)))
+    allowed = [r for r in results if r.allowed]
+    refused = [r for r in results if not r.allowed]
+    assert len(allowed) == 10 and len(refused) == 90
+    assert all(r.limit == "per-user" and 0 < r.retry_after <= 60 for r in refused)
+    assert all(r.key and len(r.key) == 64 for r in refused)
+
+
+async def test_other_users_and_tenants_are_unaffected(storage_uri: str) -> None:
+    limiter = RateLimiter(
+        [RateLimit("per-user", "2/minute"), RateLimit("per-tenant", "5/minute", per="tenant")],
+        storage_uri,
+    )
+    alice = request(who=principal("alice", tenant="acme"))
+    for _ in range(2):
+        assert (await limiter.hit(alice)).allowed
+    assert not (await limiter.hit(alice)).allowed
+    # same subject, other issuer / other tenant: separate buckets
+    assert (await limiter.hit(request(who=principal("bob", tenant="acme")))).allowed
+    assert (await limiter.hit(request(who=principal("alice", tenant="globex")))).allowed
+    assert (await limiter.hit(request(who=principal("alice", issuer="https://b.example")))).allowed
+    # alice's refusals did not consume acme's budget: 2 (alice) + 1 (bob) used, 2 left
+    for name in ("carol", "dave"):
+        assert (await limiter.hit(request(who=principal(name, tenant="acme")))).allowed
+    refused = await limiter.hit(request(who=principal("erin", tenant="acme")))
+    assert not refused.allowed and refused.limit == "per-tenant"
+    # globex is unaffected by acme's tenant limit
+    assert (await limiter.hit(request(who=principal("erin", tenant="globex")))).allowed
+
+
+async def test_limits_recover_after_retry_after(storage_uri: str) -> None:
+    limiter = RateLimiter([RateLimit("burst", "3/second")], storage_uri)
+    call = request()
+    for _ in range(3):
+        assert (await limiter.hit(call)).allowed
+    refused = await limiter.hit(call)
+    assert not refused.allowed and 0 < refused.retry_after <= 1.0
+    with pytest.raises(RateLimited) as raised:
+        refused.raise_if_refused()
+    assert raised.value.retry_after == refused.retry_after and raised.value.limit == "burst"
+    await asyncio.sleep(refused.retry_after + 0.05)
+    assert (await limiter.hit(call)).allowed
+
+
+async def test_per_tool_scoping_and_cost(storage_uri: str) -> None:
+    limiter = RateLimiter(
+        [
+            RateLimit("expensive", "10/minute", per="principal_tool", tools=("render_*",), cost=5),
+            RateLimit("search-global", "3/minute", per="tool", tools=("search",)),
+        ],
+        storage_uri,
+    )
+    alice, bob = principal("alice"), principal("bob")
+    assert (await limiter.hit(request("render_pdf", who=alice))).allowed
+    assert (await limiter.hit(request("render_pdf", who=alice))).allowed
+    assert not (await limiter.hit(request("render_pdf", who=alice))).allowed
+    assert (await limiter.hit(request("render_png", who=alice))).allowed  # per tool
+    assert (await limiter.hit(request("add", who=alice))).allowed  # not covered
+    for who in (alice, bob, alice):
+        assert (await limiter.hit(request("search", who=who))).allowed
+    refused = await limiter.hit(request("search", who=principal("carol")))
+    assert not refused.allowed and refused.limit == "search-global"
+
+
+async def test_keys_are_hashed_and_cannot_collide(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    limiter = RateLimiter([RateLimit("user-tool", "1/minute", per="principal_tool")], redis_url)
+    assert (await limiter.hit(request("c", who=principal("a/b")))).allowed
+    # a naive "a/b" + "/" + "c" key would equal "a" + "/" + "b/c"
+    assert (await limiter.hit(request("b/c", who=principal("a")))).allowed
+    keys = redis_server.keys()
+    assert keys and not any("a/b" in k or "alice" in k or "idp.example" in k for k in keys)
+
+
+async def test_pre_auth_address_limit(storage_uri: str) -> None:
+    limiter = RateLimiter(
+        [RateLimit("per-ip", "2/minute", per="address"), RateLimit("per-user", "100/minute")],
+        storage_uri,
+    )
+    assert (await limiter.hit_address("203.0.113.7")).allowed
+    assert (await limiter.hit_address("203.0.113.7")).allowed
+    refused = await limiter.hit_address("203.0.113.7")
+    assert not refused.allowed and refused.limit == "per-ip" and refused.retry_after > 0
+    assert (await limiter.hit_address("::ffff:203.0.113.8")).allowed
+    assert (await limiter.hit_address("203.0.113.8")).allowed
+    assert not (await limiter.hit_address("203.0.113.8")).allowed  # v4-mapped is the same host
+    # IPv6 clients are limited per /64
+    assert (await limiter.hit_address("2001:db8::1")).allowed
+    assert (await limiter.hit_address("2001:db8::2")).allowed
+    assert not (await limiter.hit_address("2001:db8::3")).allowed
+    assert (await limiter.hit_address("2001:db8:0:1::1")).allowed
+    assert (await limiter.hit_address(None)).allowed  # stdio: no address
+    # address limits never apply to hit(), and principal limits never to hit_address()
+    assert (await limiter.hit(request())).allowed
+
+
+async def test_fixed_window_strategy_is_available() -> None:
+    limiter = RateLimiter([RateLimit("n", "5/minute")], strategy="fixed-window")
+    results = await asyncio.gather(*(limiter.hit(request()) for _ in range(20)))
+    assert sum(r.allowed for r in results) == 5
+
+
+def test_configuration_is_validated() -> None:
+    with pytest.raises(ValueError, match="cost"):
+        RateLimit("x", "2/minute", cost=3)
+    with pytest.raises(ValueError, match="per must be"):
+        RateLimit("x", "2/minute", per="planet")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="x"):
+        RateLimit("x", "lots")
+    with pytest.raises(ValueError, match="unique"):
+        RateLimiter([RateLimit("x", "1/second"), RateLimit("x", "2/second")])
+    limit = RateLimit.from_mapping({"name": "m", "limit": "2/second;100/minute", "tools": ["a*"]})
+    assert len(limit.items) == 2 and limit.applies_to("abc") and not limit.applies_to("b")
+
+
+# --- Redis shared between processes and Redis failures -----------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    sys.path.insert(0, {src!r})
+    from securemcp.context import Principal
+    from securemcp.policy.ratelimit import RateLimit, RateLimiter
+    from securemcp.policy.request import CallRequest
+
+    async def main():
+        limiter = RateLimiter([RateLimit("per-user", "10/minute")], {url!r})
+        who = Principal(subject="alice", issuer="https://idp.example")
+        call = CallRequest.build(who, "add", {{}})
+        while time.time() < {start}:
+            await asyncio.sleep(0.001)
+        results = await asyncio.gather(*(limiter.hit(call) for _ in range(50)))
+        print(json.dumps(sum(r.allowed for r in results)))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_two_processes_share_one_limit(redis_url: str) -> None:
+    script = WORKER.format(src=SRC, url=redis_url, start=time.time() + 1.5)
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    counts = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0
+        counts.append(json.loads(out))
+    assert sum(counts) == 10, counts
+
+
+@pytest.mark.parametrize("behaviour", ["deny", "allow"])
+async def test_redis_down(private_redis: RedisServer, behaviour: str) -> None:
+    failures: list[StorageFailure] = []
+    limiter = RateLimiter(
+        [RateLimit("per-user", "10/minute")],
+        private_redis.url,
+        on_storage_error=behaviour,  # type: ignore[arg-type]
+        on_storage_failure=failures.append,
+    )
+    assert (await limiter.hit(request())).allowed
+    assert failures == []
+    private_redis.stop()
+    decision = await limiter.hit(request())
+    assert decision.allowed is (behaviour == "allow")
+    assert decision.storage_error and decision.limit == "per-user"
+    assert len(failures) == 1 and failures[0].behaviour == behaviour
+    assert failures[0].limit == "per-user" and failures[0].error
+    # while the circuit is open the storage is not retried, but every call is still reported
+    again = await limiter.hit(request())
+    assert again.allowed is (behaviour == "allow") and len(failures) == 2
+
+
+async def test_default_is_fail_closed_with_per_limit_override() -> None:
+    failures: list[StorageFailure] = []
+    limiter = RateLimiter(
+        [
+            RateLimit("open-one", "10/minute", on_storage_error="allow"),
+            RateLimit("sensitive", "10/minute", per="tool", tools=("wire_*",)),
+        ],
+        "redis://127.0.0.1:1/0",  # nothing listens here
+        on_storage_failure=failures.append,
+    )
+    assert limiter.on_storage_error == "deny"
+    relaxed = await limiter.hit(request("add"))
+    assert relaxed.allowed and relaxed.storage_error
+    strict = await limiter.hit(request("wire_money"))
+    assert not strict.allowed and strict.limit == "sensitive"
+    assert {f.behaviour for f in failures} == {"allow", "deny"}
+
+
+async def test_allowed_decision_is_shared_constant() -> None:
+    limiter = RateLimiter([])
+    assert await limiter.hit(request()) == RateDecision(True)
