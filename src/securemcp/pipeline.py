@@ -237,6 +237,24 @@ def presented_token(context: MiddlewareContext[Any] | None) -> str | None:
     return carrier.access_token.token if carrier is not None else None
 
 
+def _transport_of(context: MiddlewareContext[Any] | None) -> str:
+    fastmcp_context = context.fastmcp_context if context is not None else None
+    return (fastmcp_context.transport if fastmcp_context is not None else None) or "in-memory"
+
+
+def _request_meta(context: MiddlewareContext[Any] | None) -> dict[str, Any] | None:
+    """The caller's raw request ``_meta`` (only ever used for explicitly trusted stdio hosts)."""
+    fastmcp_context = context.fastmcp_context if context is not None else None
+    request_context = fastmcp_context.request_context if fastmcp_context is not None else None
+    meta = getattr(request_context, "meta", None) if request_context is not None else None
+    if meta is None:
+        return None
+    if isinstance(meta, dict):
+        return meta
+    dump = getattr(meta, "model_dump", None)
+    return dump() if callable(dump) else None
+
+
 def _new_call_id() -> str:
     return secrets.token_hex(16)
 
@@ -286,6 +304,8 @@ class SecurityPipeline(Middleware):
         """
         verifier = self.verifier()
         token = presented_token(context)
+        if token is None and _transport_of(context) == "stdio":
+            token = self._server._securemcp_stdio.credential(_request_meta(context))
         if verifier is None:
             if is_production():
                 raise Unauthenticated(
@@ -373,8 +393,7 @@ class SecurityPipeline(Middleware):
         try:
             principal, parent_call_id = await self._identify(context)
             server = self._server
-            fastmcp_context = context.fastmcp_context
-            transport = (fastmcp_context.transport if fastmcp_context else None) or "in-memory"
+            transport = _transport_of(context)
             security_context = SecurityContext(
                 call_id=_new_call_id(),
                 method=method,

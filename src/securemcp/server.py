@@ -24,6 +24,7 @@ from fastmcp.decorators import get_fastmcp_meta
 from fastmcp.server.middleware import Middleware
 from fastmcp.tools import Tool
 
+from securemcp.auth.stdio import StdioIdentity
 from securemcp.errors import ConfigurationError
 from securemcp.pipeline import (
     SecurityPipeline,
@@ -44,6 +45,7 @@ _SECUREMCP_KEYWORDS = (
     "hide_unauthorized",
     "disclose_required_scopes",
     "development_scopes",
+    "stdio_identity",
 )
 
 
@@ -138,6 +140,8 @@ class FastMCP(fastmcp.FastMCP[Any]):
             exist instead, revealing nothing about it.
         development_scopes: scopes of the development principal used when no verifier is set
             (default: every scope, or ``SECUREMCP_DEV_SCOPES``). Never used in production.
+        stdio_identity: where a stdio server finds its caller's credential (default: the
+            ``SECUREMCP_ACCESS_TOKEN`` environment variable), verified by ``auth=``.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class FastMCP(fastmcp.FastMCP[Any]):
         hide_unauthorized: bool = True,
         disclose_required_scopes: bool = True,
         development_scopes: Sequence[str] | None = None,
+        stdio_identity: StdioIdentity | None = None,
         tools: Sequence[Any] | None = None,
         lifespan: Any = None,
         **kwargs: Any,
@@ -170,6 +175,7 @@ class FastMCP(fastmcp.FastMCP[Any]):
         if development_scopes is not None:
             development_scopes = validate_scopes(development_scopes, where="development_scopes")
         self._securemcp_parents: weakref.WeakSet[FastMCP] = weakref.WeakSet()
+        self._securemcp_stdio = stdio_identity or StdioIdentity()
         self._securemcp_pipeline = SecurityPipeline(
             self,
             hide_unauthorized=hide_unauthorized,
@@ -231,6 +237,12 @@ class FastMCP(fastmcp.FastMCP[Any]):
             " ".join(sorted(principal.scopes)),
             "!" * 78,
         )
+
+    def http_app(self, *args: Any, **kwargs: Any) -> Any:
+        """FastMCP's ``http_app``, with securemcp's HTTP protections around it."""
+        from securemcp.auth.http import protect_http_app
+
+        return protect_http_app(self, super().http_app(*args, **kwargs))
 
     # --- registration: scopes= on every path ----------------------------------------------
 
