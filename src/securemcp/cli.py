@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
+
+#: Modules contributing subcommands through ``register(subparsers)``.
+_COMMAND_MODULES = ("securemcp.policy.cli",)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -20,6 +24,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run a zero-configuration demo: two users, scopes, a hidden tool, a forged token",
     )
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(commands)
     return parser
 
 
@@ -36,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from securemcp.demo import main as demo_main
 
         return demo_main()
+    func = getattr(args, "func", None)
+    if func is not None:
+        return int(func(args))
     parser.print_help(sys.stderr)
     return 2
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fastmcp.exceptions import AuthorizationError, InsufficientScopeError
+from fastmcp.exceptions import AuthorizationError, InsufficientScopeError, ToolError
 
 __all__ = [
     "CallRefused",
+    "CallTimedOut",
+    "ComponentChanged",
     "ConfigurationError",
     "ContextClosed",
     "ContextError",
@@ -26,6 +28,7 @@ __all__ = [
     "NoActiveCall",
     "PipelineBypassed",
     "PolicyDenied",
+    "ResultTooLarge",
     "ScopeDeclarationError",
     "SecureMCPError",
     "Unauthenticated",
@@ -151,3 +154,24 @@ class PipelineBypassed(CallRefused):
     default_message = (
         "This call did not pass through the securemcp security pipeline and was refused."
     )
+
+
+class ComponentChanged(CallRefused):
+    """The target changed while the call was being authorized; the same call may be retried."""
+
+    code = "component_changed"
+    default_message = "The target changed while the call was being authorized; retry the call."
+
+
+class ResultTooLarge(CallRefused):
+    """The result exceeded the size limit set by policy; it was withheld from the client."""
+
+    code = "result_too_large"
+    default_message = "The result exceeded the size limit set by policy and was withheld."
+
+
+class CallTimedOut(SecureMCPError, ToolError):
+    """The call exceeded the time limit set by policy and was cancelled."""
+
+    code = "timeout"
+    default_message = "The call exceeded the time limit set by policy and was cancelled."

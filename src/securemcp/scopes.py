@@ -14,10 +14,23 @@ from typing import Any, Final, TypeVar
 
 from securemcp.errors import ScopeDeclarationError
 
-__all__ = ["SCOPES_META_KEY", "declared_scopes", "validate_scopes", "with_scopes"]
+__all__ = [
+    "RISK_META_KEY",
+    "SCOPES_META_KEY",
+    "declared_risk",
+    "declared_scopes",
+    "validate_risk",
+    "validate_scopes",
+    "with_scopes",
+]
 
 #: ``_meta`` key (MCP reverse-DNS prefix form) under which a component's required scopes live.
 SCOPES_META_KEY: Final = "securemcp.dev/scopes"
+
+#: ``_meta`` key holding a component's declared risk class (``read`` ... ``admin``).
+RISK_META_KEY: Final = "securemcp.dev/risk"
+
+_RISK_CLASSES: Final = ("read", "write", "external", "destructive", "admin")
 
 #: Attribute set by :func:`with_scopes` on plain functions passed to ``tools=`` / ``add_*``.
 FUNCTION_SCOPES_ATTR: Final = "__securemcp_scopes__"
@@ -56,6 +69,30 @@ def validate_scopes(scopes: object, *, where: str = "scopes") -> tuple[str, ...]
             )
         result.add(scope)
     return tuple(sorted(result))
+
+
+def validate_risk(risk: object) -> str:
+    """Return ``risk`` as a risk-class name, or raise a clear error naming the valid ones."""
+    value = getattr(risk, "value", risk)
+    if not isinstance(value, str) or value not in _RISK_CLASSES:
+        raise ScopeDeclarationError(f"risk must be one of {', '.join(_RISK_CLASSES)}, got {risk!r}")
+    return value
+
+
+def meta_with_risk(meta: Mapping[str, Any] | None, risk: str) -> dict[str, Any]:
+    """A copy of ``meta`` that records the component's declared risk class."""
+    merged = dict(meta) if meta else {}
+    merged[RISK_META_KEY] = risk
+    return merged
+
+
+def declared_risk(component: Any) -> str | None:
+    """The risk class declared on a component with ``risk=``, if any (malformed: ``admin``)."""
+    meta = getattr(component, "meta", None)
+    if not meta or RISK_META_KEY not in meta:
+        return None
+    value = meta[RISK_META_KEY]
+    return value if value in _RISK_CLASSES else "admin"  # fail towards the strictest class
 
 
 def meta_with_scopes(meta: Mapping[str, Any] | None, scopes: tuple[str, ...]) -> dict[str, Any]:

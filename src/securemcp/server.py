@@ -24,16 +24,19 @@ from fastmcp.decorators import get_fastmcp_meta
 from fastmcp.server.middleware import Middleware
 from fastmcp.tools import Tool
 
+from securemcp.admission import recheck_resolved, require_admission
 from securemcp.auth.stdio import StdioIdentity
 from securemcp.errors import ConfigurationError
-from securemcp.pipeline import (
-    SecurityPipeline,
-    development_principal,
-    is_production,
-    recheck_resolved,
-    require_admission,
+from securemcp.identity import development_principal, is_production
+from securemcp.pipeline import SecurityPipeline
+from securemcp.scopes import (
+    function_scopes,
+    meta_with_risk,
+    meta_with_scopes,
+    validate_risk,
+    validate_scopes,
+    with_scopes,
 )
-from securemcp.scopes import function_scopes, meta_with_scopes, validate_scopes, with_scopes
 
 __all__ = ["FastMCP", "Server"]
 
@@ -46,6 +49,9 @@ _SECUREMCP_KEYWORDS = (
     "disclose_required_scopes",
     "development_scopes",
     "stdio_identity",
+    "policy",
+    "rate_limits",
+    "approvals",
 )
 
 
@@ -142,6 +148,12 @@ class FastMCP(fastmcp.FastMCP[Any]):
             (default: every scope, or ``SECUREMCP_DEV_SCOPES``). Never used in production.
         stdio_identity: where a stdio server finds its caller's credential (default: the
             ``SECUREMCP_ACCESS_TOKEN`` environment variable), verified by ``auth=``.
+        policy: a policy hook (function, object or combinator from ``securemcp.policy``) or a
+            path to a TOML rules file. Without one, scopes alone decide.
+        rate_limits: a ``securemcp.policy.RateLimiter`` or the ``RateLimit`` rules for an
+            in-memory one.
+        approvals: where approvals live (an ``ApprovalGate``/``ApprovalStore`` or a store spec);
+            default: ``./.securemcp/approvals.sqlite3``, opened when first needed.
     """
 
     def __init__(
@@ -153,6 +165,9 @@ class FastMCP(fastmcp.FastMCP[Any]):
         disclose_required_scopes: bool = True,
         development_scopes: Sequence[str] | None = None,
         stdio_identity: StdioIdentity | None = None,
+        policy: Any = None,
+        rate_limits: Any = None,
+        approvals: Any = None,
         tools: Sequence[Any] | None = None,
         lifespan: Any = None,
         **kwargs: Any,
@@ -176,11 +191,19 @@ class FastMCP(fastmcp.FastMCP[Any]):
             development_scopes = validate_scopes(development_scopes, where="development_scopes")
         self._securemcp_parents: weakref.WeakSet[FastMCP] = weakref.WeakSet()
         self._securemcp_stdio = stdio_identity or StdioIdentity()
+        enforcement = None
+        if policy is not None or rate_limits is not None or approvals is not None:
+            from securemcp.policy.enforcement import PolicyEnforcement
+
+            enforcement = PolicyEnforcement(
+                policy=policy, rate_limits=rate_limits, approvals=approvals
+            )
         self._securemcp_pipeline = SecurityPipeline(
             self,
             hide_unauthorized=hide_unauthorized,
             disclose_required_scopes=disclose_required_scopes,
             development_scopes=development_scopes,
+            enforcement=enforcement,
         )
         super().__init__(name, instructions, lifespan=self._wrap_lifespan(lifespan), **kwargs)
         for item in tools or ():
@@ -252,17 +275,40 @@ class FastMCP(fastmcp.FastMCP[Any]):
             pipeline.forget_requirements()
 
     @overload
-    def tool(self, name_or_fn: F, *, scopes: Iterable[str] | None = None, **kwargs: Any) -> F: ...
+    def tool(
+        self,
+        name_or_fn: F,
+        *,
+        scopes: Iterable[str] | None = None,
+        risk: str | None = None,
+        **kwargs: Any,
+    ) -> F: ...
 
     @overload
     def tool(
-        self, name_or_fn: str | None = None, *, scopes: Iterable[str] | None = None, **kwargs: Any
+        self,
+        name_or_fn: str | None = None,
+        *,
+        scopes: Iterable[str] | None = None,
+        risk: str | None = None,
+        **kwargs: Any,
     ) -> Callable[[F], F]: ...
 
     def tool(
-        self, name_or_fn: Any = None, *, scopes: Iterable[str] | None = None, **kwargs: Any
+        self,
+        name_or_fn: Any = None,
+        *,
+        scopes: Iterable[str] | None = None,
+        risk: str | None = None,
+        **kwargs: Any,
     ) -> Any:
-        """FastMCP's ``tool`` decorator, every form, plus ``scopes=[...]``."""
+        """FastMCP's ``tool`` decorator, every form, plus ``scopes=[...]`` and ``risk=``.
+
+        ``risk`` declares the tool's risk class for policy (``read``, ``write``, ``external``,
+        ``destructive``, ``admin``); without it the class is derived from MCP annotations.
+        """
+        if risk is not None:
+            kwargs["meta"] = meta_with_risk(kwargs.get("meta"), validate_risk(risk))
         return self._decorate(super().tool, name_or_fn, scopes, kwargs)
 
     def _decorate(

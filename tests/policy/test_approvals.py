@@ -149,7 +149,7 @@ async def test_self_approval_and_non_approvers_refused(store: ApprovalStore) -> 
 
 
 async def test_development_wildcard_does_not_make_an_approver(store: ApprovalStore) -> None:
-    from securemcp.pipeline import development_principal
+    from securemcp.identity import development_principal
 
     approval_id = await pending(store)
     with pytest.raises(ApprovalInvalid) as refused:

@@ -1,0 +1,183 @@
+"""The secrets guard: an audit record never holds a token, a proof, a header or a secret.
+
+DESIGN.md guarantee 5. Before a record is written, :func:`screen` walks it and
+:func:`check_encoded` scans its encoded bytes; either raises
+:class:`~securemcp.audit.errors.SecretInRecord` when it finds
+
+* a string shaped like a JWT, JWS or JWE (base64url segments joined by dots, the first starting
+  ``eyJ``, i.e. a JSON header) — this covers bearer JWTs and DPoP proofs;
+* an ``Authorization``-style value (``Bearer <token>`` / ``DPoP <token>``);
+* a string value under a key that names a secret (``authorization``, ``token``, ``secret``,
+  ``password``, ``cookie``, ``dpop``, ``api_key``, ``private_key``, ``credential``...), unless it
+  is the redaction marker; keys ending in ``_sha256`` or ``_hash`` hold digests and are allowed.
+
+:func:`redact` prepares caller data (tool arguments) for a record: it replaces such values with
+:data:`REDACTED` instead of refusing them.
+
+:func:`screen` also reports whether a record is *plain* JSON (see
+:func:`securemcp.audit.jcs.dumps_plain`), since it visits every value anyway.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from securemcp.audit.errors import SecretInRecord
+from securemcp.audit.jcs import MAX_SAFE_INTEGER
+
+__all__ = [
+    "DEFAULT_SENSITIVE_KEYS",
+    "REDACTED",
+    "check_encoded",
+    "looks_like_secret",
+    "redact",
+    "screen",
+    "sensitive_key",
+]
+
+#: What replaces a redacted value.
+REDACTED: Final = "[REDACTED]"
+
+#: Key fragments (case-insensitive, ``-`` read as ``_``) that name a secret.
+DEFAULT_SENSITIVE_KEYS: Final = (
+    "authorization",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "cookie",
+    "dpop",
+    "api_key",
+    "apikey",
+    "private_key",
+    "credential",
+)
+
+_DIGEST_SUFFIXES: Final = ("_sha256", "_hash")
+_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]*")
+_JWT_BYTES: Final = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]*")
+# An auth scheme followed by something token-like (16+ token characters including a digit), so
+# prose such as "missing bearer token" is not mistaken for a credential.
+_SCHEME: Final = (
+    r"(?i)(?<![a-z])(?:bearer|dpop)\s+(?=[A-Za-z0-9._~+/-]*[0-9])[A-Za-z0-9._~+/-]{16,}"
+)
+_AUTH_VALUE: Final = re.compile(_SCHEME)
+_AUTH_VALUE_BYTES: Final = re.compile(_SCHEME.encode())
+
+_key_verdicts: dict[str, bool] = {}
+
+
+def _normalise(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
+def sensitive_key(key: str, fragments: Iterable[str] = DEFAULT_SENSITIVE_KEYS) -> bool:
+    """``True`` when ``key`` names a secret (see the module docstring)."""
+    norm = _normalise(key)
+    if norm.endswith(_DIGEST_SUFFIXES):
+        return False
+    return any(fragment in norm for fragment in fragments)
+
+
+def _default_sensitive(key: str) -> bool:
+    verdict = _key_verdicts.get(key)
+    if verdict is None:
+        verdict = sensitive_key(key)
+        if len(_key_verdicts) < 4096:  # records reuse a small set of keys
+            _key_verdicts[key] = verdict
+    return verdict
+
+
+def looks_like_secret(value: str) -> bool:
+    """``True`` for JWT-shaped strings and ``Bearer``/``DPoP`` credentials."""
+    return bool(("eyJ" in value and _JWT.search(value)) or _AUTH_VALUE.search(value))
+
+
+def screen(record: Mapping[str, Any]) -> bool:
+    """Refuse a record with a secret under a sensitive key; report whether it is plain JSON.
+
+    Raises:
+        SecretInRecord: a string value sits under a key that names a secret.
+        TypeError: a member name is not a string.
+    """
+    return _screen(record, None)
+
+
+def _screen(value: Any, key: str | None) -> bool:
+    kind = type(value)
+    if kind is str:
+        if key is not None and value and value != REDACTED and _default_sensitive(key):
+            raise SecretInRecord(f"refused an audit record: a value under {key!r} looks secret")
+        return True
+    if kind is dict:
+        plain = True
+        for name, item in value.items():
+            if type(name) is not str:
+                raise TypeError("audit record member names must be strings")
+            if not name.isascii():
+                plain = False
+            if not _screen(item, name):
+                plain = False
+        return plain
+    if kind is list or kind is tuple:
+        plain = True
+        for item in value:
+            if not _screen(item, key):
+                plain = False
+        return plain
+    if kind is int:
+        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
+    if value is None or kind is bool:
+        return True
+    if isinstance(value, Mapping):
+        _screen(dict(value), key)
+        return False
+    if isinstance(value, str):
+        _screen(str(value), key)
+        return False
+    return False  # floats, int/str subclasses...: encoded by the full canonicalizer
+
+
+def check_encoded(line: bytes) -> None:
+    """Refuse encoded record bytes that contain a JWT-shaped string or an auth header value.
+
+    Raises:
+        SecretInRecord: the record would leak a credential.
+    """
+    if b"eyJ" in line and _JWT_BYTES.search(line):
+        raise SecretInRecord("refused an audit record: it contains a JWT-shaped string")
+    lowered = line.lower()
+    if (b"bearer" in lowered or b"dpop" in lowered) and _AUTH_VALUE_BYTES.search(line):
+        raise SecretInRecord("refused an audit record: it contains an Authorization value")
+
+
+def redact(value: Any, keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS) -> Any:
+    """A JSON-ready copy of ``value`` with secrets replaced by :data:`REDACTED`.
+
+    Values under keys containing any of ``keys`` (case-insensitive) and strings that look like
+    credentials are replaced; integers beyond I-JSON's ±(2**53-1) become strings; everything
+    else is copied.
+    """
+    fragments = tuple(_normalise(k) for k in keys)
+    return _redact(value, fragments)
+
+
+def _redact(value: Any, fragments: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return REDACTED if looks_like_secret(value) else value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for name, item in value.items():
+            name = str(name)
+            if item is not None and sensitive_key(name, fragments):
+                out[name] = REDACTED
+            else:
+                out[name] = _redact(item, fragments)
+        return out
+    if isinstance(value, list | tuple):
+        return [_redact(item, fragments) for item in value]
+    if isinstance(value, int) and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        return str(value)  # beyond I-JSON: kept exactly, as text
+    return value

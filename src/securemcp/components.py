@@ -1,0 +1,53 @@
+"""What securemcp needs to know about a FastMCP component to decide a call to it.
+
+A component's *facts* are its declared scopes and risk class (from ``scopes=``/``risk=``, stored
+in its MCP ``_meta``), its tags and its MCP annotations. They are read once per component and
+cached by the pipeline; :mod:`securemcp.admission` re-reads them from the component FastMCP
+actually runs, so the cache can never widen access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from securemcp.scopes import declared_risk, declared_scopes
+
+__all__ = ["ComponentFacts", "facts_of"]
+
+_NO_ANNOTATIONS: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentFacts:
+    """The security-relevant facts of one tool, resource, resource template or prompt."""
+
+    scopes: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+    annotations: Mapping[str, Any] = field(default_factory=lambda: _NO_ANNOTATIONS)
+    risk: str | None = None
+
+
+def _annotations(component: Any) -> Mapping[str, Any]:
+    annotations = getattr(component, "annotations", None)
+    if annotations is None:
+        return _NO_ANNOTATIONS
+    from securemcp.policy.request import annotations_mapping
+
+    return annotations_mapping(annotations)
+
+
+def facts_of(component: Any) -> ComponentFacts:
+    """Read a component's facts.
+
+    Raises:
+        InvalidScopeDeclaration: the component carries a malformed scope declaration.
+    """
+    return ComponentFacts(
+        scopes=declared_scopes(component),
+        tags=frozenset(getattr(component, "tags", None) or ()),
+        annotations=_annotations(component),
+        risk=declared_risk(component),
+    )

@@ -1,0 +1,150 @@
+"""The policy enforcement point (PEP) the per-call pipeline runs.
+
+Order, per call (after authentication and before the body runs)::
+
+    rate limit ─▶ scopes (in the pipeline) ─▶ policy decision ─▶ approval ─▶ constraints
+
+A ``deny`` raises the matching refusal; ``require_approval`` consumes an approval bound to this
+exact call or raises :class:`ApprovalRequired` with the approval id; ``constrain`` (and an
+approved call's constraints) is enforced here: argument bounds before the call, a timeout around
+it, a result size limit after it. Every failure mode refuses (XACML's PEP rule).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import anyio
+
+from securemcp.errors import CallTimedOut, PolicyDenied, ResultTooLarge
+from securemcp.policy.approvals import ApprovalGate, ApprovalStore, open_store
+from securemcp.policy.decision import Constraints, Decision, Effect
+from securemcp.policy.hooks import PolicyLike, evaluate, refusal
+from securemcp.policy.ratelimit import RateLimit, RateLimiter
+from securemcp.policy.request import CallRequest
+
+__all__ = ["PolicyEnforcement"]
+
+RateLimitsSetting = RateLimiter | Iterable[RateLimit | Mapping[str, Any]] | None
+ApprovalsSetting = ApprovalGate | ApprovalStore | str | os.PathLike[str] | None
+
+
+def _policy(setting: Any) -> PolicyLike | None:
+    if setting is None:
+        return None
+    if isinstance(setting, str | os.PathLike):
+        from securemcp.policy.rules import RulesPolicy
+
+        return RulesPolicy.from_file(setting)
+    return setting  # type: ignore[no-any-return]
+
+
+def _limiter(setting: RateLimitsSetting) -> RateLimiter | None:
+    if setting is None or isinstance(setting, RateLimiter):
+        return setting
+    return RateLimiter(setting)
+
+
+class PolicyEnforcement:
+    """Rate limits, the policy hook, approvals and constraints for one server.
+
+    Args:
+        policy: any policy (function, object, combinator), or a path to a TOML rules file.
+        rate_limits: a :class:`RateLimiter`, or the rules to build an in-memory one.
+        approvals: an :class:`ApprovalGate`, an :class:`ApprovalStore`, or a store spec
+            (``redis://...`` or a SQLite path). Default: the local SQLite store, opened the first
+            time a decision requires approval.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Any = None,
+        rate_limits: RateLimitsSetting = None,
+        approvals: ApprovalsSetting = None,
+    ) -> None:
+        self.policy = _policy(policy)
+        self.rate_limiter = _limiter(rate_limits)
+        self._approvals_setting = approvals
+        self._gate: ApprovalGate | None = None
+        self.active = self.policy is not None or self.rate_limiter is not None
+
+    @property
+    def gate(self) -> ApprovalGate:
+        """The approval gate (opened on first use)."""
+        if self._gate is None:
+            setting = self._approvals_setting
+            if isinstance(setting, ApprovalGate):
+                self._gate = setting
+            elif setting is None or isinstance(setting, str | os.PathLike):
+                self._gate = ApprovalGate(open_store(setting))
+            else:
+                self._gate = ApprovalGate(setting)
+        return self._gate
+
+    async def rate_limit(self, request: CallRequest) -> None:
+        """Count the call against every applicable limit.
+
+        Raises:
+            RateLimited: a limit refused it (with ``retry_after``).
+        """
+        if self.rate_limiter is not None:
+            (await self.rate_limiter.hit(request)).raise_if_refused()
+
+    async def decide(self, request: CallRequest) -> Decision | None:
+        """The policy decision for ``request`` (``None`` when no policy is configured).
+
+        Raises:
+            PolicyDenied / PolicyError: the policy denied the call or failed.
+            ApprovalRequired / ApprovalInvalid: approval is needed, pending, denied or misused.
+        """
+        if self.policy is None:
+            return None
+        decision = await evaluate(self.policy, request)
+        if decision.effect is Effect.DENY:
+            raise refusal(decision)
+        if decision.effect is Effect.REQUIRE_APPROVAL:
+            await self.gate.check(request, decision)
+        violations = decision.constraints.violations(request.arguments)
+        if violations:
+            raise PolicyDenied(reason=f"constraint violated: {'; '.join(violations)}")
+        return decision
+
+    @staticmethod
+    async def run(constraints: Constraints | None, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``call`` under ``constraints`` (timeout around it, result size after it)."""
+        if constraints is None or (
+            constraints.timeout_seconds is None and constraints.max_result_bytes is None
+        ):
+            return await call()
+        if constraints.timeout_seconds is not None:
+            try:
+                with anyio.fail_after(constraints.timeout_seconds):
+                    result = await call()
+            except TimeoutError:
+                raise CallTimedOut(
+                    f"The call exceeded its time limit of {constraints.timeout_seconds:g} s "
+                    "set by policy and was cancelled."
+                ) from None
+        else:
+            result = await call()
+        limit = constraints.max_result_bytes
+        if limit is not None and _result_size(result) > limit:
+            raise ResultTooLarge(reason=f"result larger than {limit} bytes")
+        return result
+
+
+def _result_size(result: Any) -> int:
+    """Serialized size of a tool, resource or prompt result, in bytes."""
+    import pydantic_core
+
+    parts: list[Any] = []
+    for attribute in ("content", "structured_content", "contents", "messages"):
+        value = getattr(result, attribute, None)
+        if value is not None:
+            parts.append(value)
+    if not parts:
+        parts.append(result)
+    return sum(len(pydantic_core.to_json(part, fallback=str)) for part in parts)

@@ -1,0 +1,207 @@
+"""Policy, approvals, rate limits and constraints enforced by the server's pipeline.
+
+Every refusal is checked at the client with a counter proving the tool body never ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from securemcp import FastMCP
+from securemcp.context import Principal
+from securemcp.policy import (
+    ApprovalGate,
+    Decision,
+    RateLimit,
+    RateLimiter,
+    first_match,
+    open_store,
+    risk_defaults,
+)
+from securemcp.testing import FakeIdentityProvider, connect
+
+AUDIENCE = "https://mcp.securemcp.test/mcp"
+APPROVER = Principal(subject="olga", issuer="https://idp", scopes=["securemcp:approve"])
+
+
+@pytest.fixture
+def idp() -> FakeIdentityProvider:
+    return FakeIdentityProvider(audience=AUDIENCE)
+
+
+def build(idp: FakeIdentityProvider, **kwargs: Any) -> tuple[FastMCP, dict[str, int]]:
+    runs: dict[str, int] = {"read": 0, "transfer": 0, "wipe": 0, "slow": 0, "big": 0}
+    mcp = FastMCP("policy", auth=idp.verifier(audience=AUDIENCE), **kwargs)
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    def read() -> str:
+        runs["read"] += 1
+        return "ok"
+
+    @mcp.tool(tags={"payments"})
+    def transfer(amount: float, memo: str = "") -> str:
+        runs["transfer"] += 1
+        return f"sent {amount}"
+
+    @mcp.tool(annotations={"destructiveHint": True})
+    def wipe(table: str) -> str:
+        runs["wipe"] += 1
+        return f"wiped {table}"
+
+    @mcp.tool
+    async def slow() -> str:
+        runs["slow"] += 1
+        await asyncio.sleep(2)
+        return "finally"
+
+    @mcp.tool
+    def big() -> str:
+        runs["big"] += 1
+        return "x" * 10_000
+
+    return mcp, runs
+
+
+async def _call(client: Any, tool: str, args: dict[str, Any] | None = None) -> tuple[bool, str]:
+    result = await client.call_tool(tool, args or {}, raise_on_error=False)
+    return (not result.is_error), result.content[0].text
+
+
+async def test_policy_hook_denies_and_never_leaks_its_reason(idp: FakeIdentityProvider) -> None:
+    def no_bob(request: Any) -> Decision:
+        if request.principal.subject == "bob":
+            return Decision.deny("bob is on the naughty list (internal)")
+        return Decision.allow()
+
+    mcp, runs = build(idp, policy=no_bob)
+    async with connect(mcp, idp.token("bob")) as client:
+        ok, text = await _call(client, "read")
+    assert not ok
+    assert text.startswith("policy_denied:")
+    assert "naughty" not in text
+    assert runs["read"] == 0
+    async with connect(mcp, idp.token("alice")) as client:
+        assert await _call(client, "read") == (True, "ok")
+
+
+async def test_a_raising_policy_fails_closed(idp: FakeIdentityProvider) -> None:
+    def broken(request: Any) -> Decision:
+        raise RuntimeError("database connection string leaked here")
+
+    mcp, runs = build(idp, policy=broken)
+    async with connect(mcp, idp.token("alice")) as client:
+        ok, text = await _call(client, "read")
+    assert not ok
+    assert text.startswith("policy_error:")
+    assert "database" not in text
+    assert runs["read"] == 0
+
+
+async def test_rules_file_with_hot_reload(idp: FakeIdentityProvider, tmp_path: Path) -> None:
+    rules = tmp_path / "policy.toml"
+    rules.write_text(
+        'default = "deny"\n[[rule]]\nname = "reads"\neffect = "allow"\nrisk = ["read"]\n'
+    )
+    mcp, runs = build(idp, policy=str(rules))
+    async with connect(mcp, idp.token("alice")) as client:
+        assert (await _call(client, "read"))[0]
+        assert not (await _call(client, "transfer", {"amount": 5}))[0]
+        assert runs["transfer"] == 0
+        rules.write_text(
+            'default = "deny"\n[[rule]]\nname = "all"\neffect = "allow"\ntools = ["*"]\n'
+        )
+        await asyncio.sleep(1.1)  # the file is re-checked at most once a second
+        assert (await _call(client, "transfer", {"amount": 5}))[0]
+    assert runs["transfer"] == 1
+
+
+async def test_argument_constraints(idp: FakeIdentityProvider) -> None:
+    def small_transfers(request: Any) -> Decision:
+        return Decision.constrain(arguments={"amount": {"max": 100}, "memo": {"max_length": 5}})
+
+    mcp, runs = build(idp, policy=small_transfers)
+    async with connect(mcp, idp.token("alice")) as client:
+        assert (await _call(client, "transfer", {"amount": 50}))[0]
+        ok, text = await _call(client, "transfer", {"amount": 5000})
+        assert not ok
+        assert text.startswith("policy_denied:")
+        assert not (await _call(client, "transfer", {"amount": 1, "memo": "way too long"}))[0]
+    assert runs["transfer"] == 1
+
+
+async def test_timeout_and_result_size_constraints(idp: FakeIdentityProvider) -> None:
+    def limits(request: Any) -> Decision:
+        return Decision.constrain(timeout_seconds=0.2, max_result_bytes=1000)
+
+    mcp, runs = build(idp, policy=limits)
+    async with connect(mcp, idp.token("alice")) as client:
+        ok, text = await _call(client, "slow")
+        assert not ok
+        assert text.startswith("timeout:")
+        ok, text = await _call(client, "big")
+        assert not ok
+        assert text.startswith("result_too_large:")
+        assert "xxxx" not in text
+        assert (await _call(client, "read"))[0]
+    assert runs["slow"] == 1  # started, then cancelled
+
+
+async def test_destructive_tools_need_an_approval_bound_to_the_call(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "approvals.sqlite3")
+    mcp, runs = build(idp, policy=first_match(risk_defaults), approvals=ApprovalGate(store))
+    alice = idp.token("alice")
+    async with connect(mcp, alice) as client:
+        ok, text = await _call(client, "wipe", {"table": "users"})
+        assert not ok
+        assert text.startswith("approval_required:")
+        approval_id = text.split("approval id ")[1].split(")")[0]
+        assert runs["wipe"] == 0
+
+        # the requester cannot approve their own call
+        requester = Principal(subject="alice", issuer=idp.issuer, scopes=["securemcp:approve"])
+        with pytest.raises(Exception, match="may not approve its own request"):
+            await store.approve(approval_id, requester)
+
+        await store.approve(approval_id, APPROVER)
+        assert await _call(client, "wipe", {"table": "users"}) == (True, "wiped users")
+        # single use: the same call needs a new approval
+        ok, text = await _call(client, "wipe", {"table": "users"})
+        assert not ok
+        assert text.startswith("approval_required:")
+        # other arguments are a different call
+        assert not (await _call(client, "wipe", {"table": "orders"}))[0]
+    async with connect(mcp, idp.token("mallory")) as client:
+        # another caller cannot ride on alice's approval
+        assert not (await _call(client, "wipe", {"table": "users"}))[0]
+    assert runs["wipe"] == 1
+
+
+async def test_exactly_the_limit_runs_under_100_concurrent_calls(
+    idp: FakeIdentityProvider,
+) -> None:
+    limiter = RateLimiter([RateLimit("per-user", "10/minute")])
+    mcp, runs = build(idp, rate_limits=limiter)
+    async with connect(mcp, idp.token("alice")) as client:
+        outcomes = await asyncio.gather(*(_call(client, "read") for _ in range(100)))
+    assert sum(ok for ok, _ in outcomes) == 10
+    assert runs["read"] == 10
+    refused = [text for ok, text in outcomes if not ok]
+    assert all(text.startswith("rate_limited:") for text in refused)
+    assert "retry after" in refused[0]
+    # another user is not affected
+    async with connect(mcp, idp.token("bob")) as client:
+        assert (await _call(client, "read"))[0]
+
+
+async def test_rate_limits_from_rules_list(idp: FakeIdentityProvider) -> None:
+    mcp, runs = build(idp, rate_limits=[RateLimit("per-user", "2/minute")])
+    async with connect(mcp, idp.token("alice")) as client:
+        results = [await _call(client, "read") for _ in range(3)]
+    assert [ok for ok, _ in results] == [True, True, False]
+    assert runs["read"] == 2
