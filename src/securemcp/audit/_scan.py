@@ -110,45 +110,93 @@ def parse_head(
 
 
 def scan_chunk(path: str, start: int, end: int) -> ChunkResult:
-    """Check the lines that start in ``[start, end)`` of ``path`` (``start`` at a line start)."""
+    """Check the lines that start in ``[start, end)`` of ``path`` (``start`` at a line start).
+
+    The loop is the verifier's hot path: it keeps the previous record's fields in locals and
+    builds :class:`RecordHead` objects only for the first and last records.
+    """
     result = ChunkResult(path, start, end)
     parser = CanonicalParser()
+    parse = parser.parse
+    ts_ok = TS_PATTERN.fullmatch
+    sha256 = hashlib.sha256
     hashes: list[bytes] = []
-    last: RecordHead | None = None
-    offset = start
+    keep = hashes.append
+    prev_hex = prev_ts = log_id = last_prev = last_type = ""
+    prev_seq = -1
+    last_offset = offset = start
     with open(path, "rb") as handle:
         handle.seek(start)
-        while offset < end:
-            raw = handle.readline()
-            if not raw:
+        for raw in handle:
+            if offset >= end:
                 break
             if raw[-1:] != b"\n":
                 result.anomaly = Anomaly(offset, "torn", "the last line has no line feed")
                 break
+            line = raw[:-1]
             try:
-                head, record = parse_head(parser, raw[:-1], offset)
-            except BadRecord as exc:
-                result.anomaly = Anomaly(offset, exc.reason, str(exc))
-                break
-            if last is not None:
-                problem = _link_problem(last, head)
-                if problem:
-                    result.anomaly = Anomaly(offset, "chain", problem)
+                get = parse(line).get
+                seq, prev, ts, log, kind = (
+                    get("seq"),
+                    get("prev"),
+                    get("ts"),
+                    get("log"),
+                    get("type"),
+                )
+                well_formed = (
+                    get("v") == SCHEMA_VERSION
+                    and type(seq) is int
+                    and type(prev) is str
+                    and type(ts) is str
+                    and ts_ok(ts) is not None
+                    and type(log) is str
+                    and type(kind) is str
+                    and log
+                    and kind
+                )
+            except (ValueError, RecursionError, AttributeError):
+                well_formed = False
+            if not well_formed:
+                try:  # the slow, precise check says what is wrong
+                    parse_head(parser, line, offset)
+                except BadRecord as exc:
+                    result.anomaly = Anomaly(offset, exc.reason, str(exc))
                     break
-            else:
-                result.first = head
-            if head.type == "key_rotation":
-                new_key = record.get("new_key")
+                raise AssertionError("inconsistent record checks")  # pragma: no cover
+            if prev_seq < 0:
+                if _HEX64.fullmatch(prev) is None:
+                    result.anomaly = Anomaly(offset, "malformed", "missing or invalid 'prev'")
+                    break
+                result.first = RecordHead(seq, prev, ts, log, kind, b"", offset)
+                log_id = log
+            elif log != log_id or seq != prev_seq + 1 or prev != prev_hex or ts < prev_ts:
+                result.anomaly = Anomaly(offset, "chain", "the record does not follow")
+                break
+            digest = sha256(b"\x00" + line).digest()
+            keep(digest)
+            if kind == "key_rotation":
+                new_key = get("new_key")
                 if isinstance(new_key, str):
-                    result.rotations.append((head.seq, new_key))
-            elif head.type == "log_close":
+                    result.rotations.append((seq, new_key))
+            elif kind == "log_close":
                 result.closes += 1
-            hashes.append(head.digest)
-            last = head
+            prev_hex, prev_seq, prev_ts = digest.hex(), seq, ts
+            last_prev, last_type, last_offset = prev, kind, offset
             offset += len(raw)
+    if hashes:
+        first = result.first
+        assert first is not None
+        first_digest = hashes[0]
+        result.first = RecordHead(
+            first.seq, first.prev, first.ts, first.log, first.type, first_digest, first.offset
+        )
+        result.last = RecordHead(
+            prev_seq, last_prev, prev_ts, log_id, last_type, hashes[-1], last_offset
+        )
+    else:
+        result.first = None
     result.count = len(hashes)
     result.hashes = b"".join(hashes)
-    result.last = last
     result.end = offset if result.anomaly is None else result.anomaly.offset
     return result
 

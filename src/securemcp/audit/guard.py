@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from securemcp.audit.errors import SecretInRecord
-from securemcp.audit.jcs import MAX_SAFE_INTEGER
+from securemcp.audit.jcs import MAX_SAFE_INTEGER, plain_float
 
 __all__ = [
     "DEFAULT_SENSITIVE_KEYS",
@@ -66,7 +66,11 @@ _SCHEME: Final = (
 _AUTH_VALUE: Final = re.compile(_SCHEME)
 _AUTH_VALUE_BYTES: Final = re.compile(_SCHEME.encode())
 
-_key_verdicts: dict[str, bool] = {}
+# Per member name: _SENSITIVE if it names a secret, _NOT_ASCII if it is not ASCII (the JCS
+# fast path needs ASCII names). Records reuse a small set of names, so this stays small.
+_SENSITIVE: Final = 1
+_NOT_ASCII: Final = 2
+_name_flags: dict[str, int] = {}
 
 
 def _normalise(key: str) -> str:
@@ -81,13 +85,13 @@ def sensitive_key(key: str, fragments: Iterable[str] = DEFAULT_SENSITIVE_KEYS) -
     return any(fragment in norm for fragment in fragments)
 
 
-def _default_sensitive(key: str) -> bool:
-    verdict = _key_verdicts.get(key)
-    if verdict is None:
-        verdict = sensitive_key(key)
-        if len(_key_verdicts) < 4096:  # records reuse a small set of keys
-            _key_verdicts[key] = verdict
-    return verdict
+def _flags(name: Any) -> int:
+    if type(name) is not str:
+        raise TypeError("audit record member names must be strings")
+    flags = (_SENSITIVE if sensitive_key(name) else 0) | (0 if name.isascii() else _NOT_ASCII)
+    if len(_name_flags) < 4096:
+        _name_flags[name] = flags
+    return flags
 
 
 def looks_like_secret(value: str) -> bool:
@@ -102,42 +106,68 @@ def screen(record: Mapping[str, Any]) -> bool:
         SecretInRecord: a string value sits under a key that names a secret.
         TypeError: a member name is not a string.
     """
-    return _screen(record, None)
+    return _screen_object(record if type(record) is dict else dict(record))
 
 
-def _screen(value: Any, key: str | None) -> bool:
-    kind = type(value)
-    if kind is str:
-        if key is not None and value and value != REDACTED and _default_sensitive(key):
-            raise SecretInRecord(f"refused an audit record: a value under {key!r} looks secret")
-        return True
-    if kind is dict:
-        plain = True
-        for name, item in value.items():
-            if type(name) is not str:
-                raise TypeError("audit record member names must be strings")
-            if not name.isascii():
-                plain = False
-            if not _screen(item, name):
-                plain = False
-        return plain
-    if kind is list or kind is tuple:
-        plain = True
-        for item in value:
-            if not _screen(item, key):
-                plain = False
-        return plain
+def _screen_object(value: dict[Any, Any]) -> bool:
+    plain = True
+    known = _name_flags
+    for name, item in value.items():
+        flags = known.get(name)
+        if flags is None:
+            flags = _flags(name)
+        if flags & _NOT_ASCII:
+            plain = False
+        kind = type(item)
+        if kind is str:
+            if flags & _SENSITIVE and item and item != REDACTED:
+                raise SecretInRecord(
+                    f"refused an audit record: a value under {name!r} looks secret"
+                )
+        elif item is None or kind is bool:
+            pass
+        elif kind is dict:
+            plain = _screen_object(item) and plain
+        elif kind is list or kind is tuple:
+            plain = _screen_items(item, name, flags) and plain
+        else:
+            plain = _screen_scalar(item, name, flags) and plain
+    return plain
+
+
+def _screen_items(items: Iterable[Any], name: str, flags: int) -> bool:
+    plain = True
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if flags & _SENSITIVE and item and item != REDACTED:
+                raise SecretInRecord(
+                    f"refused an audit record: a value under {name!r} looks secret"
+                )
+        elif item is None or kind is bool:
+            pass
+        elif kind is dict:
+            plain = _screen_object(item) and plain
+        elif kind is list or kind is tuple:
+            plain = _screen_items(item, name, flags) and plain
+        else:
+            plain = _screen_scalar(item, name, flags) and plain
+    return plain
+
+
+def _screen_scalar(item: Any, name: str, flags: int) -> bool:
+    kind = type(item)
     if kind is int:
-        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
-    if value is None or kind is bool:
-        return True
-    if isinstance(value, Mapping):
-        _screen(dict(value), key)
-        return False
-    if isinstance(value, str):
-        _screen(str(value), key)
-        return False
-    return False  # floats, int/str subclasses...: encoded by the full canonicalizer
+        return bool(-MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER)
+    if kind is float:
+        return plain_float(item)
+    if isinstance(item, Mapping):
+        _screen_object(dict(item))
+    elif isinstance(item, str):
+        _screen_items([str(item)], name, flags)
+    elif isinstance(item, list | tuple):
+        _screen_items(item, name, flags)
+    return False  # subclasses, mappings...: encoded by the full canonicalizer
 
 
 def check_encoded(line: bytes) -> None:
@@ -148,9 +178,12 @@ def check_encoded(line: bytes) -> None:
     """
     if b"eyJ" in line and _JWT_BYTES.search(line):
         raise SecretInRecord("refused an audit record: it contains a JWT-shaped string")
-    lowered = line.lower()
-    if (b"bearer" in lowered or b"dpop" in lowered) and _AUTH_VALUE_BYTES.search(line):
-        raise SecretInRecord("refused an audit record: it contains an Authorization value")
+    # "<scheme> <token>" needs a space, and canonical JSON has none outside strings (control
+    # characters inside strings are escaped), so most records skip the regular expression.
+    if b" " in line:
+        lowered = line.lower()
+        if (b"bearer " in lowered or b"dpop " in lowered) and _AUTH_VALUE_BYTES.search(line):
+            raise SecretInRecord("refused an audit record: it contains an Authorization value")
 
 
 def redact(value: Any, keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS) -> Any:

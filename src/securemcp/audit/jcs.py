@@ -26,7 +26,17 @@ from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any, Final
 
-__all__ = ["MAX_SAFE_INTEGER", "CanonicalParser", "NotCanonical", "dumps", "dumps_plain", "loads"]
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "CanonicalParser",
+    "NotCanonical",
+    "dumps",
+    "dumps_plain",
+    "format_number",
+    "is_plain",
+    "loads",
+    "plain_float",
+]
 
 #: Largest integer that I-JSON (RFC 7493 §2.2) and therefore JCS can represent exactly.
 MAX_SAFE_INTEGER: Final = 2**53 - 1
@@ -106,6 +116,22 @@ def format_number(value: float | int) -> str:
     return f"{head}e{sign}{abs(e)}"
 
 
+def plain_float(value: float) -> bool:
+    """``True`` when the C encoder writes ``value`` exactly as JCS does.
+
+    That holds for finite, non-integral numbers that ``repr`` writes without an exponent (about
+    1e-4 <= |x| < 1e16): there Python and ECMAScript both print the shortest round-trip digits
+    in plain decimal notation. Durations and measurements are nearly always such numbers.
+    """
+    text = repr(value)
+    return "e" not in text and not text.endswith(".0") and "n" not in text  # nan, inf
+
+
+def repr_is_canonical(text: str, value: float) -> bool:
+    """``True`` when ``text`` is both Python's ``repr`` of ``value`` and its JCS form."""
+    return repr(value) == text and plain_float(value)
+
+
 def _utf16_key(name: str) -> bytes:
     return name.encode("utf-16-be", "surrogatepass")
 
@@ -154,8 +180,26 @@ def _encode(value: Any, out: list[str]) -> None:
         raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
+def is_plain(value: Any) -> bool:
+    """``True`` when :func:`dumps_plain` may encode ``value`` (see its docstring)."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return True
+    if kind is int:
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER  # type: ignore[no-any-return]
+    if kind is float:
+        return plain_float(value)
+    if kind is dict:
+        return all(type(k) is str and k.isascii() and is_plain(v) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return all(is_plain(item) for item in value)
+    return False
+
+
 def dumps(value: Any) -> bytes:
     """The RFC 8785 canonical UTF-8 bytes of ``value`` (raises ``ValueError``/``TypeError``)."""
+    if is_plain(value):
+        return dumps_plain(value)
     out: list[str] = []
     _encode(value, out)
     try:
@@ -182,12 +226,15 @@ _C_ENCODER: Callable[[Any, int], Sequence[str]] | None = (
 def dumps_plain(value: Any) -> bytes:
     """Canonical bytes of a *plain* value, using the C encoder when available.
 
-    Plain means: only ``str``, ``int`` within ±(2**53-1), ``bool``, ``None``, ``list``/``tuple``
-    and ``dict`` with ASCII string keys (see :func:`securemcp.audit.guard.screen`). For such
+    Plain means: only ``str``, ``int`` within ±(2**53-1), ``float`` whose ``repr`` is its JCS
+    form (:func:`repr_is_canonical`), ``bool``, ``None``, ``list``/``tuple`` and ``dict`` with
+    ASCII string keys (see :func:`is_plain` and :func:`securemcp.audit.guard.screen`). For such
     values the standard library's sorted, compact, ``ensure_ascii=False`` output *is* RFC 8785.
     """
     if _C_ENCODER is None:  # pragma: no cover - CPython always has the C accelerator
-        return dumps(value)
+        out: list[str] = []
+        _encode(value, out)
+        return "".join(out).encode("utf-8")
     try:
         return "".join(_C_ENCODER(value, 0)).encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -202,17 +249,20 @@ class CanonicalParser:
     thread-safe: use one parser per thread.
     """
 
-    __slots__ = ("_decoder", "_slow")
+    __slots__ = ("_scan", "_slow")
 
     def __init__(self) -> None:
         self._slow = False
-        self._decoder = json.JSONDecoder(
+        decoder = json.JSONDecoder(
             parse_float=self._float, parse_int=self._int, parse_constant=_reject_constant
         )
+        self._scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
 
     def _float(self, token: str) -> float:
-        self._slow = True
-        return float(token)
+        value = float(token)
+        if not repr_is_canonical(token, value):
+            self._slow = True
+        return value
 
     def _int(self, token: str) -> int:
         if len(token) > 15:
@@ -226,14 +276,17 @@ class CanonicalParser:
             ValueError: not UTF-8 or not I-JSON (malformed).
             NotCanonical: valid I-JSON, but not byte-identical to its canonical form.
         """
-        if not line.isascii():
+        if not line.isascii() or _C_ENCODER is None:
             return self._parse_slow(line)
         self._slow = False
         text = line.decode("ascii")
-        value = self._decoder.decode(text)
-        if self._slow:
+        try:
+            value, end = self._scan(text, 0)
+        except (StopIteration, ValueError):
+            return self._parse_slow(line)  # the strict parser names the problem
+        if self._slow or end != len(text):
             return self._parse_slow(line)
-        if dumps_plain(value) != line:
+        if "".join(_C_ENCODER(value, 0)) != text:
             raise NotCanonical("the line is not in RFC 8785 canonical form")
         return value
 

@@ -33,6 +33,7 @@ from securemcp.audit.chain import format_ts, genesis_prev, new_origin, parse_ts,
 from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint
 from securemcp.audit.errors import AuditError, AuditLogLocked, AuditUnavailable
 from securemcp.audit.guard import DEFAULT_SENSITIVE_KEYS, check_encoded, screen
+from securemcp.audit.jcs import plain_float
 from securemcp.audit.keys import Signer, load_or_create_dev_signer, verifier_key
 from securemcp.audit.merkle import CompactRange, leaf_hash
 from securemcp.audit.note import NoteError, sign_note
@@ -87,10 +88,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    written = os.write(fd, data)
+    if written < len(data):  # rare: a signal or a nearly full disk; write the rest
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 class AuditLog:
@@ -169,6 +171,7 @@ class AuditLog:
         self._dir_lock: DirectoryLock | None = None
         self._signer: Signer | None = None
         self._opened = False
+        self._closed = False
         self._failed: str | None = None
         self._fd = -1
         self._cp_fd = -1
@@ -245,6 +248,7 @@ class AuditLog:
                     self._release_files()
                     raise
                 self._opened = True
+                self._closed = False
                 self._failed = None
             signer = self._signer
             assert signer is not None
@@ -291,6 +295,7 @@ class AuditLog:
                         logger.error("audit log fsync on close failed: %s", exc)
             self._release_files()
             self._opened = False
+            self._closed = True
         _open_logs.discard(self)
         atexit.unregister(self._close_at_exit)
 
@@ -320,7 +325,8 @@ class AuditLog:
         """Append one record (a JSON object with a ``type``); returns its ``seq``.
 
         The log adds the header fields (``v``, ``log``, ``seq``, ``ts``, ``prev``). Opens the log
-        first if needed. Synchronous and thread-safe: one ``write`` of one line, no signature.
+        first if it was never opened (after :meth:`close`, only an explicit :meth:`open` reopens
+        it). Synchronous and thread-safe: one ``write`` of one line, no signature.
 
         Raises:
             SecretInRecord: the record holds a token, proof, header or secret (nothing written).
@@ -332,11 +338,32 @@ class AuditLog:
         kind = body.get("type")
         if not isinstance(kind, str) or not kind:
             raise ValueError("an audit record needs a string 'type'")
-        reserved = HEADER_FIELDS.intersection(body)
-        if reserved:
-            raise ValueError(f"the log sets {', '.join(sorted(reserved))} itself")
-        plain = screen(body)
+        if not HEADER_FIELDS.isdisjoint(body):
+            reserved = ", ".join(sorted(HEADER_FIELDS.intersection(body)))
+            raise ValueError(f"the log sets {reserved} itself")
+        return self._append_body(body, screen(body))
+
+    def _append_built(self, body: dict[str, Any], *free_form: str) -> int:
+        """Append a record made by a builder in :mod:`.records`.
+
+        Its fixed fields have safe names and JSON-ready values, so only the ``free_form`` parts
+        (caller-supplied objects) need the full screen; every string still passes the encoded
+        check in :meth:`_append_locked`.
+        """
+        plain = True
+        for name in free_form:
+            value = body.get(name)
+            if value is not None and not screen({name: value}):
+                plain = False
+        duration = body.get("duration_ms")
+        if type(duration) is float and not plain_float(duration):
+            plain = False
+        return self._append_body(body, plain)
+
+    def _append_body(self, body: dict[str, Any], plain: bool) -> int:
         if not self._opened:
+            if self._closed:
+                raise AuditUnavailable(reason="the audit log was closed")
             self._open_for_append()
         with self._lock:
             return self._append_locked(body, plain)
@@ -391,8 +418,8 @@ class AuditLog:
                 raise AuditUnavailable(reason=f"audit fsync failed: {exc}") from exc
         if self.sinks:
             self._export(body)
-        if self._seq - self._cp_size >= self.checkpoint_every:
-            self._wake.set()
+        if (self._seq - self._cp_size) % self.checkpoint_every == 0:
+            self._wake.set()  # the sealer also polls, so waking it once per N records is enough
         return seq
 
     def _undo_partial_write(self, exc: OSError) -> None:
@@ -462,7 +489,7 @@ class AuditLog:
         or a mapping. ``arguments`` are hashed; they are stored (redacted) only when
         ``record_arguments`` (default: the log's setting) is true.
         """
-        return self.append(
+        return self._append_built(
             decision_record(
                 call_id=call_id,
                 method=method,
@@ -479,7 +506,9 @@ class AuditLog:
                     self.record_arguments if record_arguments is None else record_arguments
                 ),
                 redact_keys=self.redact_keys,
-            )
+            ),
+            "args",
+            "decision",
         )
 
     def outcome(
@@ -497,7 +526,7 @@ class AuditLog:
     ) -> int:
         """Append the ``outcome`` record written after a call (``ok``, ``tool_error``, ``error``,
         ``timeout`` or ``refused``); returns its ``seq``."""
-        return self.append(
+        return self._append_built(
             outcome_record(
                 call_id=call_id,
                 method=method,
@@ -525,7 +554,7 @@ class AuditLog:
         server: str | None = None,
     ) -> int:
         """Append an ``auth_failure`` record (no tool ran); returns its ``seq``."""
-        return self.append(
+        return self._append_built(
             auth_failure_record(
                 reason=reason,
                 method=method,
@@ -548,14 +577,15 @@ class AuditLog:
         identity: Any = None,
     ) -> int:
         """Append a ``config_change`` record; returns its ``seq``."""
-        return self.append(
+        return self._append_built(
             config_change_record(
                 what=what,
                 details=details,
                 config_version=config_version,
                 identity=identity,
                 server=self.server,
-            )
+            ),
+            "details",
         )
 
     def policy_change(
@@ -567,7 +597,7 @@ class AuditLog:
         identity: Any = None,
     ) -> int:
         """Append a ``policy_change`` record; returns its ``seq``."""
-        return self.append(
+        return self._append_built(
             policy_change_record(
                 policy_version=policy_version,
                 previous_version=previous_version,

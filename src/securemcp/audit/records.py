@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from securemcp.audit import jcs
@@ -82,12 +82,27 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _getter(source: Any) -> Callable[[str], Any]:
+    if isinstance(source, Mapping):
+        return source.get
+
+    def get(name: str) -> Any:
+        return getattr(source, name, None)
+
+    return get
+
+
 def _field(source: Any, *names: str) -> Any:
+    get = _getter(source)
     for name in names:
-        value = source.get(name) if isinstance(source, Mapping) else getattr(source, name, None)
+        value = get(name)
         if value is not None:
             return value
     return None
+
+
+def _first(value: Any, fallback: Any) -> Any:
+    return value if value is not None else fallback
 
 
 def _actor_chain(act: Any) -> list[dict[str, str | None]]:
@@ -118,15 +133,18 @@ def identity_fields(identity: Any) -> dict[str, Any]:
     """
     if identity is None:
         return {**_NO_IDENTITY, "actor": []}
-    verified = _field(identity, "verified")
+    get = _getter(identity)
+    act = get("act")
     return {
-        "issuer": _text(_field(identity, "issuer", "iss")),
-        "subject": _text(_field(identity, "subject", "sub")),
-        "client_id": _text(_field(identity, "client_id")),
-        "tenant": _text(_field(identity, "tenant")),
-        "actor": _actor_chain(_field(identity, "act", "actor")),
-        "authenticated_by": _text(_field(identity, "authenticated_by")),
-        "verified": bool(verified) if verified is not None else False,
+        "issuer": _text(_first(get("issuer"), get("iss"))),
+        "subject": _text(_first(get("subject"), get("sub"))),
+        "client_id": _text(get("client_id")),
+        "tenant": _text(get("tenant")),
+        "actor": _actor_chain(act if act is not None else get("actor"))
+        if act or get("actor")
+        else [],
+        "authenticated_by": _text(get("authenticated_by")),
+        "verified": bool(get("verified")),
     }
 
 

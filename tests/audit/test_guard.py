@@ -1,0 +1,135 @@
+"""The secrets guard: no token, proof, header or secret ever reaches a record."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from audit_helpers import records
+
+from securemcp.audit import REDACTED, AuditLog, Ed25519Signer, SecretInRecord
+from securemcp.audit.guard import looks_like_secret, redact, screen, sensitive_key
+
+
+def b64url(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+JWT = f"{b64url({'alg': 'RS256', 'typ': 'at+jwt'})}.{b64url({'sub': 'alice'})}.c2lnbmF0dXJl"
+DPOP = f"{b64url({'typ': 'dpop+jwt', 'alg': 'ES256'})}.{b64url({'htm': 'POST'})}.c2ln"
+UNSECURED = f"{b64url({'alg': 'none'})}.{b64url({'sub': 'x'})}."
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"type": "decision", "decision": {"reason": f"rejected token {JWT}"}},
+        {"type": "auth_failure", "reason": DPOP},
+        {"type": "auth_failure", "reason": UNSECURED},
+        {"type": "auth_failure", "reason": "Bearer 8f3e2a1b9c7d6e5f4a3b2c1d"},
+        {"type": "auth_failure", "reason": "got header DPoP xk29sl2ls0djwkeu28x"},
+        {"type": "config_change", "details": {"Authorization": "anything"}},
+        {"type": "config_change", "details": {"client_secret": "s3cr3t"}},
+        {"type": "config_change", "details": {"headers": {"x-api-key": "k"}}},
+        {"type": "config_change", "details": {"access_token": "opaque"}},
+        {"type": "config_change", "details": {"passwords": ["a", "b"]}},
+        {"type": "config_change", "details": {"set-cookie": "sid=1"}},
+    ],
+)
+def test_records_with_secrets_are_refused(
+    log_dir: Path, signer: Ed25519Signer, record: dict[str, Any]
+) -> None:
+    with AuditLog(log_dir, signer=signer) as log:
+        size = log.size
+        with pytest.raises(SecretInRecord):
+            log.append(record)
+        assert log.size == size
+    assert "s3cr3t" not in "".join(p.read_text() for p in log_dir.glob("*.jsonl"))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"type": "auth_failure", "reason": "missing bearer token", "credential_sha256": "ab" * 32},
+        {"type": "auth_failure", "reason": "the DPoP proof was replayed"},
+        {"type": "config_change", "details": {"token_count": 5, "password_policy": None}},
+        {"type": "config_change", "details": {"api_key": REDACTED, "secret": ""}},
+        {"type": "config_change", "details": {"token_hash": "ab" * 32}},
+        {"type": "config_change", "details": {"note": "eyJ is how JSON looks in base64"}},
+    ],
+)
+def test_harmless_records_are_accepted(
+    log_dir: Path, signer: Ed25519Signer, record: dict[str, Any]
+) -> None:
+    with AuditLog(log_dir, signer=signer) as log:
+        log.append(record)
+
+
+def test_builder_fields_cannot_smuggle_a_token(log_dir: Path, signer: Ed25519Signer) -> None:
+    with AuditLog(log_dir, signer=signer) as log:
+        with pytest.raises(SecretInRecord):
+            log.decision(call_id="c", method="tools/call", target="t", result="deny", reason=JWT)
+        with pytest.raises(SecretInRecord):
+            log.auth_failure(reason=f"bad token {JWT}")
+
+
+def test_arguments_are_hashed_by_default(log_dir: Path, signer: Ed25519Signer) -> None:
+    with AuditLog(log_dir, signer=signer) as log:
+        log.decision(
+            call_id="c",
+            method="tools/call",
+            target="login",
+            result="allow",
+            arguments={"user": "alice", "password": "hunter2", "token": JWT},
+        )
+    decision = records(log_dir)[1]
+    assert "args" not in decision and len(decision["args_sha256"]) == 64
+    assert "hunter2" not in json.dumps(records(log_dir))
+
+
+def test_recorded_arguments_are_redacted(log_dir: Path, signer: Ed25519Signer) -> None:
+    with AuditLog(log_dir, signer=signer, record_arguments=True, redact_keys=("ssn",)) as log:
+        log.decision(
+            call_id="c",
+            method="tools/call",
+            target="login",
+            result="allow",
+            arguments={
+                "user": "alice",
+                "password": "hunter2",
+                "nested": {"Authorization": "Bearer abc", "SSN": "078-05-1120", "n": 1},
+                "blob": f"see {JWT}",
+                "items": [{"api_key": "k1"}, "plain"],
+            },
+        )
+        log.decision(  # opting out per call
+            call_id="d",
+            method="tools/call",
+            target="login",
+            result="allow",
+            arguments={"user": "bob"},
+            record_arguments=False,
+        )
+    first, second = records(log_dir)[1:3]
+    assert first["args"] == {
+        "user": "alice",
+        "password": REDACTED,
+        "nested": {"Authorization": REDACTED, "SSN": REDACTED, "n": 1},
+        "blob": REDACTED,
+        "items": [{"api_key": REDACTED}, "plain"],
+    }
+    assert "args" not in second
+
+
+def test_helpers() -> None:
+    assert sensitive_key("X-Api-Key") and sensitive_key("refresh_token")
+    assert not sensitive_key("credential_sha256") and not sensitive_key("target")
+    assert looks_like_secret(JWT) and not looks_like_secret("bearer of bad news")
+    assert redact({"pw": "x"}, ("pw",)) == {"pw": REDACTED}
+    assert screen({"a": [1, "b", None, True]}) is True
+    assert screen({"a": 1.5}) is True  # repr and JCS agree
+    assert screen({"a": 1e-7}) is False
+    assert screen({"é": 1}) is False
