@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,8 +24,13 @@ async def test_demo_outcomes_are_real() -> None:
     assert steps[("mallory", "purge_notes")].outcome.startswith("REFUSED: invalid_token")
 
 
-def test_cli_demo_runs_in_a_fresh_process() -> None:
-    env = {**os.environ, "SECUREMCP_ENV": ""}
+def test_cli_demo_runs_in_a_fresh_process(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SECUREMCP_ENV": "",
+        "SECUREMCP_AUDIT_DIR": str(tmp_path / "audit"),
+        "SECUREMCP_KEY_DIR": str(tmp_path / "keys"),
+    }
     done = subprocess.run(
         [sys.executable, "-m", "securemcp.cli", "demo"],
         capture_output=True,

@@ -46,6 +46,7 @@ from securemcp.scopes import InvalidScopeDeclaration, declared_scopes
 from securemcp.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from securemcp.auditing import CallAuditor
     from securemcp.policy.enforcement import PolicyEnforcement
     from securemcp.server import FastMCP
 
@@ -75,6 +76,35 @@ def _arguments(method: str, context: MiddlewareContext[Any]) -> dict[str, Any]:
     return dict(arguments) if arguments else {}
 
 
+class _CallRecord:
+    """What the pipeline learns about one call as it goes (for telemetry and the audit log)."""
+
+    __slots__ = (
+        "allowed",
+        "call_id",
+        "error_type",
+        "facts",
+        "method",
+        "outcome_recorded",
+        "policy_version",
+        "principal",
+        "target",
+        "trace_id",
+    )
+
+    def __init__(self, method: str, target: str, trace_id: str | None) -> None:
+        self.method = method
+        self.target = target
+        self.trace_id = trace_id
+        self.principal: Principal | None = None
+        self.call_id: str | None = None
+        self.facts: ComponentFacts | None = None
+        self.allowed = False
+        self.error_type: str | None = None
+        self.policy_version: str | None = None
+        self.outcome_recorded = False
+
+
 class SecurityPipeline(Middleware):
     """securemcp's outermost middleware. Installed and kept at index 0 by :class:`FastMCP`."""
 
@@ -92,6 +122,7 @@ class SecurityPipeline(Middleware):
         self.disclose_required_scopes = disclose_required_scopes
         self._development_scopes = development_scopes
         self.enforcement = enforcement
+        self.auditor: CallAuditor | None = None  # set by the server once it has a name
         self._facts: dict[tuple[str, str], ComponentFacts] = {}
         self._verifier_source: object = None
         self._verifier: IdentityVerifier | None = None
@@ -219,14 +250,25 @@ class SecurityPipeline(Middleware):
         started = time.perf_counter()
         current_span = trace.get_current_span()
         span = current_span if current_span.is_recording() else None
-        principal: Principal | None = None
-        call_id: str | None = None
-        allowed = False
-        error_type: str | None = None
-        policy_version: str | None = None
+        trace_id = _trace_id(current_span)
+        transport = transport_of(context)
+        call = _CallRecord(method, target, trace_id)
         try:
-            principal, parent_call_id = await self._identify(context)
-            transport = transport_of(context)
+            try:
+                principal, parent_call_id = await self._identify(context)
+            except Unauthenticated as exc:
+                if self.auditor is not None:
+                    self.auditor.auth_failure(
+                        reason=exc.reason,
+                        method=method,
+                        target=target,
+                        transport=transport,
+                        trace_id=trace_id,
+                    )
+                raise
+            call.principal = principal
+            # A call delegated by a mounting securemcp server is audited once, by that server.
+            auditor = self.auditor if parent_call_id is None else None
             security_context = SecurityContext(
                 call_id=_new_call_id(),
                 method=method,
@@ -234,89 +276,183 @@ class SecurityPipeline(Middleware):
                 principal=principal,
                 transport=transport,
                 started_at=datetime.now(UTC),
-                trace_id=_trace_id(current_span),
+                trace_id=trace_id,
                 server_name=self._server.name,
                 parent_call_id=parent_call_id,
             )
-            call_id = security_context.call_id
+            call.call_id = security_context.call_id
+            arguments = _arguments(method, context)
             bound = _CURRENT.set(security_context)
             try:
-                facts = await self.facts(method, target)
-                if facts is None:
-                    raise self._not_found(method, target)
-                enforcement = self.enforcement
-                decision = None
-                if enforcement is not None and enforcement.active:
-                    from securemcp.policy.request import CallRequest
-
-                    request = CallRequest.build(
-                        principal,
-                        target,
-                        _arguments(method, context),
-                        method=method,
-                        tags=facts.tags,
-                        annotations=facts.annotations,
-                        risk=facts.risk,
-                        transport=transport,
-                    )
-                    await enforcement.rate_limit(request)
-                    self._check_scopes(method, target, principal, facts.scopes)
-                    decision = await enforcement.decide(request)
-                    policy_version = decision.policy_version if decision else None
-                else:
-                    self._check_scopes(method, target, principal, facts.scopes)
-                allowed = True
-                admission = Admission(
-                    self._server,
-                    method,
-                    target,
-                    security_context,
-                    facts,
-                    policy_active=decision is not None,
-                )
-                token = ADMISSION.set(admission)
                 try:
-                    if decision is not None and decision.constraints:
-                        from securemcp.policy.enforcement import PolicyEnforcement
-
-                        result = await PolicyEnforcement.run(
-                            decision.constraints, lambda: call_next(context)
+                    decision = await self._authorize(
+                        method, target, principal, arguments, transport, call
+                    )
+                except CallRefused as exc:
+                    if auditor is not None:
+                        auditor.refusal(
+                            call_id=call.call_id,
+                            method=method,
+                            target=target,
+                            principal=principal,
+                            arguments=arguments,
+                            code=exc.code,
+                            trace_id=trace_id,
                         )
-                    else:
-                        result = await call_next(context)
-                finally:
-                    admission.open = False
-                    ADMISSION.reset(token)
+                    raise
+                if auditor is not None:
+                    # Written before the body runs; AuditUnavailable refuses the call.
+                    auditor.decision(
+                        call_id=call.call_id,
+                        method=method,
+                        target=target,
+                        principal=principal,
+                        arguments=arguments,
+                        result=decision if decision is not None else "allow",
+                        trace_id=trace_id,
+                    )
+                call.allowed = True
+                result = await self._run(call_next, context, security_context, call, decision)
                 if getattr(result, "is_error", False):
-                    error_type = "tool_error"
+                    call.error_type = "tool_error"
+                if auditor is not None:
+                    call.outcome_recorded = True  # attempted: a failed write is not retried
+                    auditor.outcome(
+                        call_id=call.call_id,
+                        method=method,
+                        target=target,
+                        principal=principal,
+                        outcome="tool_error" if call.error_type else "ok",
+                        duration_ms=(time.perf_counter() - started) * 1000,
+                        error=call.error_type,
+                        trace_id=trace_id,
+                    )
                 return result
+            except BaseException as exc:
+                if call.allowed and auditor is not None and not call.outcome_recorded:
+                    self._record_failure(auditor, call, principal, exc, started)
+                raise
             finally:
                 _CURRENT.reset(bound)
                 security_context._close()
         except CallRefused as exc:
-            error_type = exc.code
+            call.error_type = exc.code
             if exc.reason:
                 logger.info("securemcp refused %s %r: %s", method, target, exc.reason)
             raise
         except NotFoundError:
-            error_type = "not_found"
+            call.error_type = "not_found"
             raise
         except Exception as exc:
-            error_type = _classify_failure(exc)
+            call.error_type = call.error_type or _classify_failure(exc)
             raise
         finally:
             self._telemetry.record(
                 span,
                 method=method,
                 target=target,
-                decision="allow" if allowed else "deny",
-                reason=error_type or "ok",
-                error_type=error_type,
+                decision="allow" if call.allowed else "deny",
+                reason=call.error_type or "ok",
+                error_type=call.error_type,
                 duration_s=time.perf_counter() - started,
-                principal=principal,
-                call_id=call_id,
-                policy_version=policy_version,
+                principal=call.principal,
+                call_id=call.call_id,
+                policy_version=call.policy_version,
             )
+
+    async def _authorize(
+        self,
+        method: str,
+        target: str,
+        principal: Principal,
+        arguments: dict[str, Any],
+        transport: str,
+        call: _CallRecord,
+    ) -> Any:
+        """Resolve the target and run rate limits, scopes and policy; returns the decision."""
+        facts = await self.facts(method, target)
+        if facts is None:
+            raise self._not_found(method, target)
+        call.facts = facts
+        enforcement = self.enforcement
+        if enforcement is None or not enforcement.active:
+            self._check_scopes(method, target, principal, facts.scopes)
+            return None
+        from securemcp.policy.request import CallRequest
+
+        request = CallRequest.build(
+            principal,
+            target,
+            arguments,
+            method=method,
+            tags=facts.tags,
+            annotations=facts.annotations,
+            risk=facts.risk,
+            transport=transport,
+        )
+        await enforcement.rate_limit(request)
+        self._check_scopes(method, target, principal, facts.scopes)
+        decision = await enforcement.decide(request)
+        call.policy_version = decision.policy_version if decision is not None else None
+        return decision
+
+    async def _run(
+        self,
+        call_next: CallNext[Any, Any],
+        context: MiddlewareContext[Any],
+        security_context: SecurityContext,
+        call: _CallRecord,
+        decision: Any,
+    ) -> Any:
+        """Admit exactly this call to the FastMCP core and run it (under any constraints)."""
+        assert call.facts is not None
+        admission = Admission(
+            self._server,
+            call.method,
+            call.target,
+            security_context,
+            call.facts,
+            policy_active=decision is not None,
+        )
+        token = ADMISSION.set(admission)
+        try:
+            if decision is not None and decision.constraints:
+                from securemcp.policy.enforcement import PolicyEnforcement
+
+                return await PolicyEnforcement.run(decision.constraints, lambda: call_next(context))
+            return await call_next(context)
+        finally:
+            admission.open = False
+            ADMISSION.reset(token)
+
+    @staticmethod
+    def _record_failure(
+        auditor: CallAuditor,
+        call: _CallRecord,
+        principal: Principal,
+        exc: BaseException,
+        started: float,
+    ) -> None:
+        """Outcome record for an admitted call that raised (best effort: it is failing anyway)."""
+        code = getattr(exc, "code", None)
+        kind = _classify_failure(exc) if not isinstance(code, str) else code
+        outcome = {"timeout": "timeout", "tool_error": "tool_error"}.get(kind, "error")
+        if isinstance(exc, CallRefused):
+            outcome = "refused"
+        call.error_type = call.error_type or kind
+        try:
+            auditor.outcome(
+                call_id=call.call_id or "",
+                method=call.method,
+                target=call.target,
+                principal=principal,
+                outcome=outcome,
+                duration_ms=(time.perf_counter() - started) * 1000,
+                error=kind,
+                trace_id=call.trace_id,
+            )
+        except Exception:
+            logger.exception("securemcp could not audit the outcome of a failed call")
 
     async def on_call_tool(
         self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]

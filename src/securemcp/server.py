@@ -52,6 +52,7 @@ _SECUREMCP_KEYWORDS = (
     "policy",
     "rate_limits",
     "approvals",
+    "audit",
 )
 
 
@@ -154,6 +155,9 @@ class FastMCP(fastmcp.FastMCP[Any]):
             in-memory one.
         approvals: where approvals live (an ``ApprovalGate``/``ApprovalStore`` or a store spec);
             default: ``./.securemcp/approvals.sqlite3``, opened when first needed.
+        audit: the audit log: ``None`` (default) for the local log in ``.securemcp/audit``
+            (``$SECUREMCP_AUDIT_DIR``), a directory, a ``securemcp.audit.AuditLog``, or ``False``
+            for none (not recommended).
     """
 
     def __init__(
@@ -168,6 +172,7 @@ class FastMCP(fastmcp.FastMCP[Any]):
         policy: Any = None,
         rate_limits: Any = None,
         approvals: Any = None,
+        audit: Any = None,
         tools: Sequence[Any] | None = None,
         lifespan: Any = None,
         **kwargs: Any,
@@ -205,7 +210,14 @@ class FastMCP(fastmcp.FastMCP[Any]):
             development_scopes=development_scopes,
             enforcement=enforcement,
         )
+        from securemcp.auditing import resolve_audit_log
+
+        audit_log = resolve_audit_log(audit)
         super().__init__(name, instructions, lifespan=self._wrap_lifespan(lifespan), **kwargs)
+        if audit_log is not None:
+            from securemcp.auditing import CallAuditor
+
+            self._securemcp_pipeline.auditor = CallAuditor(audit_log, self.name)
         for item in tools or ():
             self.add_tool(item)
 
@@ -239,6 +251,7 @@ class FastMCP(fastmcp.FastMCP[Any]):
         Raises:
             ConfigurationError: no verifier is configured and ``SECUREMCP_ENV=production``.
         """
+        self._check_audit_startup()
         verifier = self._securemcp_pipeline.verifier()
         if verifier is not None:
             return
@@ -266,6 +279,27 @@ class FastMCP(fastmcp.FastMCP[Any]):
         from securemcp.auth.http import protect_http_app
 
         return protect_http_app(self, super().http_app(*args, **kwargs))
+
+    def _check_audit_startup(self) -> None:
+        """Open the audit log now, so an unwritable log stops start-up instead of every call."""
+        auditor = self._securemcp_pipeline.auditor
+        if auditor is None:
+            logger.warning(
+                "securemcp server %r runs with audit=False: calls are NOT audited.", self.name
+            )
+            return
+        if not auditor.log.opened:
+            from securemcp.audit import AuditUnavailable
+
+            try:
+                auditor.log.open()
+            except Exception as exc:
+                reason = exc.reason if isinstance(exc, AuditUnavailable) else str(exc)
+                raise ConfigurationError(
+                    f"securemcp server {self.name!r} cannot open its audit log in "
+                    f"{auditor.log.directory}: {reason}. Pass audit=<writable folder> or set "
+                    "SECUREMCP_AUDIT_DIR."
+                ) from exc
 
     # --- registration: scopes= on every path ----------------------------------------------
 

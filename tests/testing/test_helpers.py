@@ -72,10 +72,11 @@ async def test_real_http_bearer_tokens() -> None:
         assert "invalid_token" in response.headers.get("www-authenticate", "")
 
 
-async def test_stdio_enforces_scopes_where_fastmcp_skips_auth() -> None:
+async def test_stdio_enforces_scopes_where_fastmcp_skips_auth(tmp_path: Path) -> None:
     """FastMCP skips every auth check on stdio; securemcp's pipeline does not."""
     env = {
         **os.environ,
+        "SECUREMCP_AUDIT_DIR": str(tmp_path / "audit"),  # one writer per log: its own folder
         "SECUREMCP_DEV_SCOPES": "",  # the development principal holds no scopes
         "FASTMCP_SHOW_SERVER_BANNER": "false",
         "PYTHONPATH": os.pathsep.join(sys.path),
