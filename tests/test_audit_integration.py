@@ -56,6 +56,10 @@ def build(
     return mcp, runs
 
 
+def _raw_log(directory: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(directory.glob("audit-*.jsonl")))
+
+
 def _records(directory: Path) -> list[dict[str, Any]]:
     return list(iter_records(directory))
 
@@ -64,7 +68,7 @@ async def test_decision_before_and_outcome_after_every_call(
     idp: FakeIdentityProvider, signer: Ed25519Signer, tmp_path: Path
 ) -> None:
     log = AuditLog(tmp_path, signer=signer)
-    mcp, runs = build(idp, log, tenant_claim="tenant")
+    mcp, _ = build(idp, log, tenant_claim="tenant")
     token = idp.token("alice", scopes=["echo"], tenant="acme")
     async with connect(mcp, token) as client:
         await client.call_tool("echo", {"text": "secret-argument-value"})
@@ -88,7 +92,7 @@ async def test_decision_before_and_outcome_after_every_call(
     assert outcomes["boom"]["outcome"] == "tool_error"
     echo_decision = next(p[0] for p in by_call.values() if p[0]["target"] == "echo")
     assert echo_decision["args_sha256"] and "args" not in echo_decision
-    raw = b"".join(path.read_bytes() for path in tmp_path.glob("audit-*.jsonl"))
+    raw = _raw_log(tmp_path)
     assert b"secret-argument-value" not in raw
     assert token.encode() not in raw
     assert token.split(".")[2].encode() not in raw
