@@ -13,7 +13,8 @@ from securemcp.cli import main
 from securemcp.demo import run_demo
 
 
-async def test_demo_outcomes_are_real() -> None:
+async def test_demo_outcomes_are_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECUREMCP_AUDIT_DIR", str(tmp_path / "audit"))
     steps = {(s.actor, s.action.split(" ")[0]): s for s in await run_demo()}
     assert steps[("alice", "tools/list")].outcome == "add_note, list_notes, whoami"
     assert steps[("alice", "add_note")].outcome.startswith("ALLOWED: added note #2 as alice")
@@ -22,6 +23,14 @@ async def test_demo_outcomes_are_real() -> None:
     assert "notes:write" in steps[("bob", "add_note")].outcome
     assert steps[("bob", "purge_notes")].outcome.startswith("REFUSED: insufficient_scope")
     assert steps[("mallory", "purge_notes")].outcome.startswith("REFUSED: invalid_token")
+    # 8 calls: 3 allowed (decision + outcome), 2 refused (deny decision), 1 auth failure,
+    # plus log_open and log_close
+    assert steps[("audit", "signed,")].outcome.startswith("11 records in ")
+    from securemcp.audit import Keyring, verify
+    from securemcp.audit.keys import default_key_dir
+
+    keyring = Keyring.parse((default_key_dir() / "audit-dev.keyring").read_text())
+    assert verify(tmp_path / "audit", keyring=keyring).ok
 
 
 def test_cli_demo_runs_in_a_fresh_process(tmp_path: Path) -> None:

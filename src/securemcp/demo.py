@@ -159,6 +159,18 @@ async def run_demo() -> list[Step]:
                 "the token is signed by a key the identity provider never published",
             )
         )
+    auditor = server._securemcp_pipeline.auditor
+    if auditor is not None:
+        auditor.log.close()  # seal the log with a final signed checkpoint
+        steps.append(
+            Step(
+                "audit",
+                "signed, hash-chained log",
+                f"{auditor.log.size} records in {auditor.log.directory}",
+                "every decision and outcome above, sealed by Ed25519 checkpoints; check it "
+                "offline with: securemcp audit verify   (read it: securemcp audit show)",
+            )
+        )
     return steps
 
 
