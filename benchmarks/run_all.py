@@ -8,6 +8,15 @@ import sys
 
 HERE = pathlib.Path(__file__).parent
 
-for script in ("bench_import.py", "bench_calls.py", "bench_http.py", "bench_memory.py"):
+SCRIPTS = (
+    "bench_import.py",
+    "bench_calls.py",
+    "bench_http.py",
+    "bench_memory.py",
+    "bench_verify.py",
+    "bench_audit.py",
+)
+
+for script in SCRIPTS:
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True, cwd=HERE)

@@ -25,6 +25,7 @@ from fastmcp.server.middleware import Middleware
 from fastmcp.tools import Tool
 
 from securemcp.admission import recheck_resolved, require_admission
+from securemcp.auth.resource import ProtectedResource
 from securemcp.auth.stdio import StdioIdentity
 from securemcp.errors import ConfigurationError
 from securemcp.identity import development_principal, is_production
@@ -53,6 +54,7 @@ _SECUREMCP_KEYWORDS = (
     "rate_limits",
     "approvals",
     "audit",
+    "protected_resource",
 )
 
 
@@ -158,6 +160,9 @@ class FastMCP(fastmcp.FastMCP[Any]):
         audit: the audit log: ``None`` (default) for the local log in ``.securemcp/audit``
             (``$SECUREMCP_AUDIT_DIR``), a directory, a ``securemcp.audit.AuditLog``, or ``False``
             for none (not recommended).
+        protected_resource: how this server presents itself as an OAuth protected resource over
+            HTTP (RFC 9728 metadata, canonical URI, trusted proxies, allowed origins); default:
+            derived from the verifier.
     """
 
     def __init__(
@@ -173,6 +178,7 @@ class FastMCP(fastmcp.FastMCP[Any]):
         rate_limits: Any = None,
         approvals: Any = None,
         audit: Any = None,
+        protected_resource: ProtectedResource | None = None,
         tools: Sequence[Any] | None = None,
         lifespan: Any = None,
         **kwargs: Any,
@@ -196,6 +202,7 @@ class FastMCP(fastmcp.FastMCP[Any]):
             development_scopes = validate_scopes(development_scopes, where="development_scopes")
         self._securemcp_parents: weakref.WeakSet[FastMCP] = weakref.WeakSet()
         self._securemcp_stdio = stdio_identity or StdioIdentity()
+        self._securemcp_protected_resource = protected_resource
         enforcement = None
         if policy is not None or rate_limits is not None or approvals is not None:
             from securemcp.policy.enforcement import PolicyEnforcement
@@ -273,6 +280,13 @@ class FastMCP(fastmcp.FastMCP[Any]):
             " ".join(sorted(principal.scopes)),
             "!" * 78,
         )
+
+    async def run_stdio_async(self, *args: Any, **kwargs: Any) -> None:
+        """FastMCP's stdio runner, after verifying the stdio credential (refuses to start)."""
+        from securemcp.auth.stdio import check_stdio_startup
+
+        await check_stdio_startup(self)
+        await super().run_stdio_async(*args, **kwargs)
 
     def http_app(self, *args: Any, **kwargs: Any) -> Any:
         """FastMCP's ``http_app``, with securemcp's HTTP protections around it."""

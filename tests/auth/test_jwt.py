@@ -986,7 +986,17 @@ async def test_jwks_ignores_private_weak_and_foreign_keys(idp: FakeIdentityProvi
             good,
         ]
     }
-    verifier = JWTVerifier(issuer=idp.issuer, audience=AUDIENCE, jwks=document)
+    # A *fetched* JWKS may carry entries securemcp cannot use: they are skipped. (A static jwks=
+    # with a symmetric key is a configuration error: see test_startup.py.)
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, json=document))
+    )
+    verifier = JWTVerifier(
+        issuer=idp.issuer,
+        audience=AUDIENCE,
+        jwks_uri="https://idp.securemcp.test/jwks",
+        http_client=client,
+    )
     assert (await verifier.authenticate(idp.token("alice"))).subject == "alice"
     for kid in ("with-private", "for-encryption", "hmac", "weak"):
         token = idp.sign(header(idp, kid=kid), idp.claims("alice"))

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastmcp import Client
 from fastmcp.client.transports import PythonStdioTransport
+from mcp import MCPError
 
 from securemcp import FastMCP, current
 from securemcp.testing import FakeIdentityProvider, connect_http, serve_http
@@ -54,9 +55,9 @@ async def test_real_http_bearer_tokens() -> None:
         async with connect_http(url, idp.token("erin", scopes=["a"])) as client:
             assert (await client.call_tool("who", {})).data == "erin"
         async with connect_http(url, idp.token("frank", scopes=[])) as client:
-            refused = await client.call_tool("who", {}, raise_on_error=False)
-            assert refused.is_error
-            assert refused.content[0].text.startswith("insufficient_scope:")
+            # refused at the HTTP layer with 403 insufficient_scope (step-up), before FastMCP
+            with pytest.raises(MCPError, match=r"^insufficient_scope:"):
+                await client.call_tool("who", {})
         # a forged token never reaches the pipeline: FastMCP's HTTP layer answers 401
         async with httpx.AsyncClient() as raw:
             response = await raw.post(

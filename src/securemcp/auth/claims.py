@@ -25,7 +25,17 @@ from typing import Any, Final, Literal, NoReturn
 from securemcp.context import Actor, Principal
 from securemcp.errors import InvalidCredential
 
-__all__ = ["ClaimRules", "build_principal", "check_issuer", "matched_audience"]
+__all__ = [
+    "ClaimRules",
+    "actor_chain",
+    "audiences_of",
+    "build_principal",
+    "check_issuer",
+    "matched_audience",
+    "number_claim",
+    "scopes_of",
+    "string_claim",
+]
 
 #: Longest RFC 8693 actor chain accepted.
 MAX_ACT_DEPTH: Final = 8
@@ -142,6 +152,14 @@ def _actor_chain(claims: Mapping[str, Any]) -> tuple[Actor, ...]:
         chain.append(Actor(subject=subject, issuer=issuer, client_id=client_id))
         node = node.get("act")
     return tuple(chain)
+
+
+# Public names for the other verifiers (RFC 7662 introspection responses use the same claims).
+string_claim = _string
+number_claim = _number
+audiences_of = _audiences
+scopes_of = _scopes
+actor_chain = _actor_chain
 
 
 def check_issuer(claims: Mapping[str, Any], issuer: str) -> None:

@@ -26,8 +26,10 @@ import httpx
 from securemcp.auth._algorithms import PublicJWK, key_fits_algorithm, parse_jwk
 from securemcp.auth._http import (
     DEFAULT_MAX_BYTES,
+    DEFAULT_POLICY,
     DEFAULT_TIMEOUT,
     FetchError,
+    FetchPolicy,
     check_fetch_url,
     fetch_json,
 )
@@ -82,6 +84,7 @@ class JWKSCache:
         ttl: seconds a fetched key set is used before it is refreshed.
         refresh_cooldown: minimum seconds between refreshes forced by an unknown ``kid``.
         clock: returns the current time in seconds.
+        policy: where discovery and JWKS requests may go (SSRF guard).
     """
 
     def __init__(
@@ -96,8 +99,10 @@ class JWKSCache:
         clock: Callable[[], float],
         max_bytes: int = DEFAULT_MAX_BYTES,
         timeout: float = DEFAULT_TIMEOUT,
+        policy: FetchPolicy = DEFAULT_POLICY,
     ) -> None:
         self._issuer = issuer
+        self._policy = policy
         self._jwks_uri = jwks_uri
         self._static = static_keys is not None
         self._http_client = http_client
@@ -208,7 +213,11 @@ class JWKSCache:
     async def _fetch(self) -> tuple[PublicJWK, ...]:
         uri = self._jwks_uri or await self._discover()
         document = await fetch_json(
-            self._http_client, uri, max_bytes=self._max_bytes, time_limit=self._timeout
+            self._http_client,
+            uri,
+            policy=self._policy,
+            max_bytes=self._max_bytes,
+            time_limit=self._timeout,
         )
         try:
             keys = keys_from_jwks(document)
@@ -223,7 +232,11 @@ class JWKSCache:
         for url in discovery_urls(self._issuer):
             try:
                 metadata = await fetch_json(
-                    self._http_client, url, max_bytes=self._max_bytes, time_limit=self._timeout
+                    self._http_client,
+                    url,
+                    policy=self._policy,
+                    max_bytes=self._max_bytes,
+                    time_limit=self._timeout,
                 )
             except FetchError as exc:
                 problems.append(str(exc))
@@ -236,7 +249,7 @@ class JWKSCache:
                 problems.append(f"{url}: metadata has no jwks_uri")
                 continue
             try:
-                check_fetch_url(jwks_uri)
+                check_fetch_url(jwks_uri, self._policy)
             except ValueError as exc:
                 problems.append(f"{url}: {exc}")
                 continue

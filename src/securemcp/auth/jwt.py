@@ -29,12 +29,19 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from fastmcp.server.auth import AccessToken, TokenVerifier
 
 from securemcp.auth import _algorithms, _compact
 from securemcp.auth._algorithms import SUPPORTED_ALGORITHMS, PublicJWK
-from securemcp.auth._http import check_fetch_url
-from securemcp.auth.claims import ClaimRules, build_principal, check_issuer, matched_audience
+from securemcp.auth._config import (
+    MAX_LEEWAY,
+    check_audience,
+    check_issuer_config,
+    check_policy,
+    check_scopes,
+)
+from securemcp.auth._fastmcp import VerifierBase
+from securemcp.auth._http import FetchPolicy, check_fetch_url
+from securemcp.auth.claims import ClaimRules, build_principal, check_issuer
 from securemcp.auth.jwks import JWKSCache, keys_from_jwks
 from securemcp.context import Principal
 from securemcp.errors import ConfigurationError, InvalidCredential
@@ -45,8 +52,6 @@ logger = logging.getLogger("securemcp.auth.jwt")
 
 #: Algorithms accepted unless configured otherwise.
 DEFAULT_ALGORITHMS: Final = ("RS256", "ES256", "EdDSA")
-#: Largest leeway (seconds) a verifier may be configured with (RFC 9068 §4: "a few minutes").
-MAX_LEEWAY: Final = 300.0
 
 _AT_JWT_TYPES: Final = frozenset({"at+jwt", "application/at+jwt"})
 _UNTYPED_JWT_TYPES: Final = frozenset({"jwt", "application/jwt"})
@@ -54,20 +59,11 @@ _KEY_SOURCE_HEADERS: Final = ("jku", "x5u", "jwk", "x5c")
 _JWE_HEADERS: Final = ("enc", "zip")
 
 
-def _thaw(value: Any) -> Any:
-    """A plain ``dict``/``list`` copy of frozen claims (for FastMCP's ``AccessToken``)."""
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_thaw(v) for v in value]
-    return value
-
-
 def _refuse(reason: str) -> InvalidCredential:
     return InvalidCredential(reason=reason)
 
 
-class JWTVerifier(TokenVerifier):
+class JWTVerifier(VerifierBase):
     """Verifies RFC 9068 JWT access tokens from one issuer for one resource server.
 
     Usable as FastMCP ``auth=`` (it is a ``TokenVerifier``) and as securemcp's
@@ -91,6 +87,10 @@ class JWTVerifier(TokenVerifier):
         jwks_refresh_cooldown: minimum seconds between refreshes forced by an unknown ``kid``.
         cache_size: most verified tokens remembered.
         clock: current POSIX time in seconds (tests inject a fake clock).
+        allow_insecure_loopback: allow an ``http://`` issuer or JWKS URL on a loopback host
+            (local development and tests; refused when ``SECUREMCP_ENV=production``).
+        allowed_networks: private networks (CIDR) discovery and JWKS requests may reach; by
+            default only public addresses are contacted (SSRF guard, :mod:`securemcp.auth._http`).
     """
 
     def __init__(
@@ -112,11 +112,13 @@ class JWTVerifier(TokenVerifier):
         jwks_refresh_cooldown: float = 30,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        allow_insecure_loopback: bool = False,
+        allowed_networks: Sequence[str] = (),
     ) -> None:
-        self.issuer: Final = _check_issuer(issuer)
-        self.audiences: Final = _check_audience(audience)
+        self.issuer: Final = check_issuer_config(issuer)
+        self.audiences: tuple[str, ...] = check_audience(audience)
         self.algorithms: Final = _check_algorithms(algorithms)
-        scopes = _check_scopes(required_scopes)
+        scopes = check_scopes(required_scopes)
         _check_numbers(leeway, jwks_cache_ttl, jwks_refresh_cooldown, max_token_bytes, cache_size)
         if profile not in ("strict", "relaxed"):
             raise ConfigurationError(
@@ -126,8 +128,10 @@ class JWTVerifier(TokenVerifier):
         if tenant_claim is not None and (not isinstance(tenant_claim, str) or not tenant_claim):
             raise ConfigurationError("tenant_claim must be a claim name, e.g. tenant_claim='tid'.")
         super().__init__(base_url=base_url, required_scopes=list(scopes))
+        self.issuers: tuple[str, ...] = (self.issuer,)
         self.leeway: Final = float(leeway)
         self.profile: Final = profile
+        policy = check_policy(allow_insecure_loopback, allowed_networks)
         self.tenant_claim: Final = tenant_claim
         self._rules = ClaimRules(
             issuer=self.issuer,
@@ -143,12 +147,13 @@ class JWTVerifier(TokenVerifier):
         self._cache: dict[bytes, tuple[Principal, PublicJWK]] = {}
         self._jwks = JWKSCache(
             issuer=self.issuer,
-            jwks_uri=_check_key_source(self.issuer, jwks_uri, jwks),
+            jwks_uri=_check_key_source(self.issuer, jwks_uri, jwks, policy),
             static_keys=_static_keys(jwks) if jwks is not None else None,
             http_client=http_client,
             ttl=float(jwks_cache_ttl),
             refresh_cooldown=float(jwks_refresh_cooldown),
             clock=clock,
+            policy=policy,
         )
 
     def __repr__(self) -> str:
@@ -242,55 +247,8 @@ class JWTVerifier(TokenVerifier):
                 del cache[next(iter(cache))]
         cache[key] = (principal, jwk)
 
-    # --- FastMCP TokenVerifier -----------------------------------------------------------
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        """FastMCP's hook: the verified token as an ``AccessToken``, or ``None`` if refused."""
-        try:
-            principal = await self.authenticate(token)
-        except InvalidCredential as exc:
-            logger.info("bearer token refused: %s", exc.reason)
-            return None
-        except Exception:  # fail closed: a verifier bug must never let a token through
-            logger.exception("bearer token verification failed unexpectedly")
-            return None
-        expires_at = principal.expires_at
-        return AccessToken(
-            token=token,
-            client_id=principal.client_id or principal.subject,
-            scopes=sorted(principal.scopes),
-            expires_at=int(expires_at) if expires_at is not None else None,
-            subject=principal.subject,
-            claims=_thaw(principal.claims),
-            resource=matched_audience(principal.claims, self.audiences),
-        )
-
 
 # --- configuration checks (all raise ConfigurationError saying how to fix it) ------------
-
-
-def _check_issuer(issuer: object) -> str:
-    if not isinstance(issuer, str) or not issuer.strip():
-        raise ConfigurationError(
-            "JWTVerifier needs issuer=: the authorization server's issuer identifier exactly as "
-            "it appears in the tokens' iss claim, e.g. issuer='https://login.example.com'."
-        )
-    return issuer
-
-
-def _check_audience(audience: object) -> tuple[str, ...]:
-    values = (audience,) if isinstance(audience, str) else audience
-    if (
-        not isinstance(values, Sequence)
-        or not values
-        or not all(isinstance(a, str) and a.strip() for a in values)
-    ):
-        raise ConfigurationError(
-            "JWTVerifier needs audience=: this server's canonical resource URI (RFC 8707), "
-            "e.g. audience='https://mcp.example.com/mcp'. Tokens are only accepted when their "
-            "aud claim contains it, so a token minted for another service cannot be replayed here."
-        )
-    return tuple(dict.fromkeys(values))
 
 
 def _check_algorithms(algorithms: object) -> frozenset[str]:
@@ -312,18 +270,6 @@ def _check_algorithms(algorithms: object) -> frozenset[str]:
     return frozenset(values)
 
 
-def _check_scopes(required_scopes: Sequence[str] | None) -> tuple[str, ...]:
-    if required_scopes is None:
-        return ()
-    if isinstance(required_scopes, str) or not all(
-        isinstance(s, str) and s and " " not in s for s in required_scopes
-    ):
-        raise ConfigurationError(
-            "required_scopes= must be a list of scope strings, e.g. required_scopes=['mcp:use']."
-        )
-    return tuple(required_scopes)
-
-
 def _check_numbers(
     leeway: float, ttl: float, cooldown: float, max_token_bytes: int, cache_size: int
 ) -> None:
@@ -341,32 +287,42 @@ def _check_numbers(
 
 
 def _check_key_source(
-    issuer: str, jwks_uri: str | None, jwks: Mapping[str, Any] | None
+    issuer: str, jwks_uri: str | None, jwks: Mapping[str, Any] | None, policy: FetchPolicy
 ) -> str | None:
     if jwks_uri is not None and jwks is not None:
         raise ConfigurationError("Pass either jwks_uri= or jwks=, not both.")
     if jwks_uri is not None:
         try:
-            return check_fetch_url(jwks_uri)
+            return check_fetch_url(jwks_uri, policy)
         except ValueError as exc:
             raise ConfigurationError(
-                f"jwks_uri {exc}; give the https:// URL of the issuer's JWKS, or jwks= with the "
+                f"jwks_uri {exc}. Give the https:// URL of the issuer's JWKS, or jwks= with the "
                 "key set itself."
             ) from None
     if jwks is None:
         try:
-            check_fetch_url(issuer)
+            check_fetch_url(issuer, policy)
             if urlsplit(issuer).query or urlsplit(issuer).fragment:
                 raise ValueError("an issuer URL has no query or fragment")
-        except ValueError:
+        except ValueError as exc:
             raise ConfigurationError(
-                f"Cannot discover keys for issuer {issuer!r}: discovery needs an https:// issuer "
-                "URL. Pass jwks_uri= (the issuer's JWKS URL) or jwks= (a static key set)."
+                f"Cannot discover keys for issuer {issuer!r} ({exc}). Discovery needs an "
+                "https:// issuer URL: pass jwks_uri= (the issuer's JWKS URL) or jwks= (a static "
+                "key set)."
             ) from None
     return None
 
 
 def _static_keys(jwks: Mapping[str, Any]) -> tuple[PublicJWK, ...]:
+    entries = jwks.get("keys") if isinstance(jwks, Mapping) else None
+    if isinstance(entries, list) and any(
+        isinstance(e, Mapping) and e.get("kty") == "oct" for e in entries
+    ):
+        raise ConfigurationError(
+            "jwks= contains a symmetric (kty 'oct') key: HMAC secrets cannot be mixed with the "
+            "issuer's public keys (RFC 8725 §2.1, CVE-2026-48526). Remove it; access tokens must "
+            "be signed with the authorization server's private key."
+        )
     try:
         keys = keys_from_jwks(jwks)
     except ValueError as exc:

@@ -5,15 +5,27 @@ environment"). securemcp does not: a stdio server with a verifier requires a cre
 by the same rules as over HTTP. It comes from an environment variable set by whoever launches the
 server (``SECUREMCP_ACCESS_TOKEN`` by default) or, only when explicitly enabled for a trusted
 host, per request from ``_meta`` (``securemcp.dev/access_token``).
+
+MCP authorization (all revisions): stdio servers "SHOULD NOT follow this specification, and
+instead retrieve credentials from the environment". The environment token is verified once at
+start-up by :func:`check_stdio_startup` (a server with an invalid token refuses to start, with a
+message saying how to fix it) and again, with its expiry, on every call by the pipeline.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
-__all__ = ["DEFAULT_ENV_VAR", "META_TOKEN_KEY", "StdioIdentity"]
+from securemcp.auth._env import is_production
+from securemcp.errors import ConfigurationError, InvalidCredential
+
+__all__ = ["DEFAULT_ENV_VAR", "META_TOKEN_KEY", "StdioIdentity", "check_stdio_startup"]
+
+logger = logging.getLogger("securemcp.auth")
 
 DEFAULT_ENV_VAR: Final = "SECUREMCP_ACCESS_TOKEN"
 META_TOKEN_KEY: Final = "securemcp.dev/access_token"  # noqa: S105 (a key name)
@@ -46,3 +58,62 @@ class StdioIdentity:
             if isinstance(token, str) and token:
                 return token
         return self._token
+
+
+async def check_stdio_startup(server: Any) -> None:
+    """Verify a stdio server's environment credential before it serves anything.
+
+    Call it at start-up of a stdio server (e.g. in the server lifespan when the transport is
+    ``"stdio"``). With no verifier configured it does nothing (development mode is handled by the
+    server's own start-up check).
+
+    Raises:
+        ConfigurationError: the environment token is refused by the verifier (expired, wrong
+            audience, ...), or there is no credential at all and ``SECUREMCP_ENV=production``
+            (unless per-request ``_meta`` tokens from a trusted host are enabled).
+    """
+    verifier = server._securemcp_pipeline.verifier()
+    if verifier is None:
+        return
+    identity: StdioIdentity = server._securemcp_stdio
+    name = getattr(server, "name", "?")
+    token = identity.credential(None)
+    if token is None:
+        if identity.allow_meta_tokens:
+            logger.info(
+                "stdio server %r: no %s; each request must carry a token in _meta[%r]",
+                name,
+                identity.env_var,
+                META_TOKEN_KEY,
+            )
+            return
+        message = (
+            f"securemcp stdio server {name!r} has a verifier but no credential: set "
+            f"{identity.env_var} to an access token issued for this server (audience "
+            f"{list(getattr(verifier, 'audiences', ()))!r}) in the environment that launches it."
+        )
+        if is_production():
+            raise ConfigurationError(message + " SECUREMCP_ENV=production refuses to start.")
+        logger.warning("%s Every call will be refused until it is set.", message)
+        return
+    try:
+        principal = await verifier.authenticate(token)
+    except InvalidCredential as exc:
+        raise ConfigurationError(
+            f"securemcp stdio server {name!r} refuses to start: the access token in "
+            f"{identity.env_var} was rejected ({exc.reason}). Obtain a new token from the "
+            f"authorization server for this server's audience "
+            f"{list(getattr(verifier, 'audiences', ()))!r} and set {identity.env_var} to it."
+        ) from None
+    expires = (
+        datetime.fromtimestamp(principal.expires_at, UTC).isoformat(timespec="seconds")
+        if principal.expires_at is not None
+        else "never"
+    )
+    logger.info(
+        "stdio server %r runs as %s (issuer %s); credential expires %s",
+        name,
+        principal.pseudonym,
+        principal.issuer,
+        expires,
+    )

@@ -484,6 +484,7 @@ class FakeIdentityProvider:
         if over_http:
             if self._served_url is None:
                 raise RuntimeError("verifier(over_http=True) needs `async with idp.serve_http()`")
+            kwargs.setdefault("allow_insecure_loopback", True)  # it serves http on 127.0.0.1
             if self.issuer.rstrip("/") != self._served_url:
                 kwargs.setdefault("jwks_uri", f"{self._served_url}/jwks")
         else:

@@ -1,0 +1,81 @@
+"""The bridge from securemcp verifiers to FastMCP's ``TokenVerifier`` interface.
+
+Every securemcp verifier is both an :class:`~securemcp.auth.base.IdentityVerifier`
+(``authenticate(token) -> Principal``) and a FastMCP ``TokenVerifier``
+(``verify_token(token) -> AccessToken | None``), so it can be passed as ``auth=`` to FastMCP or
+securemcp alike. The ``AccessToken`` carries the RFC 8707 resource the token was accepted for.
+This is the only module in :mod:`securemcp.auth` that builds FastMCP types.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastmcp.server.auth import AccessToken, TokenVerifier
+
+from securemcp.context import Principal
+from securemcp.errors import InvalidCredential
+
+__all__ = ["VerifierBase", "access_token_for", "thaw"]
+
+logger = logging.getLogger("securemcp.auth")
+
+
+def thaw(value: Any) -> Any:
+    """A plain ``dict``/``list`` copy of frozen claims (for FastMCP's ``AccessToken``)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+def _resource(principal: Principal, audiences: Sequence[str]) -> str | None:
+    aud = principal.claims.get("aud")
+    values = (aud,) if isinstance(aud, str) else aud
+    if not isinstance(values, tuple | list):
+        return None
+    return next((a for a in audiences if a in values), None)
+
+
+def access_token_for(principal: Principal, token: str, audiences: Sequence[str]) -> AccessToken:
+    """FastMCP's view of a verified ``principal`` (``resource`` = the matched audience)."""
+    expires_at = principal.expires_at
+    return AccessToken(
+        token=token,
+        client_id=principal.client_id or principal.subject,
+        scopes=sorted(principal.scopes),
+        expires_at=int(expires_at) if expires_at is not None else None,
+        subject=principal.subject,
+        claims=thaw(principal.claims),
+        resource=_resource(principal, audiences),
+    )
+
+
+class VerifierBase(TokenVerifier):
+    """Base of securemcp's verifiers: FastMCP's ``verify_token`` on top of ``authenticate``.
+
+    Subclasses set :attr:`audiences` (this server's canonical resource URIs, RFC 8707) and
+    :attr:`issuers` (the authorization servers they trust, advertised in RFC 9728 metadata).
+    """
+
+    audiences: tuple[str, ...]
+    issuers: tuple[str, ...]
+
+    async def authenticate(self, token: str) -> Principal:  # pragma: no cover - abstract
+        """Verify ``token`` and return the principal it proves."""
+        raise NotImplementedError
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """FastMCP's hook: the verified token as an ``AccessToken``, or ``None`` if refused."""
+        try:
+            principal = await self.authenticate(token)
+        except InvalidCredential as exc:
+            logger.info("bearer token refused: %s", exc.reason)
+            return None
+        except Exception:  # fail closed: a verifier bug must never let a token through
+            logger.exception("bearer token verification failed unexpectedly")
+            return None
+        return access_token_for(principal, token, self.audiences)
