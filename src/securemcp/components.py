@@ -27,7 +27,7 @@ class ComponentFacts:
     scopes: frozenset[str] = frozenset()
     tags: frozenset[str] = frozenset()
     annotations: Mapping[str, Any] = field(default_factory=lambda: _NO_ANNOTATIONS)
-    risk: str | None = None
+    risk: str = "write"
 
 
 def _annotations(component: Any) -> Mapping[str, Any]:
@@ -45,9 +45,13 @@ def facts_of(component: Any) -> ComponentFacts:
     Raises:
         InvalidScopeDeclaration: the component carries a malformed scope declaration.
     """
+    from securemcp.policy.request import RiskClass
+
+    annotations = _annotations(component)
     return ComponentFacts(
         scopes=declared_scopes(component),
         tags=frozenset(getattr(component, "tags", None) or ()),
-        annotations=_annotations(component),
-        risk=declared_risk(component),
+        annotations=annotations,
+        # The effective class, computed once: declared with risk=, else from the annotations.
+        risk=RiskClass.classify(annotations, declared_risk(component)).value,
     )
