@@ -1,6 +1,6 @@
 """Audit benchmarks: hot-path append cost and offline verification throughput.
 
-Run: ``python tests/audit/bench_audit.py [--records N]`` (not collected by pytest).
+Run: ``python benchmarks/bench_audit.py [--records N]`` (not collected by pytest).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from securemcp.audit import AuditLog, Ed25519Signer, Keyring, verify
 from securemcp.context import Principal
+from securemcp.policy.decision import Decision
 
 PRINCIPAL = Principal(
     subject="alice@example.com",
@@ -22,10 +23,13 @@ PRINCIPAL = Principal(
     scopes=frozenset({"calc:write"}),
 )
 
+DECISION = Decision.allow(rule="scopes", policy_version="sha256:9f86d081884c7d659a2feaa0c55ad015")
 
-def bench_append(directory: Path, signer: Ed25519Signer, count: int) -> tuple[float, float]:
-    """µs per decision record and per outcome record (median of 5 rounds)."""
-    decisions, outcomes = [], []
+
+def bench_append(directory: Path, signer: Ed25519Signer, count: int) -> tuple[float, float, float]:
+    """µs per decision record (a string result, then a policy ``Decision`` as the pipeline
+    passes) and per outcome record (median of 5 rounds)."""
+    decisions, objects, outcomes = [], [], []
     with AuditLog(directory, signer=signer, fsync="interval") as log:
         for _ in range(5):
             start = time.perf_counter()
@@ -43,6 +47,17 @@ def bench_append(directory: Path, signer: Ed25519Signer, count: int) -> tuple[fl
                 )
             middle = time.perf_counter()
             for index in range(count):
+                log.decision(
+                    call_id=f"8f1c2e0a-4b7d-4c1e-9a3f-{index:012d}",
+                    method="tools/call",
+                    target="add",
+                    result=DECISION,
+                    identity=PRINCIPAL,
+                    arguments={"a": index, "b": 2},
+                    trace_id="0af7651916cd43dd8448eb211c80319c",
+                )
+            third = time.perf_counter()
+            for index in range(count):
                 log.outcome(
                     call_id=f"8f1c2e0a-4b7d-4c1e-9a3f-{index:012d}",
                     method="tools/call",
@@ -54,8 +69,9 @@ def bench_append(directory: Path, signer: Ed25519Signer, count: int) -> tuple[fl
                 )
             end = time.perf_counter()
             decisions.append((middle - start) / count * 1e6)
-            outcomes.append((end - middle) / count * 1e6)
-    return statistics.median(decisions), statistics.median(outcomes)
+            objects.append((third - middle) / count * 1e6)
+            outcomes.append((end - third) / count * 1e6)
+    return statistics.median(decisions), statistics.median(objects), statistics.median(outcomes)
 
 
 def bench_verify(directory: Path, keyring: Keyring, workers: int) -> tuple[float, int, str]:
@@ -73,8 +89,11 @@ def main() -> None:
     signer = Ed25519Signer.generate("bench")
     keyring = Keyring([signer.verifier_key()])
     with tempfile.TemporaryDirectory() as folder:
-        decision_us, outcome_us = bench_append(Path(folder) / "append", signer, args.append)
+        decision_us, object_us, outcome_us = bench_append(
+            Path(folder) / "append", signer, args.append
+        )
         print(f"append decision record: {decision_us:.1f} µs/record (fsync='interval')")
+        print(f"  with a policy Decision: {object_us:.1f} µs/record")
         print(f"append outcome record:  {outcome_us:.1f} µs/record (fsync='interval')")
 
         big = Path(folder) / "verify"

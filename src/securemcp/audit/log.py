@@ -8,6 +8,11 @@ it, and folds its hash into the RFC 9162 tree (:mod:`securemcp.audit.merkle`). A
 thread signs a C2SP checkpoint every ``checkpoint_every`` records or ``checkpoint_interval``
 seconds (and ``close`` signs the last one), and fsyncs on the ``"interval"`` policy.
 
+:meth:`AuditLog.decision` and :meth:`AuditLog.outcome`, twice per tool call, skip the record
+``dict``: they fill a template in canonical member order with encoded, cached fragments
+(:mod:`securemcp.audit._lines`) and write the same bytes the generic path would. Unusual values
+(and recorded arguments) take the generic path.
+
 Failure is closed: any ``OSError`` while writing (full disk, read-only folder, lost device) and
 any sink error raise :class:`~securemcp.audit.errors.AuditUnavailable`, so the pipeline refuses
 the call. A failed write is cut back to the last complete record, so nothing half-written stays.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -24,22 +30,26 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from json.encoder import encode_basestring as _enc
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from securemcp.audit import jcs
+from securemcp.audit._lines import OUTCOME_JSON, decision_json, identity_json, vetted
 from securemcp.audit.chain import format_ts, genesis_prev, new_origin, parse_ts, valid_origin
 from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint
 from securemcp.audit.errors import AuditError, AuditLogLocked, AuditUnavailable
 from securemcp.audit.guard import DEFAULT_SENSITIVE_KEYS, check_encoded, screen
-from securemcp.audit.jcs import plain_float
+from securemcp.audit.jcs import MAX_SAFE_INTEGER, format_number, plain_float
 from securemcp.audit.keys import Signer, load_or_create_dev_signer, verifier_key
 from securemcp.audit.merkle import CompactRange, leaf_hash
 from securemcp.audit.note import NoteError, sign_note
 from securemcp.audit.records import (
     HEADER_FIELDS,
     SCHEMA_VERSION,
+    _duration,
+    args_sha256,
     auth_failure_record,
     config_change_record,
     decision_record,
@@ -73,6 +83,9 @@ _MIB: Final = 1024 * 1024
 #: How often the ``"interval"`` fsync policy syncs written records, at most (seconds).
 _FSYNC_TICK: Final = 1.0
 _APPEND_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+#: SHA-256 already fed the RFC 9162 leaf prefix 0x00; copying it is cheaper than a new hash.
+_LEAF_HASH: Final = hashlib.sha256(b"\x00")
 
 _open_logs: weakref.WeakSet[AuditLog] = weakref.WeakSet()
 
@@ -183,6 +196,9 @@ class AuditLog:
         self._last_ns = 0
         self._ts_second = -1
         self._ts_prefix = ""
+        self._origin_key: str | None = None  # the log id that _origin_json encodes
+        self._origin_json: str | None = None
+        self._origin_vetted = False
         self._range = CompactRange()
         self._cp_size = 0
         self._cp_time = time.monotonic()
@@ -379,6 +395,19 @@ class AuditLog:
     def _append_locked(self, body: dict[str, Any], plain: bool) -> int:
         if not self._opened or self._failed is not None:
             raise AuditUnavailable(reason=self._failed or "the audit log is closed")
+        now, ts = self._stamp()
+        seq = self._seq
+        body["v"] = SCHEMA_VERSION
+        body["log"] = self._origin
+        body["seq"] = seq
+        body["ts"] = ts
+        body["prev"] = self._prev
+        line = jcs.dumps_plain(body) if plain else jcs.dumps(body)
+        check_encoded(line)
+        return self._commit(line, now, seq, body)
+
+    def _stamp(self) -> tuple[int, str]:
+        """The next record's time (ns, never decreasing) and its ``ts``; under ``_lock``."""
         now = time.time_ns()
         if now < self._last_ns:  # the wall clock stepped back: keep timestamps monotonic
             now = self._last_ns
@@ -387,28 +416,91 @@ class AuditLog:
         if second != self._ts_second:
             self._ts_second = second
             self._ts_prefix = format_ts(now)[:19]
-        seq = self._seq
-        body["v"] = SCHEMA_VERSION
-        body["log"] = self._origin
-        body["seq"] = seq
-        body["ts"] = f"{self._ts_prefix}.{micros % 1_000_000:06d}Z"
-        body["prev"] = self._prev
-        line = jcs.dumps_plain(body) if plain else jcs.dumps(body)
-        check_encoded(line)
+        return now, f"{self._ts_prefix}.{micros % 1_000_000:06d}Z"
+
+    def _append_template(
+        self, head: str, mid: str, tail: str, end: str, caller: str, body: dict[str, Any] | None
+    ) -> int:
+        """Append a record whose canonical line is ``head`` + log id + ``mid`` + ``prev`` + seq
+        + ``tail`` + ``ts`` + ``end`` (see :mod:`._lines`).
+
+        ``caller`` is every caller-controlled JSON token of the line not vetted before, joined:
+        it gets the same Unicode and secrets checks as a whole line on the generic path (see
+        :mod:`._lines` for why that is exactly as strict). ``body`` is the record as the generic
+        builder makes it, for sinks (``None`` without sinks: then it is never built).
+        """
+        if not self._opened:
+            if self._closed:
+                raise AuditUnavailable(reason="the audit log was closed")
+            self._open_for_append()
+        with self._lock:
+            if not self._opened or self._failed is not None:
+                raise AuditUnavailable(reason=self._failed or "the audit log is closed")
+            origin = self._origin
+            if origin is not self._origin_key:
+                self._encode_origin(origin)
+            origin_json = self._origin_json
+            if not self._origin_vetted:
+                if origin_json is None:
+                    raise ValueError("the log id is not a valid JSON string")
+                caller += origin_json
+            # check_encoded looks for "eyJ" and " " first; an ASCII text (no surrogates, and
+            # its UTF-8 is itself) holding neither passes it, so skip the encoding and the call.
+            if not caller.isascii() or "eyJ" in caller or " " in caller:
+                try:
+                    encoded = caller.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ValueError("strings must be valid Unicode (no lone surrogates)") from exc
+                check_encoded(encoded)
+            now = time.time_ns()  # as in _stamp, inlined: this is the hot path
+            if now < self._last_ns:
+                now = self._last_ns
+            micros = now // 1000
+            if micros // 1_000_000 != self._ts_second:
+                self._ts_second = micros // 1_000_000
+                self._ts_prefix = format_ts(now)[:19]
+            ts = f"{self._ts_prefix}.{micros % 1_000_000:06d}Z"
+            seq = self._seq
+            prev = self._prev
+            line = f'{head}{origin_json}{mid}{prev}","seq":{seq}{tail}{ts}{end}'.encode()
+            if body is not None:
+                body["v"] = SCHEMA_VERSION
+                body["log"] = origin
+                body["seq"] = seq
+                body["ts"] = ts
+                body["prev"] = prev
+            return self._commit(line, now, seq, body)
+
+    def _encode_origin(self, origin: str) -> None:
+        self._origin_key = origin
+        try:
+            self._origin_json = jcs.dumps(origin).decode("utf-8")
+        except (TypeError, ValueError):
+            self._origin_json, self._origin_vetted = None, False
+        else:
+            self._origin_vetted = vetted(self._origin_json)
+
+    def _commit(self, line: bytes, now: int, seq: int, body: dict[str, Any] | None) -> int:
+        """Write one encoded, checked record line and advance the chain; under ``_lock``."""
         data = line + b"\n"
-        if self._segment_size and self._segment_size + len(data) > self.segment_max_bytes:
+        length = len(data)
+        size = self._segment_size
+        if size and size + length > self.segment_max_bytes:
             self._rotate_segment()
+            size = 0
         try:
             _write_all(self._fd, data)
         except OSError as exc:
             self._undo_partial_write(exc)
             raise AuditUnavailable(reason=f"audit write failed: {exc}") from exc
-        digest = leaf_hash(line)
+        leaf = _LEAF_HASH.copy()  # RFC 9162 leaf hash SHA-256(0x00 || line), as merkle.leaf_hash
+        leaf.update(line)
+        digest = leaf.digest()
         self._range.append(digest)
         self._prev = digest.hex()
         self._seq = seq + 1
         self._last_ns = now
-        self._segment_size += len(data)
+        self._segment_size = size + length
         self._unsynced = True
         if self.fsync == "always":
             try:
@@ -417,8 +509,8 @@ class AuditLog:
                 self._fail(f"fsync failed: {exc}")
                 raise AuditUnavailable(reason=f"audit fsync failed: {exc}") from exc
         if self.sinks:
-            self._export(body)
-        if (self._seq - self._cp_size) % self.checkpoint_every == 0:
+            self._export(body if body is not None else jcs.loads(line))
+        if (seq + 1 - self._cp_size) % self.checkpoint_every == 0:
             self._wake.set()  # the sealer also polls, so waking it once per N records is enough
         return seq
 
@@ -489,8 +581,25 @@ class AuditLog:
         or a mapping. ``arguments`` are hashed; they are stored (redacted) only when
         ``record_arguments`` (default: the log's setting) is true.
         """
-        return self._append_built(
-            decision_record(
+        if server is None:
+            server = self.server
+        if record_arguments is None:
+            record_arguments = self.record_arguments
+        fragment = None
+        if not (record_arguments and arguments is not None):
+            fragment = decision_json(result, reason, rule, policy_version)
+        if fragment is not None:
+            try:  # encode_basestring raises TypeError for anything but a str: generic path
+                call = "null" if call_id is None else _enc(call_id)
+                verb = "null" if method is None else _enc(method)
+                tool = "null" if target is None else _enc(target)
+                trace = "null" if trace_id is None else _enc(trace_id)
+                name = "null" if server is None else _enc(server)
+            except TypeError:
+                fragment = None
+        body = None
+        if fragment is None or self.sinks:
+            body = decision_record(
                 call_id=call_id,
                 method=method,
                 target=target,
@@ -501,14 +610,29 @@ class AuditLog:
                 rule=rule,
                 policy_version=policy_version,
                 trace_id=trace_id,
-                server=server if server is not None else self.server,
-                record_arguments=(
-                    self.record_arguments if record_arguments is None else record_arguments
-                ),
+                server=server,
+                record_arguments=record_arguments,
                 redact_keys=self.redact_keys,
-            ),
-            "args",
-            "decision",
+            )
+            if fragment is None:  # unusual values: screen all of the generic record
+                return self._append_body(body, screen(body))
+        digest = args_sha256(arguments) if body is None else body["args_sha256"]
+        hashed = "null" if digest is None else f'"{digest}"'
+        decided, decided_vetted = fragment
+        who, who_vetted = identity_json(identity)
+        caller = f"{call}{verb}{tool}{trace}{name}"
+        if not decided_vetted:
+            caller += decided
+        if not who_vetted:
+            caller += who
+        return self._append_template(
+            f'{{"args_sha256":{hashed},"call_id":{call},'
+            f'"decision":{decided},"identity":{who},"log":',
+            f',"method":{verb},"prev":"',
+            f',"server":{name},"target":{tool},"trace_id":{trace},"ts":"',
+            '","type":"decision","v":1}',
+            caller,
+            body,
         )
 
     def outcome(
@@ -526,8 +650,31 @@ class AuditLog:
     ) -> int:
         """Append the ``outcome`` record written after a call (``ok``, ``tool_error``, ``error``,
         ``timeout`` or ``refused``); returns its ``seq``."""
-        return self._append_built(
-            outcome_record(
+        if server is None:
+            server = self.server
+        ended = OUTCOME_JSON.get(outcome) if type(outcome) is str else None
+        elapsed = None
+        if ended is not None:
+            value = _duration(duration_ms)
+            if type(value) is float:  # repr is canonical where jcs.plain_float says so
+                text = repr(value)
+                plain = "e" not in text and "n" not in text and not text.endswith(".0")
+                elapsed = text if plain else format_number(value)
+            elif type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                elapsed = str(value)
+        if elapsed is not None:
+            try:  # encode_basestring raises TypeError for anything but a str: generic path
+                call = "null" if call_id is None else _enc(call_id)
+                verb = "null" if method is None else _enc(method)
+                tool = "null" if target is None else _enc(target)
+                trace = "null" if trace_id is None else _enc(trace_id)
+                name = "null" if server is None else _enc(server)
+                failure = "null" if error is None else _enc(error)
+            except TypeError:
+                elapsed = None
+        body = None
+        if elapsed is None or self.sinks:
+            body = outcome_record(
                 call_id=call_id,
                 method=method,
                 target=target,
@@ -536,8 +683,21 @@ class AuditLog:
                 identity=identity,
                 error=error,
                 trace_id=trace_id,
-                server=server if server is not None else self.server,
+                server=server,
             )
+            if elapsed is None:  # unusual values: screen all of the generic record
+                return self._append_body(body, screen(body))
+        who, who_vetted = identity_json(identity)
+        caller = f"{call}{failure}{verb}{tool}{trace}{name}"
+        if not who_vetted:
+            caller += who
+        return self._append_template(
+            f'{{"call_id":{call},"duration_ms":{elapsed},"error":{failure},"identity":{who},"log":',
+            f',"method":{verb},"outcome":{ended},"prev":"',
+            f',"server":{name},"target":{tool},"trace_id":{trace},"ts":"',
+            '","type":"outcome","v":1}',
+            caller,
+            body,
         )
 
     def auth_failure(

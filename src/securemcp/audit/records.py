@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from securemcp.audit import jcs
 from securemcp.audit.guard import DEFAULT_SENSITIVE_KEYS, redact
+from securemcp.audit.jcs import _C_ENCODER
 
 __all__ = [
     "HEADER_FIELDS",
@@ -124,7 +125,33 @@ def _actor_chain(act: Any) -> list[dict[str, str | None]]:
     return chain
 
 
+_IDENTITY_MEMO: dict[int, tuple[Any, dict[str, Any]]] = {}
+_IDENTITY_MEMO_LIMIT = 1024
+
+
 def identity_fields(identity: Any) -> dict[str, Any]:
+    """The ``identity`` object of a record (memoized for immutable ``Principal`` objects).
+
+    A verifier returns the same ``Principal`` for every call made with one token, so the fields
+    are built once per principal; the memo holds the principal itself and checks identity, so
+    a recycled ``id()`` can never return another caller's fields. Treat the result as read-only.
+    """
+    from securemcp.context import Principal
+
+    if type(identity) is Principal:
+        key = id(identity)
+        cached = _IDENTITY_MEMO.get(key)
+        if cached is not None and cached[0] is identity:
+            return cached[1]
+        fields = _identity_fields(identity)
+        if len(_IDENTITY_MEMO) >= _IDENTITY_MEMO_LIMIT:
+            _IDENTITY_MEMO.clear()
+        _IDENTITY_MEMO[key] = (identity, fields)
+        return fields
+    return _identity_fields(identity)
+
+
+def _identity_fields(identity: Any) -> dict[str, Any]:
     """The ``identity`` object of a record, from a principal-like object or mapping.
 
     Reads only ``issuer``/``iss``, ``subject``/``sub``, ``client_id``, ``tenant``,
@@ -148,6 +175,24 @@ def identity_fields(identity: Any) -> dict[str, Any]:
     }
 
 
+_MAX_SAFE: Final = jcs.MAX_SAFE_INTEGER
+_sha256: Final = hashlib.sha256
+
+
+def _plain_members(value: dict[Any, Any]) -> bool:
+    """``jcs.is_plain(value)`` for a dict, with the usual members checked inline."""
+    for name, item in value.items():
+        if type(name) is not str or not name.isascii():
+            return False
+        kind = type(item)
+        if kind is int:
+            if not -_MAX_SAFE <= item <= _MAX_SAFE:
+                return False
+        elif not (kind is str or item is None or kind is bool or jcs.is_plain(item)):
+            return False
+    return True
+
+
 def args_sha256(arguments: Mapping[str, Any] | None) -> str | None:
     """Hex SHA-256 of the RFC 8785 canonical JSON of ``arguments`` (``None`` when absent).
 
@@ -156,6 +201,12 @@ def args_sha256(arguments: Mapping[str, Any] | None) -> str | None:
     """
     if arguments is None:
         return None
+    # The common case first, a dict of plain values: what jcs.dumps does, minus its walk.
+    if type(arguments) is dict and _C_ENCODER is not None and _plain_members(arguments):
+        try:
+            return _sha256("".join(_C_ENCODER(arguments, 0)).encode()).hexdigest()
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: not I-JSON, hashed below like any other
     try:
         data = jcs.dumps(arguments)
     except (TypeError, ValueError):
