@@ -205,3 +205,83 @@ async def test_rate_limits_from_rules_list(idp: FakeIdentityProvider) -> None:
         results = [await _call(client, "read") for _ in range(3)]
     assert [ok for ok, _ in results] == [True, True, False]
     assert runs["read"] == 2
+
+
+@pytest.mark.http
+async def test_address_limit_answers_429_before_any_token_work(
+    idp: FakeIdentityProvider,
+) -> None:
+    import httpx
+
+    from securemcp.testing import serve_http
+
+    limiter = RateLimiter([RateLimit("per-ip", "3/minute", per="address")])
+    mcp, runs = build(idp, rate_limits=limiter)
+    async with serve_http(mcp) as url, httpx.AsyncClient() as raw:
+        statuses = []
+        for _ in range(5):
+            response = await raw.post(
+                url,
+                headers={"Authorization": "Bearer not-even-a-jwt"},
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+            )
+            statuses.append(response.status_code)
+        assert statuses == [401, 401, 401, 429, 429]
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.json()["error"] == "rate_limited"
+    assert runs["read"] == 0
+
+
+async def test_policy_loads_reloads_and_broken_files_are_audited(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    from securemcp.audit import AuditLog, iter_records
+
+    rules = tmp_path / "policy.toml"
+    rules.write_text('default = "allow"\n')
+    log = AuditLog(tmp_path / "audit")
+    mcp, _ = build(idp, policy=str(rules), audit=log)
+    async with connect(mcp, idp.token("alice")) as client:
+        assert (await _call(client, "read"))[0]
+        rules.write_text('default = "deny"\n')
+        await asyncio.sleep(1.1)
+        assert not (await _call(client, "read"))[0]  # the new version decides
+        rules.write_text("this is not toml [")
+        await asyncio.sleep(1.1)
+        assert not (await _call(client, "read"))[0]  # the old (deny) policy stays in force
+    log.close()
+    records = list(iter_records(tmp_path / "audit"))
+    changes = [r for r in records if r["type"] == "policy_change"]
+    assert len(changes) == 2  # loaded at start-up, then reloaded
+    assert changes[1]["previous_version"] == changes[0]["policy_version"]
+    failed = [r for r in records if r["type"] == "config_change"]
+    assert failed
+    assert failed[0]["what"] == "policy_reload_failed"
+
+
+async def test_rate_limit_storage_down_refuses_and_is_audited(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    import socket
+
+    from securemcp.audit import AuditLog, iter_records
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    limiter = RateLimiter(
+        [RateLimit("per-user", "10/minute")],
+        storage_uri=f"redis://:s3cret-password@127.0.0.1:{port}/0",
+    )
+    log = AuditLog(tmp_path / "audit")
+    mcp, runs = build(idp, rate_limits=limiter, audit=log)
+    async with connect(mcp, idp.token("alice")) as client:
+        ok, text = await _call(client, "read")
+    log.close()
+    assert not ok
+    assert text.startswith("rate_limited:")
+    assert runs["read"] == 0
+    records = list(iter_records(tmp_path / "audit"))
+    failure = next(r for r in records if r["type"] == "config_change")
+    assert failure["what"] == "rate_limit_storage_failure"
+    assert "s3cret-password" not in str(failure)  # the storage URI's credentials stay out

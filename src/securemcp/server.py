@@ -225,6 +225,8 @@ class FastMCP(fastmcp.FastMCP[Any]):
             from securemcp.auditing import CallAuditor
 
             self._securemcp_pipeline.auditor = CallAuditor(audit_log, self.name)
+            if enforcement is not None:
+                enforcement.connect_audit(audit_log)
         for item in tools or ():
             self.add_tool(item)
 
@@ -314,6 +316,9 @@ class FastMCP(fastmcp.FastMCP[Any]):
                     f"{auditor.log.directory}: {reason}. Pass audit=<writable folder> or set "
                     "SECUREMCP_AUDIT_DIR."
                 ) from exc
+        enforcement = self._securemcp_pipeline.enforcement
+        if enforcement is not None:
+            enforcement.audit_initial_policy()
 
     # --- registration: scopes= on every path ----------------------------------------------
 

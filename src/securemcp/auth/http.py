@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -262,7 +263,34 @@ class HTTPGuard:
             return None
         return state.resolved.select(forwarded).metadata_url
 
+    async def _address_limited(self, scope: Scope, send: Send) -> bool:
+        """Pre-authentication limit per client address (costs no cryptography); 429 if over."""
+        enforcement = self._pipeline.enforcement
+        limiter = enforcement.rate_limiter if enforcement is not None else None
+        if limiter is None:
+            return False
+        client = scope.get("client")
+        decision = await limiter.hit_address(client[0] if client else None)
+        if decision.allowed:
+            return False
+        seconds = max(1, math.ceil(decision.retry_after))
+        self._log(scope, f"rate_limited (address limit {decision.limit})")
+        await _respond(
+            send,
+            429,
+            json.dumps(
+                {
+                    "error": "rate_limited",
+                    "error_description": f"Too many requests; retry after {seconds} s.",
+                }
+            ).encode(),
+            [(b"retry-after", str(seconds).encode())],
+        )
+        return True
+
     async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if await self._address_limited(scope, send):
+            return
         state = self.state()
         headers = _read_headers(scope)
         if headers.origins and not self._origin_allowed(scope, headers, state):

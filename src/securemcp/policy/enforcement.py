@@ -12,6 +12,7 @@ it, a result size limit after it. Every failure mode refuses (XACML's PEP rule).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -26,6 +27,8 @@ from securemcp.policy.ratelimit import RateLimit, RateLimiter
 from securemcp.policy.request import CallRequest
 
 __all__ = ["PolicyEnforcement"]
+
+logger = logging.getLogger("securemcp.policy")
 
 RateLimitsSetting = RateLimiter | Iterable[RateLimit | Mapping[str, Any]] | None
 ApprovalsSetting = ApprovalGate | ApprovalStore | str | os.PathLike[str] | None
@@ -69,6 +72,8 @@ class PolicyEnforcement:
         self.rate_limiter = _limiter(rate_limits)
         self._approvals_setting = approvals
         self._gate: ApprovalGate | None = None
+        self._initial_policy_event: Any = None
+        self._audit_policy_changed: Any = None
         self.active = self.policy is not None or self.rate_limiter is not None
 
     @property
@@ -83,6 +88,62 @@ class PolicyEnforcement:
             else:
                 self._gate = ApprovalGate(setting)
         return self._gate
+
+    def connect_audit(self, log: Any) -> None:
+        """Record policy loads, reloads, failed reloads and rate-limit storage failures in ``log``.
+
+        ``log`` is a :class:`securemcp.audit.AuditLog`. Recording is best effort: these events
+        are also logged, and a failure to audit them never changes a call's decision.
+        """
+        from securemcp.policy.ratelimit import StorageFailure
+        from securemcp.policy.rules import PolicyChange, RulesPolicy
+
+        def policy_changed(event: PolicyChange) -> None:
+            try:
+                if event.kind == "reload_failed":
+                    log.config_change(
+                        what="policy_reload_failed",
+                        details={"source": event.source, "errors": list(event.errors)},
+                        config_version=event.policy_version,
+                    )
+                else:
+                    log.policy_change(
+                        policy_version=event.policy_version or "",
+                        previous_version=event.previous_version,
+                        source=event.source,
+                    )
+            except Exception:
+                logger.exception("securemcp could not audit a policy change")
+
+        def storage_failed(failure: StorageFailure) -> None:
+            try:
+                log.config_change(
+                    what="rate_limit_storage_failure",
+                    details={
+                        "limit": failure.limit,
+                        "error": failure.error,
+                        "behaviour": failure.behaviour,
+                    },
+                )
+            except Exception:
+                logger.exception("securemcp could not audit a rate-limit storage failure")
+
+        if isinstance(self.policy, RulesPolicy):
+            self.policy.subscribe(policy_changed)
+            self._initial_policy_event = PolicyChange(
+                "loaded", self.policy.source, self.policy.version
+            )
+        if self.rate_limiter is not None:
+            self.rate_limiter.subscribe(storage_failed)
+        self._audit_policy_changed = policy_changed
+
+    def audit_initial_policy(self) -> None:
+        """Record the rules file in force at start-up (called once the log is open)."""
+        event = self._initial_policy_event
+        callback = self._audit_policy_changed
+        if event is not None and callback is not None:
+            callback(event)
+            self._initial_policy_event = None
 
     async def rate_limit(self, request: CallRequest) -> None:
         """Count the call against every applicable limit.

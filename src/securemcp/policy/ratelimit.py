@@ -317,6 +317,17 @@ class RateLimiter:
 
     # --- checking ---------------------------------------------------------------------------
 
+    def subscribe(self, callback: Callable[[StorageFailure], object]) -> None:
+        """Also report every storage failure to ``callback`` (e.g. the audit log)."""
+        previous = self._on_failure
+
+        def both(failure: StorageFailure) -> None:
+            if previous is not None:
+                previous(failure)
+            callback(failure)
+
+        self._on_failure = both
+
     async def hit(self, request: _HasRequestParts) -> RateDecision:
         """Count one call against every applicable limit; stop at the first refusal."""
         tool = request.target

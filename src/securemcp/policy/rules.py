@@ -149,6 +149,22 @@ class RulesPolicy:
         self._failed_version: str | None = None
         self._lock = threading.Lock()
 
+    @property
+    def source(self) -> str:
+        """The rules file (``"<string>"`` for a policy built from text)."""
+        return str(self._path) if self._path is not None else "<string>"
+
+    def subscribe(self, callback: PolicyChangeCallback) -> None:
+        """Also send every later :class:`PolicyChange` to ``callback`` (e.g. the audit log)."""
+        previous = self._on_change
+
+        def both(event: PolicyChange) -> None:
+            if previous is not None:
+                previous(event)
+            callback(event)
+
+        self._on_change = both
+
     @classmethod
     def from_file(
         cls,
