@@ -16,16 +16,19 @@ from securemcp.demo import run_demo
 async def test_demo_outcomes_are_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECUREMCP_AUDIT_DIR", str(tmp_path / "audit"))
     steps = {(s.actor, s.action.split(" ")[0]): s for s in await run_demo()}
-    assert steps[("alice", "tools/list")].outcome == "add_note, list_notes, whoami"
+    assert steps[("alice", "tools/list")].outcome == ("add_note, archive_notes, list_notes, whoami")
+    assert steps[("alice", "archive_notes")].outcome.startswith("REFUSED: approval_required")
+    after = next(s for s in steps.values() if s.action.startswith("archive_notes, after"))
+    assert after.outcome == "ALLOWED: archived 2 notes"
     assert steps[("alice", "add_note")].outcome.startswith("ALLOWED: added note #2 as alice")
     assert steps[("bob", "tools/list")].outcome == "list_notes, whoami"
     assert steps[("bob", "add_note")].outcome.startswith("REFUSED: insufficient_scope")
     assert "notes:write" in steps[("bob", "add_note")].outcome
     assert steps[("bob", "purge_notes")].outcome.startswith("REFUSED: insufficient_scope")
     assert steps[("mallory", "purge_notes")].outcome.startswith("REFUSED: invalid_token")
-    # 8 calls: 3 allowed (decision + outcome), 2 refused (deny decision), 1 auth failure,
+    # 10 calls: 4 allowed (decision + outcome), 3 refused (deny decision), 1 auth failure,
     # plus log_open and log_close
-    assert steps[("audit", "signed,")].outcome.startswith("11 records in ")
+    assert steps[("audit", "signed,")].outcome.startswith("14 records in ")
     from securemcp.audit import Keyring, verify
     from securemcp.audit.keys import default_key_dir
 

@@ -19,9 +19,17 @@ from securemcp.server import FastMCP
 AUDIENCE = "https://notes.securemcp.test/mcp"
 
 
-def build_server(verifier: Any) -> FastMCP:
-    """The demo's notes server: one open tool, one for writers, one for admins."""
-    mcp = FastMCP("notes", auth=verifier)
+def build_server(verifier: Any, approvals: Any = None) -> FastMCP:
+    """The demo's notes server: an open tool, tools for readers, writers and admins, and a
+    destructive tool that policy puts behind a human approval."""
+    from securemcp.policy import first_match, risk_defaults
+
+    mcp = FastMCP(
+        "notes",
+        auth=verifier,
+        policy=first_match(risk_defaults),  # destructive tools need an approver's approval
+        approvals=approvals,
+    )
     notes: list[str] = ["buy milk"]
 
     @mcp.tool(scopes=["notes:read"])
@@ -41,6 +49,13 @@ def build_server(verifier: Any) -> FastMCP:
         """Delete every note."""
         notes.clear()
         return "purged"
+
+    @mcp.tool(scopes=["notes:write"], annotations={"destructiveHint": True})
+    def archive_notes() -> str:
+        """Move every note to the archive (destructive: needs an approval)."""
+        count = len(notes)
+        notes.clear()
+        return f"archived {count} notes"
 
     @mcp.tool
     def whoami() -> dict[str, Any]:
@@ -69,11 +84,16 @@ async def _call(client: Any, tool: str, args: dict[str, Any]) -> tuple[bool, str
 
 async def run_demo() -> list[Step]:
     """Run the scripted calls and return what happened, step by step."""
+    import tempfile
+
+    from securemcp.context import Principal
+    from securemcp.policy import ApprovalGate, open_store
     from securemcp.testing.client import connect
     from securemcp.testing.idp import FakeIdentityProvider
 
     idp = FakeIdentityProvider(audience=AUDIENCE)
-    server = build_server(idp.verifier(audience=AUDIENCE))
+    store = open_store(f"{tempfile.mkdtemp(prefix='securemcp-demo-')}/approvals.sqlite3")
+    server = build_server(idp.verifier(audience=AUDIENCE), ApprovalGate(store))
     steps: list[Step] = []
 
     alice = idp.token("alice", scopes=["notes:read", "notes:write"])
@@ -146,6 +166,31 @@ async def run_demo() -> list[Step]:
                 "purge_notes (hidden)",
                 ("ALLOWED: " if ok else "REFUSED: ") + text,
                 "hidden from bob's list, and refused when called by name",
+            )
+        )
+
+    async with connect(server, token=alice) as client:
+        ok, text = await _call(client, "archive_notes", {})
+        steps.append(
+            Step(
+                "alice",
+                "archive_notes (destructive)",
+                ("ALLOWED: " if ok else "REFUSED: ") + text,
+                "policy puts destructive tools behind a human approval; nothing was archived",
+            )
+        )
+        approval_id = text.split("approval id ")[1].split(")")[0] if not ok else ""
+        olga = Principal(subject="olga", issuer=idp.issuer, scopes=frozenset({"securemcp:approve"}))
+        if approval_id:
+            await store.approve(approval_id, olga)
+        ok, text = await _call(client, "archive_notes", {})
+        steps.append(
+            Step(
+                "alice",
+                "archive_notes, after olga approved",
+                ("ALLOWED: " if ok else "REFUSED: ") + text,
+                "the approval is bound to alice, this tool, these arguments and this policy; "
+                "alice could not approve it herself, and it works once",
             )
         )
 
