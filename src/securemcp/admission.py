@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from securemcp.components import ComponentFacts, facts_of
+from securemcp.components import ComponentFacts, facts_of_cached
 from securemcp.context import Principal, SecurityContext
 from securemcp.errors import ComponentChanged, InsufficientScope, PipelineBypassed, PolicyDenied
 from securemcp.scopes import InvalidScopeDeclaration
@@ -102,7 +102,7 @@ def recheck_resolved(server: FastMCP, method: str, target: str, component: Any) 
         return
     admission.rechecked = True
     try:
-        actual = facts_of(component)
+        actual = facts_of_cached(component)
     except InvalidScopeDeclaration as exc:
         raise PolicyDenied(reason=str(exc)) from None
     if actual == admission.facts:

@@ -15,7 +15,7 @@ from typing import Any
 
 from securemcp.scopes import declared_risk, declared_scopes
 
-__all__ = ["ComponentFacts", "facts_of"]
+__all__ = ["ComponentFacts", "facts_of", "facts_of_cached"]
 
 _NO_ANNOTATIONS: Mapping[str, Any] = MappingProxyType({})
 
@@ -55,3 +55,26 @@ def facts_of(component: Any) -> ComponentFacts:
         # The effective class, computed once: declared with risk=, else from the annotations.
         risk=RiskClass.classify(annotations, declared_risk(component)).value,
     )
+
+
+_BY_COMPONENT: dict[int, tuple[Any, ComponentFacts]] = {}
+_BY_COMPONENT_LIMIT = 4096
+
+
+def facts_of_cached(component: Any) -> ComponentFacts:
+    """:func:`facts_of`, remembered per component *object*.
+
+    FastMCP hands out the same component object for every call to an unchanged tool, so the
+    re-check of the component each admitted call runs costs a dict lookup. The memo holds the
+    component itself and checks identity, so a recycled ``id()`` never returns stale facts; a
+    changed or transformed component is a different object and is read afresh.
+    """
+    key = id(component)
+    cached = _BY_COMPONENT.get(key)
+    if cached is not None and cached[0] is component:
+        return cached[1]
+    facts = facts_of(component)
+    if len(_BY_COMPONENT) >= _BY_COMPONENT_LIMIT:
+        _BY_COMPONENT.clear()
+    _BY_COMPONENT[key] = (component, facts)
+    return facts

@@ -126,6 +126,7 @@ class SecurityPipeline(Middleware):
         self._facts: dict[tuple[str, str], ComponentFacts] = {}
         self._verifier_source: object = None
         self._verifier: IdentityVerifier | None = None
+        self._development_principal: Principal | None = None
         self._telemetry = Telemetry()
 
     # --- identity -------------------------------------------------------------------------
@@ -154,7 +155,9 @@ class SecurityPipeline(Middleware):
                     reason="no verifier configured and SECUREMCP_ENV=production refuses "
                     "the development identity"
                 )
-            return development_principal(self._development_scopes)
+            if self._development_principal is None:
+                self._development_principal = development_principal(self._development_scopes)
+            return self._development_principal
         if not token:
             raise Unauthenticated(reason="no credential presented")
         # The credential found may come from the caller's own ContextVars (in-memory transports
