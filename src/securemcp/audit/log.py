@@ -269,16 +269,23 @@ class AuditLog:
             signer = self._signer
             assert signer is not None
             writer = {"pid": os.getpid(), "host": socket.gethostname(), "version": _version()}
-            self.append(
-                log_open_record(
-                    key=str(verifier_key(signer)),
-                    writer=writer,
-                    segment=segment_name(self._segment),
-                    recovered=recovered,
-                    server=self.server,
+            try:
+                self.append(
+                    log_open_record(
+                        key=str(verifier_key(signer)),
+                        writer=writer,
+                        segment=segment_name(self._segment),
+                        recovered=recovered,
+                        server=self.server,
+                    )
                 )
-            )
-            self._checkpoint()
+                self._checkpoint()
+            except BaseException:
+                # Not open after all: a retry must run open() again (sealer, checkpoints).
+                with self._lock:
+                    self._release_files()
+                    self._opened = False
+                raise
         self._stop.clear()
         self._sealer = threading.Thread(
             target=self._run_sealer, name="securemcp-audit-sealer", daemon=True
@@ -294,6 +301,10 @@ class AuditLog:
             return
         try:
             self.append(log_close_record(server=self.server))
+        except (AuditUnavailable, OSError) as exc:
+            # A failing sink raises after the local line is written: still seal the local log.
+            logger.error("could not record log_close cleanly: %s", exc)
+        try:
             self._checkpoint()
         except (AuditUnavailable, OSError) as exc:
             logger.error("could not seal the audit log cleanly on close: %s", exc)
