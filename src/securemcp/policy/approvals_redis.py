@@ -35,6 +35,13 @@ from securemcp.policy.approvals import (
 __all__ = ["RedisApprovalStore"]
 
 
+def _text(value: object) -> str:
+    """A Redis reply as text (bytes from redis-py < 8, str or bytes from later typings)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
 class RedisApprovalStore:
     """An :class:`~securemcp.policy.approvals.ApprovalStore` in Redis.
 
@@ -122,7 +129,7 @@ class RedisApprovalStore:
                     now = self._clock()
                     current_id = await pipe.get(bind_key)
                     if current_id is not None:
-                        latest = self._load(await pipe.get(self._rec(current_id.decode())))
+                        latest = self._load(await pipe.get(self._rec(_text(current_id))))
                         if latest is not None and latest.state(now) is ApprovalStatus.PENDING:
                             await pipe.unwatch()  # type: ignore[no-untyped-call]
                             return latest.id
@@ -194,14 +201,14 @@ class RedisApprovalStore:
         current_id = await self._redis.get(
             self._bind(binding_key(principal, tool, args_hash, policy_hash))
         )
-        return await self.get(current_id.decode()) if current_id is not None else None
+        return await self.get(_text(current_id)) if current_id is not None else None
 
     async def list(self, *, include_decided: bool = False) -> list[Approval]:
         """Pending, unexpired requests (or every retained record), oldest first."""
         ids = await self._redis.zrange(self._index, 0, -1)
         if not ids:
             return []
-        raws = await self._redis.mget([self._rec(i.decode()) for i in ids])
+        raws = await self._redis.mget([self._rec(_text(i)) for i in ids])
         now = self._clock()
         approvals = [a for a in (self._load(raw) for raw in raws) if a is not None]
         if include_decided:
