@@ -286,7 +286,11 @@ async def test_a_start_up_refused_by_a_failing_sink_can_be_retried_cleanly(
 ) -> None:
     sink = FlakySink()
     sink.failing = True
-    log = AuditLog(tmp_path, signer=signer, sinks=[sink], checkpoint_every=2)
+    # A short interval: the background sealer must seal the tail within it (a half-open log
+    # has no sealer and never would).
+    log = AuditLog(
+        tmp_path, signer=signer, sinks=[sink], checkpoint_every=2, checkpoint_interval=0.2
+    )
     mcp, runs = _sink_server(log)
     with pytest.raises(Exception, match="cannot open its audit log"):
         async with connect(mcp):
@@ -297,8 +301,9 @@ async def test_a_start_up_refused_by_a_failing_sink_can_be_retried_cleanly(
         async with connect(mcp) as client:
             for n in range(4):
                 await client.call_tool("echo", {"text": str(n)})
-            # The sealer checkpoints every 2 records; give it a moment.
-            for _ in range(100):
+            # The background sealer checkpoints every 2 records; give it time on a busy machine
+            # (the half-open bug this guards against never seals at all).
+            for _ in range(1000):
                 if verify(tmp_path, keyring=_keyring(signer)).status == "verified":
                     break
                 await asyncio.sleep(0.01)
