@@ -212,3 +212,29 @@ async def test_thousand_concurrent_calls_are_all_audited_and_verify(
         assert outcome["identity"]["subject"] == decision["identity"]["subject"]
         assert outcome["seq"] > decision["seq"]
     assert verify(tmp_path, keyring=Keyring([signer.verifier_key()])).ok
+
+
+@pytest.mark.http
+async def test_refusals_at_the_http_layer_are_audited(
+    idp: FakeIdentityProvider, signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    import httpx
+
+    from securemcp.testing import serve_http
+
+    log = AuditLog(tmp_path, signer=signer)
+    mcp, runs = build(idp, log)
+    forged = idp.bad_token("signed_by_stranger")
+    async with serve_http(mcp) as url, httpx.AsyncClient() as raw:
+        response = await raw.post(
+            url,
+            headers={"Authorization": f"Bearer {forged}"},
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+        )
+    assert response.status_code == 401
+    log.close()
+    failures = [r for r in _records(tmp_path) if r["type"] == "auth_failure"]
+    assert len(failures) == 1
+    assert failures[0]["reason"].startswith("http: ")
+    assert forged.encode() not in _raw_log(tmp_path)
+    assert runs == {"echo": 0, "admin": 0, "boom": 0}

@@ -210,6 +210,7 @@ class HTTPGuard:
             await self.app(scope, receive, send)
 
     def _log(self, scope: Scope, reason: str) -> None:
+        """Log a refusal made at the HTTP layer and record it in the audit log (best effort)."""
         client = scope.get("client")
         logger.info(
             "refused %s %s from %s: %s",
@@ -218,6 +219,15 @@ class HTTPGuard:
             client[0] if client else "?",
             reason,
         )
+        auditor = self._pipeline.auditor
+        if auditor is not None:
+            auditor.auth_failure(
+                reason=f"http: {reason}",
+                method=str(scope.get("method") or "?"),
+                target=str(scope.get("path") or "?"),
+                transport="http",
+                trace_id=None,
+            )
 
     def _forwarded_origin(self, scope: Scope, headers: _Headers) -> str | None:
         """The origin a *trusted* proxy says the client used (only ever selects a resource)."""
