@@ -48,3 +48,32 @@ async def side_by_side(
     print(f"{name:<44} bare {b:9.1f} us   securemcp {s:9.1f} us   ratio {ratio:5.3f}")
     sys.stdout.flush()
     return ratio
+
+
+def secure_server(idp: object, name: str = "bench") -> object:
+    """securemcp with the whole stack on: verified JWT, scopes, a policy hook, a rate limit,
+    both audit records (to a fresh temporary folder) and telemetry (API; no SDK installed)."""
+    import tempfile
+
+    import securemcp
+    from securemcp.audit import AuditLog
+    from securemcp.policy import Decision, RateLimit, RateLimiter
+
+    def allow(request: object) -> Decision:
+        return Decision.allow()
+
+    mcp = securemcp.FastMCP(
+        name,
+        auth=idp.verifier(audience=AUDIENCE),  # type: ignore[attr-defined]
+        policy=allow,
+        rate_limits=RateLimiter(
+            [RateLimit("per-user", "100000000/minute")], strategy="fixed-window"
+        ),
+        audit=AuditLog(tempfile.mkdtemp(prefix="securemcp-bench-")),
+    )
+
+    @mcp.tool(scopes=["calc"])
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    return mcp

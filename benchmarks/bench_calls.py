@@ -1,8 +1,9 @@
 """Per-call cost of securemcp vs bare FastMCP, measured side by side in one run.
 
 (a) in-memory client ``call_tool``; (b) server-side ``call_tool`` with no client.
-securemcp runs with a real verifier (fake IdP token, verified once then served from the
-verified-token cache), a scoped tool, the scope check and a fresh SecurityContext per call.
+securemcp runs with the whole stack on (``_common.secure_server``): a real verifier (fake IdP
+token, verified once then served from the verified-token cache), a scoped tool, a policy hook, a
+rate limit, both audit records and telemetry, and a fresh SecurityContext per call.
 
     python benchmarks/bench_calls.py [N] [ROUNDS]
 """
@@ -14,7 +15,7 @@ import logging
 import sys
 import warnings
 
-from _common import AUDIENCE, side_by_side
+from _common import AUDIENCE, secure_server, side_by_side
 
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
@@ -33,15 +34,7 @@ def build_bare():  # type: ignore[no-untyped-def]
 
 
 def build_secure(idp):  # type: ignore[no-untyped-def]
-    import securemcp
-
-    mcp = securemcp.FastMCP("bench", auth=idp.verifier(audience=AUDIENCE))
-
-    @mcp.tool(scopes=["calc:write"])
-    async def add(a: int, b: int) -> int:
-        return a + b
-
-    return mcp
+    return secure_server(idp)
 
 
 async def main(n: int, rounds: int) -> None:
@@ -50,7 +43,7 @@ async def main(n: int, rounds: int) -> None:
     from securemcp.testing import FakeIdentityProvider, connect
 
     idp = FakeIdentityProvider(audience=AUDIENCE)
-    token = idp.token("alice", scopes=["calc:write"])
+    token = idp.token("alice", scopes=["calc"])
     bare, secure = build_bare(), build_secure(idp)
     args = {"a": 1, "b": 2}
     print(f"python {sys.version.split()[0]}  n={n} rounds={rounds}")

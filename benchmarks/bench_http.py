@@ -3,7 +3,8 @@
 (c) sequential calls with a bearer token; (d) 64 concurrent clients (throughput).
 Bare FastMCP authenticates with FastMCP's ``StaticTokenVerifier`` (the cheapest bearer check
 FastMCP has, so the comparison is strict); securemcp verifies a real signed JWT (cached after
-the first call) and runs its full pipeline. A third column, the do-it-yourself FastMCP stack
+the first call) and runs its full pipeline: scopes, policy, rate limit, both audit records and
+telemetry. A third column, the do-it-yourself FastMCP stack
 (FastMCP's ``JWTVerifier`` + ``AuthMiddleware`` + logging middleware), is the peer baseline.
 
     python benchmarks/bench_http.py [N] [ROUNDS]
@@ -19,7 +20,7 @@ import time
 import warnings
 from typing import Any
 
-from _common import AUDIENCE, side_by_side
+from _common import AUDIENCE, secure_server, side_by_side
 
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
@@ -71,15 +72,7 @@ def build_diy(idp: Any) -> Any:
 
 
 def build_secure(idp: Any) -> Any:
-    import securemcp
-
-    mcp = securemcp.FastMCP("bench", auth=idp.verifier(audience=AUDIENCE))
-
-    @mcp.tool(scopes=["calc"])
-    async def add(a: int, b: int) -> int:
-        return a + b
-
-    return mcp
+    return secure_server(idp)
 
 
 async def throughput(url: str, token: str, calls_per_client: int) -> float:
