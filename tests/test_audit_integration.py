@@ -238,3 +238,32 @@ async def test_refusals_at_the_http_layer_are_audited(
     assert failures[0]["reason"].startswith("http: ")
     assert forged.encode() not in _raw_log(tmp_path)
     assert runs == {"echo": 0, "admin": 0, "boom": 0}
+
+
+async def test_a_result_whose_outcome_cannot_be_audited_is_withheld(
+    idp: FakeIdentityProvider,
+    signer: Ed25519Signer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The decision is written, the body runs, then the outcome write fails: fail closed."""
+    log = AuditLog(tmp_path, signer=signer)
+    mcp, runs = build(idp, log)
+    original = log.outcome
+
+    def outcome_fails(**kwargs: Any) -> int:
+        from securemcp.audit import AuditUnavailable
+
+        raise AuditUnavailable(reason="disk full while writing the outcome")
+
+    async with connect(mcp, idp.token("alice", scopes=["echo"])) as client:
+        monkeypatch.setattr(log, "outcome", outcome_fails)
+        result = await client.call_tool("echo", {"text": "classified"}, raise_on_error=False)
+        monkeypatch.setattr(log, "outcome", original)
+    assert runs["echo"] == 1  # the body ran (its decision was recorded first)...
+    assert result.is_error  # ...but its result never reached the client
+    assert result.content[0].text.startswith("audit_unavailable:")
+    assert "alice: " not in result.content[0].text
+    log.close()
+    decisions = [r for r in _records(tmp_path) if r["type"] == "decision"]
+    assert [d["target"] for d in decisions] == ["echo"]

@@ -29,6 +29,42 @@ class Counter:
         self.runs = 0
 
 
+#: Defects FakeIdentityProvider.bad_token crafts, with the reason each must be refused for.
+BAD_KIND_REASONS = {
+    "expired": "expired",
+    "not_yet_valid": "nbf_in_future",
+    "future_iat": "iat_in_future",
+    "wrong_audience": "audience_mismatch",
+    "no_aud": "missing_claim:aud",
+    "wrong_issuer": "issuer_mismatch",
+    "substring_issuer": "issuer_mismatch",
+    "no_exp": "missing_claim:exp",
+    "no_iat": "missing_claim:iat",
+    "no_sub": "missing_claim:sub",
+    "string_exp": "invalid_claim:exp",
+    "alg_none": "alg_none",
+    "alg_none_case": "alg_none",
+    "bad_signature": "bad_signature",
+    "psychic_signature": "bad_signature",
+    "signed_by_stranger": "bad_signature",
+    "unknown_kid": "unknown_kid",
+    "alg_key_mismatch": "key_alg_mismatch",
+    "hs256_with_public_key": "alg_not_allowed",
+    "wrong_typ": "typ_mismatch",
+    "jku_header": "header_forbidden:jku",
+    "embedded_jwk": "header_forbidden:jwk",
+    "crit_header": "crit_unsupported",
+    "b64_header": "header_forbidden:b64",
+    "nested_jwt": "nested_jwt",
+    "duplicate_claim": "duplicate_key",
+    "nan_exp": "non_finite_number",
+    "jwe_shaped": "jwe_not_supported",
+    "padded_base64": "malformed",
+    "oversized": "too_large",
+    "garbage": "malformed",
+}
+
+
 def counted_server(auth: Any, counter: Counter, *, name: str = "hostile") -> FastMCP:
     """A server whose every component body increments ``counter``."""
     mcp = FastMCP(name, auth=auth)
