@@ -10,7 +10,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Modules contributing subcommands through ``register(subparsers)``.
-_COMMAND_MODULES = ("securemcp.audit.cli", "securemcp.policy.cli")
+_COMMAND_MODULES = ("securemcp.audit.cli", "securemcp.policy.cli", "securemcp.proxy.cli")
 
 
 def _build_parser() -> argparse.ArgumentParser:

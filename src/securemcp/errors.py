@@ -12,6 +12,7 @@ with the message intact, and code written against FastMCP's exceptions keeps wor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from fastmcp.exceptions import AuthorizationError, InsufficientScopeError, ToolError
@@ -23,6 +24,7 @@ __all__ = [
     "ConfigurationError",
     "ContextClosed",
     "ContextError",
+    "DefinitionChanged",
     "InsufficientScope",
     "InvalidCredential",
     "NoActiveCall",
@@ -32,6 +34,10 @@ __all__ = [
     "ScopeDeclarationError",
     "SecureMCPError",
     "Unauthenticated",
+    "UpstreamError",
+    "UpstreamOutputRejected",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
 ]
 
 
@@ -46,6 +52,8 @@ class SecureMCPError(Exception):
 
     code: str = "securemcp_error"
     default_message: str = "The request could not be completed."
+    #: Level FastMCP logs this error at when it reaches its error handling (FastMCPError API).
+    log_level: int = logging.INFO
 
     def __init__(self, client_message: str | None = None, *, reason: str | None = None) -> None:
         self.client_message = client_message or self.default_message
@@ -175,3 +183,45 @@ class CallTimedOut(SecureMCPError, ToolError):
 
     code = "timeout"
     default_message = "The call exceeded the time limit set by policy and was cancelled."
+
+
+# --- the proxy's upstreams (securemcp.proxy) ---------------------------------------------------
+
+
+class DefinitionChanged(CallRefused):
+    """An upstream component's definition no longer matches its pin: blocked until re-locked."""
+
+    code = "tool_definition_changed"
+    default_message = (
+        "This upstream component changed since it was reviewed and is blocked until an "
+        "operator re-approves it."
+    )
+
+
+class UpstreamError(SecureMCPError, ToolError):
+    """The upstream server failed or answered with something the proxy will not pass on."""
+
+    code = "upstream_error"
+    default_message = "The upstream server returned an invalid response."
+    log_level = logging.WARNING
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream server could not be reached, or its connection broke during the call."""
+
+    code = "upstream_unavailable"
+    default_message = "The upstream server is unavailable; try again later."
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream server did not answer within the configured time."""
+
+    code = "upstream_timeout"
+    default_message = "The upstream server did not answer in time."
+
+
+class UpstreamOutputRejected(UpstreamError):
+    """The upstream's answer contained a credential the proxy injected; it was withheld."""
+
+    code = "upstream_output_rejected"
+    default_message = "The upstream server's response was withheld by the proxy."

@@ -35,6 +35,13 @@ ERROR_TYPES: Final = frozenset(
         "not_found",
         "tool_error",
         "timeout",
+        "result_too_large",
+        "upstream_unavailable",
+        "upstream_timeout",
+        "upstream_error",
+        "upstream_auth_failed",
+        "upstream_output_rejected",
+        "tool_definition_changed",
         "_OTHER",
     }
 )

@@ -9,6 +9,12 @@ to it through ``httpx.ASGITransport``, so no socket is opened — or over loopba
 malformed and malicious tokens of RFC 8725 (``alg: none``, key confusion, ``crit``, ``jku``,
 duplicate claims, JWE-shaped, ...) for negative tests.
 
+Its token endpoint (``POST {issuer}/token``) implements RFC 8693 OAuth 2.0 Token Exchange for
+clients registered with :meth:`FakeIdentityProvider.register_client`, authenticated with
+``client_secret_basic`` (RFC 6749 §2.3.1): it verifies that the ``subject_token`` is an unexpired
+access token it signed with a published key, and issues a new access token for the requested
+``resource``/``audience`` (RFC 8707) with the exchanging client as actor (RFC 8693 §4.1 ``act``).
+
 **Never use this in production.** Its keys live in process memory, it signs whatever it is asked
 to sign, and anyone holding the object can mint a token for any subject with any scope.
 
@@ -23,9 +29,12 @@ to sign, and anyone holding the object can mint a token for any subject with any
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 import uuid
@@ -33,7 +42,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,16 +53,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from securemcp.auth._compact import b64url_decode, b64url_encode
+from securemcp.auth._algorithms import parse_jwk, verify_signature
+from securemcp.auth._compact import b64url_decode, b64url_encode, parse_compact
+from securemcp.errors import InvalidCredential
 
 if TYPE_CHECKING:
     from securemcp.auth.jwt import JWTVerifier
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
     "BAD_TOKEN_KINDS",
     "DEFAULT_AUDIENCE",
     "DEFAULT_CLIENT_ID",
     "DEFAULT_ISSUER",
+    "TOKEN_EXCHANGE_GRANT",
     "Algorithm",
     "FakeIdentityProvider",
 ]
@@ -97,6 +110,36 @@ BAD_TOKEN_KINDS: Final = (
     "padded_base64",
     "oversized",
     "garbage",
+)
+
+#: RFC 8693 §2.1 grant type and §3 token type identifiers.
+TOKEN_EXCHANGE_GRANT: Final = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+ACCESS_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+#: Largest token endpoint request body read.
+_MAX_FORM_BYTES: Final = 64 * 1024
+#: Form fields shown masked in ``last_exchange``.
+_SECRET_FIELDS: Final = frozenset({"subject_token", "actor_token", "client_secret"})
+#: Parameters that may repeat (RFC 8693 §2.1); every other one must appear at most once.
+_MULTI_VALUED: Final = frozenset({"resource", "audience"})
+#: Subject-token claims an exchanged token does not inherit (they are set afresh).
+_NOT_INHERITED: Final = frozenset(
+    {
+        "iss",
+        "sub",
+        "aud",
+        "client_id",
+        "azp",
+        "iat",
+        "exp",
+        "nbf",
+        "jti",
+        "scope",
+        "scp",
+        "act",
+        "may_act",
+        "cnf",
+        "nonce",
+    }
 )
 
 _Private = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -178,6 +221,14 @@ class FakeIdentityProvider:
         latency: seconds each endpoint waits before answering (it always yields to the event
             loop once, like a real network round trip, so concurrent callers really overlap).
         openid_configuration_enabled: when ``False`` only RFC 8414 metadata is served.
+        token_exchange_count: how many RFC 8693 token-exchange requests reached the token
+            endpoint (every attempt, whatever its outcome).
+        token_exchange_outage: when ``True`` the token endpoint answers HTTP 503.
+        token_exchange_expires_in: lifetime, in seconds, of the tokens it issues by exchange.
+        last_exchange: the form fields of the latest token-exchange request, with
+            ``subject_token``/``actor_token``/``client_secret`` masked as ``"***"`` and the
+            client id authenticated by HTTP Basic (if any) under ``"client_id"``; a repeated
+            field (``resource``, ``audience``) is a list. ``None`` until the first request.
     """
 
     def __init__(
@@ -199,13 +250,18 @@ class FakeIdentityProvider:
         self.jwks_outage = False
         self.latency = 0.0
         self.openid_configuration_enabled = True
+        self.token_exchange_count = 0
+        self.token_exchange_outage = False
+        self.token_exchange_expires_in = 300
+        self.last_exchange: dict[str, Any] | None = None
+        self._clients: dict[str, str] = {}
         self._keys: dict[str, _SigningKey] = {}  # published
         self._retired: dict[str, _SigningKey] = {}
         self._strangers: dict[Algorithm, _Private] = {}  # keys this IdP never publishes
         self._current: _SigningKey = self._new_key()
         self._served_url: str | None = None
         self.asgi_app: Final = Starlette(
-            routes=[Route("/{path:path}", self._endpoint, methods=["GET"])]
+            routes=[Route("/{path:path}", self._endpoint, methods=["GET", "POST"])]
         )
 
     def __repr__(self) -> str:
@@ -248,9 +304,17 @@ class FakeIdentityProvider:
             "authorization_endpoint": f"{issuer}/authorize",
             "token_endpoint": f"{issuer}/token",
             "response_types_supported": ["code"],
-            "grant_types_supported": ["authorization_code", "client_credentials"],
+            "grant_types_supported": [
+                "authorization_code",
+                "client_credentials",
+                TOKEN_EXCHANGE_GRANT,
+            ],
             "code_challenge_methods_supported": ["S256"],
-            "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+            "token_endpoint_auth_methods_supported": [
+                "private_key_jwt",
+                "client_secret_basic",
+                "none",
+            ],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [self.algorithm],
         }
@@ -459,6 +523,199 @@ class FakeIdentityProvider:
             return mint(padding="x" * 9000)
         return "this is not a JWT"  # garbage
 
+    # --- token exchange (RFC 8693) -------------------------------------------------------------
+
+    def register_client(self, client_id: str, secret: str | None = None) -> str:
+        """Register a confidential client for the token endpoint; return its secret.
+
+        The client authenticates with ``client_secret_basic`` (RFC 6749 §2.3.1). ``secret=None``
+        generates one. Registering an existing ``client_id`` again replaces its secret.
+        """
+        if not isinstance(client_id, str) or not client_id:
+            raise ValueError("client_id must be a non-empty string")
+        if secret is None:
+            secret = secrets.token_urlsafe(32)
+        if not isinstance(secret, str) or not secret:
+            raise ValueError("secret must be a non-empty string, or None to generate one")
+        self._clients[client_id] = secret
+        return secret
+
+    def _authenticate_client(self, request: Request) -> str | None:
+        """The client id proven by an HTTP Basic ``Authorization`` header, else ``None``."""
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        raw_id, colon, raw_secret = decoded.partition(":")
+        if not colon:
+            return None
+        client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+        expected = self._clients.get(client_id)
+        if expected is None or not hmac.compare_digest(secret.encode(), expected.encode()):
+            return None
+        return client_id
+
+    def _own_access_token(self, token: str) -> dict[str, Any] | None:
+        """The claims of ``token`` if it is an unexpired access token this IdP signed, else None.
+
+        Strict like a resource server, except that any audience is accepted: the signature must
+        verify with a *published* key (not a retired or stranger key), the header must be exactly
+        ``alg``/``typ: at+jwt``/``kid``, and ``iss``, ``sub``, ``exp`` and ``iat`` are required.
+        """
+        if self._issuer is None:
+            return None
+        try:
+            jws = parse_compact(token, max_bytes=16 * 1024)
+        except InvalidCredential:
+            return None
+        header = jws.header
+        kid = header.get("kid")
+        if (
+            header.get("alg") != self.algorithm
+            or header.get("typ") != "at+jwt"
+            or set(header) != {"alg", "typ", "kid"}
+            or not isinstance(kid, str)
+            or kid not in self._keys
+        ):
+            return None
+        jwk = parse_jwk(self._keys[kid].public_jwk())
+        if not verify_signature(self.algorithm, jwk, jws.signing_input, jws.signature):
+            return None
+        claims = jws.payload
+        now = time.time()
+
+        def number(name: str) -> float | None:
+            value = claims.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            return float(value) if math.isfinite(value) else None
+
+        exp, iat, nbf = number("exp"), number("iat"), number("nbf")
+        subject = claims.get("sub")
+        if (
+            claims.get("iss") != self._issuer
+            or not isinstance(subject, str)
+            or not subject
+            or exp is None
+            or exp <= now
+            or iat is None
+            or iat > now + 60
+            or ("nbf" in claims and (nbf is None or nbf > now))
+        ):
+            return None
+        return claims
+
+    async def _token_endpoint(self, request: Request) -> Response:
+        body = await request.body()
+        if len(body) > _MAX_FORM_BYTES:
+            return _oauth_error("invalid_request", "request body too large", 413)
+        malformed = False
+        try:
+            text = body.decode("utf-8")
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True) if text else []
+        except (UnicodeDecodeError, ValueError):
+            pairs, malformed = [], True
+        form: dict[str, list[str]] = {}
+        for name, value in pairs:
+            form.setdefault(name, []).append(value)
+        client_id = self._authenticate_client(request)
+        grant_type = form["grant_type"][0] if "grant_type" in form else None
+        if grant_type == TOKEN_EXCHANGE_GRANT:
+            self.token_exchange_count += 1
+            recorded: dict[str, Any] = {
+                name: (["***"] * len(values) if name in _SECRET_FIELDS else list(values))
+                for name, values in form.items()
+            }
+            self.last_exchange = {
+                name: values[0] if len(values) == 1 else values for name, values in recorded.items()
+            }
+            if client_id is not None:
+                self.last_exchange["client_id"] = client_id
+        if self.token_exchange_outage:
+            return _oauth_error("temporarily_unavailable", "the token endpoint is down", 503)
+        if client_id is None:
+            return _oauth_error(
+                "invalid_client",
+                "client authentication failed",
+                401,
+                {"WWW-Authenticate": 'Basic realm="fake-idp"'},
+            )
+        if malformed or any(
+            len(values) > 1 for name, values in form.items() if name not in _MULTI_VALUED
+        ):
+            return _oauth_error("invalid_request", "malformed or repeated parameters")
+        if grant_type is None:
+            return _oauth_error("invalid_request", "grant_type is required")
+        if grant_type != TOKEN_EXCHANGE_GRANT:
+            return _oauth_error("unsupported_grant_type", f"{grant_type!r} is not supported")
+        return self._exchange(client_id, form)
+
+    def _exchange(self, client_id: str, form: Mapping[str, list[str]]) -> Response:
+        def field(name: str) -> str | None:
+            values = form.get(name)
+            return values[0] if values else None
+
+        if field("subject_token_type") != ACCESS_TOKEN_TYPE:
+            return _oauth_error("invalid_request", "subject_token_type must be an access token")
+        requested_type = field("requested_token_type")
+        if requested_type is not None and requested_type != ACCESS_TOKEN_TYPE:
+            return _oauth_error("invalid_request", "only access tokens can be requested")
+        if "actor_token" in form or "actor_token_type" in form:
+            return _oauth_error("invalid_request", "actor_token is not supported")
+        subject_token = field("subject_token")
+        if not subject_token:
+            return _oauth_error("invalid_request", "subject_token is required")
+        claims = self._own_access_token(subject_token)
+        if claims is None:
+            return _oauth_error("invalid_grant", "the subject token is invalid or expired")
+        may_act = claims.get("may_act")
+        if may_act is not None and not (
+            isinstance(may_act, dict) and may_act.get("sub") == client_id
+        ):
+            return _oauth_error("invalid_grant", "this client may not act for the subject")
+        targets = [*form.get("resource", []), *form.get("audience", [])]
+        for resource in form.get("resource", []):
+            parts = urlsplit(resource)
+            if not parts.scheme or parts.fragment or "#" in resource:
+                return _oauth_error("invalid_target", "resource must be an absolute URI")
+        if not targets or not all(targets):
+            return _oauth_error("invalid_target", "a resource or audience is required")
+        targets = list(dict.fromkeys(targets))
+        granted = _scopes_of(claims)
+        requested_scope = field("scope")
+        if requested_scope is not None:
+            scopes = list(dict.fromkeys(requested_scope.split()))
+            if not scopes or not set(scopes) <= set(granted):
+                return _oauth_error("invalid_scope", "the requested scope exceeds the subject's")
+        else:
+            scopes = granted
+        act: dict[str, Any] = {"sub": client_id}
+        if isinstance(claims.get("act"), dict):
+            act["act"] = claims["act"]  # RFC 8693 §4.1: the prior actor chain nests inside
+        payload = self.claims(
+            claims["sub"],
+            scopes=scopes,
+            audience=targets[0] if len(targets) == 1 else targets,
+            expires_in=self.token_exchange_expires_in,
+            client_id=client_id,
+            act=act,
+        )
+        for name, value in claims.items():
+            if name not in _NOT_INHERITED:
+                payload.setdefault(name, value)  # tenant and other identity claims carry over
+        return JSONResponse(
+            {
+                "access_token": self.sign(self._header(), payload),
+                "issued_token_type": ACCESS_TOKEN_TYPE,
+                "token_type": "Bearer",
+                "expires_in": self.token_exchange_expires_in,
+            },
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+
     # --- wiring a verifier -----------------------------------------------------------------
 
     def http_client(self) -> httpx.AsyncClient:
@@ -503,6 +760,10 @@ class FakeIdentityProvider:
         issuer_path = urlsplit(self._issuer or "").path.rstrip("/")
         oidc = f"{issuer_path}/.well-known/openid-configuration"
         rfc8414 = f"/.well-known/oauth-authorization-server{issuer_path}"
+        if request.method == "POST":
+            if path == f"{issuer_path}/token":
+                return await self._token_endpoint(request)
+            return JSONResponse({"error": "method_not_allowed"}, status_code=405)
         if path == rfc8414 or (path == oidc and self.openid_configuration_enabled):
             self.metadata_fetch_count += 1
             return JSONResponse(self.metadata)
@@ -515,7 +776,9 @@ class FakeIdentityProvider:
 
     @asynccontextmanager
     async def serve_http(self) -> AsyncIterator[str]:
-        """Serve metadata and JWKS on ``127.0.0.1`` (OS-chosen port); yield the base URL.
+        """Serve metadata, JWKS and the token endpoint on ``127.0.0.1`` (OS-chosen port).
+
+        Yields the base URL.
 
         With ``issuer=None`` the issuer is that URL while serving, so OIDC discovery over real
         HTTP works end to end.
@@ -533,3 +796,24 @@ class FakeIdentityProvider:
                 self._served_url = None
                 if adopted:
                     self._issuer = None
+
+
+def _oauth_error(
+    error: str, description: str, status: int = 400, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """An RFC 6749 §5.2 error response."""
+    return JSONResponse(
+        {"error": error, "error_description": description},
+        status_code=status,
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache", **(headers or {})},
+    )
+
+
+def _scopes_of(claims: Mapping[str, Any]) -> list[str]:
+    scope = claims.get("scope")
+    if isinstance(scope, str):
+        return list(dict.fromkeys(scope.split()))
+    scp = claims.get("scp")
+    if isinstance(scp, list):
+        return [s for s in dict.fromkeys(scp) if isinstance(s, str) and s]
+    return []

@@ -1,0 +1,425 @@
+"""One upstream MCP server as the proxy reaches it: per-identity sessions, pins, failures.
+
+Every request the proxy sends upstream goes through :meth:`Upstream.request`, which:
+
+1. refuses a component that is blocked because its definition changed (rug pull), before any
+   upstream traffic;
+2. takes the caller's own upstream session (:mod:`securemcp.proxy.sessions`), opening it on
+   first use with the upstream's configured credentials (:mod:`securemcp.proxy.credentials`):
+   **the caller's token is never sent upstream**. A plain FastMCP ``Client`` forwards no inbound
+   header, redirects are not followed (a redirect must not carry an injected credential to
+   another origin), and nothing from the caller's ``_meta`` is forwarded (the upstream request
+   carries the proxy's own W3C trace context, so traces still join up);
+3. re-checks the session's live definitions against the lockfile when they are due (every
+   ``pin_check_seconds``, after a ``list_changed`` notification, after the lockfile changed);
+4. runs the request under the upstream's timeout and turns every failure into a clear, stable
+   error: ``upstream_unavailable`` (down, refused, killed mid-call: the broken session is
+   discarded so the next call starts afresh), ``upstream_timeout``, ``upstream_error``
+   (malformed or refused); ``upstream_auth_failed`` when credentials cannot be obtained;
+5. withholds an answer that contains a credential the proxy injected
+   (``upstream_output_rejected``): injected secrets never reach the client.
+
+Server-initiated requests from the upstream (sampling, elicitation, roots) are not relayed: a
+third-party server does not get to drive the caller's model or read the caller's roots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, TypeVar
+
+import anyio
+import httpx2
+import mcp_types
+from fastmcp import Client
+from fastmcp.client.messages import MessageHandler
+from fastmcp.client.transports import SSETransport, StdioTransport, StreamableHttpTransport
+from mcp import MCPError
+from pydantic import ValidationError
+
+from securemcp.context import current
+from securemcp.errors import (
+    CallRefused,
+    DefinitionChanged,
+    UpstreamError,
+    UpstreamOutputRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from securemcp.proxy.config import UpstreamConfig
+from securemcp.proxy.credentials import OnBehalfOf, TokenExchange, UpstreamAuth
+from securemcp.proxy.pinning import PinnedDefinition, definition_of
+from securemcp.proxy.pinstate import PinState
+from securemcp.proxy.sessions import PoolExhausted, Session, SessionPool, identity_key
+
+__all__ = ["Upstream"]
+
+logger = logging.getLogger("securemcp.proxy")
+
+T = TypeVar("T")
+
+_KIND_LISTS: Final = {
+    "tool": "list_tools_mcp",
+    "resource": "list_resources_mcp",
+    "template": "list_resource_templates_mcp",
+    "prompt": "list_prompts_mcp",
+}
+_KIND_RESULT_FIELD: Final = {
+    "tool": "tools",
+    "resource": "resources",
+    "template": "resource_templates",
+    "prompt": "prompts",
+}
+_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_METHOD_NOT_FOUND: Final = -32601
+_CONNECTION_CLOSED: Final = -32000
+_REQUEST_TIMEOUT: Final = -32001
+
+_TRANSPORT_FAILURES: Final = (
+    httpx2.TransportError,
+    OSError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+    ConnectionError,
+)
+
+
+class _InjectedCredentials(httpx2.Auth):
+    """Adds the upstream's configured credentials to each upstream HTTP request (nothing else)."""
+
+    def __init__(self, auth: UpstreamAuth, session: Session[Any]) -> None:
+        self._auth = auth
+        self._session = session
+
+    async def async_auth_flow(self, request: httpx2.Request) -> Any:
+        subject = self._session.subject_token
+        on_behalf_of = OnBehalfOf(subject, self._session.key) if subject else None
+        for name, value in (await self._auth.http_headers(on_behalf_of)).items():
+            request.headers[name] = value
+        yield request
+
+
+def _http_client_factory(connect_timeout: float, read_timeout: float) -> Any:
+    def factory(
+        headers: dict[str, str] | None = None,
+        timeout: httpx2.Timeout | None = None,
+        auth: httpx2.Auth | None = None,
+        **_: Any,
+    ) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(
+            headers=headers,
+            auth=auth,
+            follow_redirects=False,
+            timeout=httpx2.Timeout(connect_timeout, read=max(read_timeout, 5.0) + 5.0),
+        )
+
+    return factory
+
+
+class _ListChanged(MessageHandler):
+    """Marks the session's pins for re-checking when the upstream announces a list change."""
+
+    def __init__(self, session: Session[Any]) -> None:
+        super().__init__()
+        self._session = session
+
+    async def on_tool_list_changed(self, message: Any) -> None:
+        self._session.stale = True
+
+    async def on_resource_list_changed(self, message: Any) -> None:
+        self._session.stale = True
+
+    async def on_prompt_list_changed(self, message: Any) -> None:
+        self._session.stale = True
+
+
+class Upstream:
+    """The proxy's connection to one upstream MCP server.
+
+    Args:
+        config: the upstream's configuration.
+        auth: how the proxy authenticates to it.
+        pins: the lockfile state shared by every upstream of the proxy.
+        credential_of_call: returns the current caller's verified raw credential; only used (and
+            only called) for RFC 8693 token exchange, never sent upstream.
+    """
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        auth: UpstreamAuth,
+        pins: PinState,
+        *,
+        credential_of_call: Callable[[], str | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.auth = auth
+        self.pins = pins
+        self._credential_of_call = credential_of_call
+        self._clock = clock
+        self._needs_subject_token = isinstance(auth, TokenExchange)
+        self.sessions: SessionPool[Client[Any]] = SessionPool(
+            self._open,
+            self._close,
+            max_sessions=config.max_sessions,
+            idle_seconds=config.idle_seconds,
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.name!r}, {self.config.transport_kind})"
+
+    # --- connections -----------------------------------------------------------------------
+
+    def transport(self, session: Session[Any]) -> Any:
+        """A fresh client transport for one identity's session."""
+        config = self.config
+        if config.url is not None:
+            cls = (
+                SSETransport if config.url.rstrip("/").endswith("/sse") else StreamableHttpTransport
+            )
+            return cls(
+                config.url,
+                auth=_InjectedCredentials(self.auth, session),
+                httpx_client_factory=_http_client_factory(
+                    config.connect_timeout_seconds, config.timeout_seconds
+                ),
+            )
+        assert config.command is not None
+        env = dict(config.env)
+        env.update(self.auth.process_env())
+        return StdioTransport(
+            config.command, list(config.args), env=env, cwd=config.cwd, keep_alive=False
+        )
+
+    def client(self, session: Session[Any]) -> Client[Any]:
+        return Client(
+            self.transport(session),
+            name=f"securemcp-proxy/{self.name}",
+            timeout=self.config.timeout_seconds,
+            init_timeout=self.config.connect_timeout_seconds,
+            message_handler=_ListChanged(session),
+            cache=False,
+            # The handshake era keeps a real MCP session per connection (mcp-session-id), which
+            # is what upstream per-user state lives in; the 2026-07-28 era is sessionless.
+            mode="legacy",
+        )
+
+    async def _open(self, session: Session[Any]) -> Client[Any]:
+        client = self.client(session)
+        try:
+            with anyio.fail_after(self.config.connect_timeout_seconds + 1.0):
+                await client.__aenter__()  # type: ignore[no-untyped-call]
+        except CallRefused:
+            raise
+        except TimeoutError:
+            await self._close(client)
+            raise UpstreamUnavailable(reason=f"{self.name}: connect timed out") from None
+        except Exception as exc:
+            await self._close(client)
+            raise UpstreamUnavailable(
+                reason=f"{self.name}: connect failed: {type(exc).__name__}: {exc}"
+            ) from None
+        return client
+
+    @staticmethod
+    async def _close(client: Client[Any]) -> None:
+        """Close a client; a broken connection's own error is not the caller's problem."""
+        try:
+            with anyio.move_on_after(5.0):
+                await client.close()  # type: ignore[no-untyped-call]
+        except Exception:
+            logger.debug("securemcp proxy: error closing an upstream client", exc_info=True)
+
+    async def aclose(self) -> None:
+        await self.sessions.aclose()
+
+    # --- pins ----------------------------------------------------------------------------
+
+    def _check_blocked(self, kind: str, key: str) -> None:
+        lock = self.pins.upstream(self.name)
+        if lock is None or lock.get(kind, key) is None:  # type: ignore[arg-type]
+            raise DefinitionChanged(reason=f"{self.name} {kind} {key!r} is not pinned")
+        if self.pins.blocked(self.name, kind, key) is not None:
+            raise DefinitionChanged(reason=f"{self.name} {kind} {key!r} is blocked")
+
+    async def live_definitions(
+        self, client: Client[Any], kinds: Iterable[str]
+    ) -> list[PinnedDefinition]:
+        """The upstream's current definitions of the given kinds (for pinning and checking)."""
+        found: list[PinnedDefinition] = []
+        for kind in sorted(kinds):
+            try:
+                result = await getattr(client, _KIND_LISTS[kind])()
+            except MCPError as exc:
+                if exc.error.code == _METHOD_NOT_FOUND:
+                    continue
+                raise
+            for item in getattr(result, _KIND_RESULT_FIELD[kind]):
+                found.append(PinnedDefinition.of(kind, definition_of(kind, item)))  # type: ignore[arg-type]
+        return found
+
+    async def _verify_pins(self, session: Session[Client[Any]]) -> None:
+        """Re-list the session's upstream definitions if due, and block any that drifted."""
+        now = self._clock()
+        due = (
+            session.stale
+            or session.checked_generation != self.pins.generation
+            or now - session.checked_at >= self.config.pin_check_seconds
+        )
+        if not due:
+            return
+        async with session.check_lock:
+            if not (
+                session.stale
+                or session.checked_generation != self.pins.generation
+                or self._clock() - session.checked_at >= self.config.pin_check_seconds
+            ):
+                return
+            lock = self.pins.upstream(self.name)
+            generation = self.pins.generation
+            session.stale = False
+            pinned = dict(lock.entries) if lock is not None else {}
+            kinds = {kind for kind, _ in pinned}
+            live = await self.live_definitions(session.client, kinds)
+            digests: dict[tuple[str, str], str] = {}
+            for definition in live:
+                ident = (definition.kind, definition.key)
+                # Listed twice with different definitions: which one runs is the upstream's
+                # choice, so neither can be trusted to be the pinned one.
+                seen = digests.setdefault(ident, definition.digest)
+                if seen != definition.digest:
+                    digests[ident] = "ambiguous"
+            session.live_digests = digests
+            for (kind, key), pin in pinned.items():
+                digest = session.live_digests.get((kind, key))
+                if digest is None:
+                    self.pins.block(self.name, kind, key, "removed")
+                elif digest != pin.digest:
+                    self.pins.block(self.name, kind, key, "changed")
+            session.checked_generation = generation
+            session.checked_at = self._clock()
+
+    def _check_live(self, session: Session[Any], kind: str, key: str) -> None:
+        lock = self.pins.upstream(self.name)
+        pin = lock.get(kind, key) if lock is not None else None  # type: ignore[arg-type]
+        if pin is None or self.pins.blocked(self.name, kind, key) is not None:
+            raise DefinitionChanged(reason=f"{self.name} {kind} {key!r} is blocked")
+        if kind == "template":
+            return  # a template is checked by its listing; reads go to concrete URIs
+        if session.live_digests.get((kind, key)) != pin.digest:
+            raise DefinitionChanged(reason=f"{self.name} {kind} {key!r} differs in this session")
+
+    # --- requests ------------------------------------------------------------------------
+
+    async def request(
+        self,
+        kind: str,
+        key: str,
+        send: Callable[[Client[Any]], Awaitable[T]],
+        *,
+        timeout_seconds: float | None = None,
+    ) -> T:
+        """Send one request for component ``(kind, key)`` as the current caller."""
+        self._check_blocked(kind, key)
+        key_of_caller = identity_key(current().principal)
+        subject_token = None
+        if self._needs_subject_token:
+            subject_token = self._credential_of_call() if self._credential_of_call else None
+            # Exchange here, in the caller's task, before any upstream traffic: a failure is a
+            # clean upstream_auth_failed, and the HTTP flow of the session only reads the cache.
+            await self.auth.http_headers(
+                OnBehalfOf(subject_token, key_of_caller) if subject_token else None
+            )
+        try:
+            async with self.sessions.lease(key_of_caller, subject_token=subject_token) as session:
+                return await self._send(session, kind, key, send, timeout_seconds)
+        except PoolExhausted:
+            raise UpstreamUnavailable(
+                "The upstream server is busy; try again later.",
+                reason=f"{self.name}: session pool exhausted",
+            ) from None
+
+    async def _send(
+        self,
+        session: Session[Client[Any]],
+        kind: str,
+        key: str,
+        send: Callable[[Client[Any]], Awaitable[T]],
+        timeout_seconds: float | None,
+    ) -> T:
+        limit = timeout_seconds if timeout_seconds is not None else self.config.timeout_seconds
+        try:
+            with anyio.fail_after(limit):
+                await self._verify_pins(session)
+                self._check_live(session, kind, key)
+                result = await send(session.client)
+        except CallRefused:
+            raise
+        except TimeoutError:
+            raise UpstreamTimeout(reason=f"{self.name}: no answer within {limit:g}s") from None
+        except MCPError as exc:
+            code = exc.error.code
+            if code == _CONNECTION_CLOSED:
+                await self.sessions.discard(session)
+                raise UpstreamUnavailable(reason=f"{self.name}: connection closed") from None
+            if code == _REQUEST_TIMEOUT:
+                raise UpstreamTimeout(reason=f"{self.name}: upstream request timeout") from None
+            raise UpstreamError(
+                f"The upstream server refused the request (JSON-RPC error {code}).",
+                reason=f"{self.name}: {exc.error.message[:500]}",
+            ) from None
+        except (ValidationError, ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
+            await self.sessions.discard(session)
+            raise UpstreamError(
+                reason=f"{self.name}: malformed answer: {type(exc).__name__}"
+            ) from None
+        except (*_TRANSPORT_FAILURES, RuntimeError) as exc:
+            await self.sessions.discard(session)
+            raise UpstreamUnavailable(
+                reason=f"{self.name}: {type(exc).__name__}: {str(exc)[:300]}"
+            ) from None
+        self.check_output(result)
+        return result
+
+    def check_output(self, result: Any) -> None:
+        """Withhold an answer that echoes a credential the proxy injected upstream.
+
+        Static secrets are searched for directly; exchanged tokens (one per caller, possibly
+        thousands) are found by pulling JWT-shaped strings out of the answer and looking them up,
+        so the check costs the same for one caller or ten thousand.
+        """
+        secrets = self.auth.secret_values()
+        if not secrets:
+            return
+        dumped = result.model_dump_json() if hasattr(result, "model_dump_json") else repr(result)
+        candidates = set(_JWT.findall(dumped))
+        leaked = (bool(candidates) and not candidates.isdisjoint(secrets)) or any(
+            secret in dumped or json.dumps(secret)[1:-1] in dumped
+            for secret in secrets
+            if len(secret) >= 8 and not secret.startswith("eyJ")
+        )
+        if leaked:
+            logger.error(
+                "securemcp proxy: upstream %r echoed an injected credential; answer withheld",
+                self.name,
+            )
+            raise UpstreamOutputRejected(reason=f"{self.name}: answer contained a credential")
+
+
+def tool_result(result: mcp_types.CallToolResult) -> Any:
+    """The upstream's tool result as a FastMCP ``ToolResult`` (upstream ``_meta`` dropped)."""
+    from fastmcp.tools import ToolResult
+
+    return ToolResult(
+        content=list(result.content),
+        structured_content=result.structured_content,
+        is_error=bool(result.is_error),
+    )
