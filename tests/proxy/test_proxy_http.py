@@ -357,3 +357,55 @@ async def test_expose_unlisted_read_only_is_an_explicit_opt_in(
         async with connect(proxy, idp.token("bob")) as client:
             with pytest.raises(ToolError, match="insufficient_scope"):
                 await client.call_tool("status", {})
+
+
+async def test_resources_templates_and_prompts_under_a_namespace(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    async with http_upstream() as (url, _):
+        upstreams = {
+            "vendor": {
+                "url": url,
+                "namespace": "v",
+                "tools": {"status": {}},
+                "resources": {"docs://readme": {"scopes": ["docs:read"]}},
+                "templates": {"notes://{topic}": {}},
+                "prompts": {"summarize": {}},
+            }
+        }
+        cfg = await locked(config(tmp_path, upstreams))
+        proxy, audit_dir = audited_proxy(cfg, idp, tmp_path)
+        async with connect(proxy, idp.token("alice", scopes=["docs:read"])) as client:
+            assert {t.name for t in await client.list_tools()} == {"v_status"}
+            assert [str(r.uri) for r in await client.list_resources()] == ["docs://v/readme"]
+            templates = await client.list_resource_templates()
+            assert [t.uri_template for t in templates] == ["notes://v/{topic}"]
+            readme = await client.read_resource("docs://v/readme")
+            assert readme[0].text == "vendor readme"
+            notes = await client.read_resource("notes://v/mcp")
+            assert notes[0].text == "notes about mcp"
+            prompt = await client.get_prompt("v_summarize", {"text": "hi"})
+            assert "Summarize: hi" in prompt.messages[0].content.text
+        async with connect(proxy, idp.token("bob")) as client:
+            assert await client.list_resources() == []  # needs docs:read
+            with pytest.raises(Exception, match="insufficient_scope"):
+                await client.read_resource("docs://v/readme")
+        decisions = [r for r in records(audit_dir) if r["type"] == "decision"]
+        targets = {r["target"] for r in decisions}
+        assert {"docs://v/readme", "notes://v/mcp", "v_summarize"} <= targets
+
+
+async def test_rate_limits_apply_to_proxied_tools(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    async with http_upstream() as (url, _):
+        cfg = await locked(config(tmp_path, {"vendor": {"url": url, "tools": OPEN_TOOLS}}))
+        limits = [{"name": "status", "limit": "2/minute", "per": "principal", "tools": ["status"]}]
+        proxy, _ = audited_proxy(cfg, idp, tmp_path, rate_limits=limits)
+        upstream_app.RECEIVED.clear()
+        async with connect(proxy, idp.token("alice")) as client:
+            for _ in range(2):
+                await client.call_tool("status", {})
+            with pytest.raises(ToolError, match="rate_limited"):
+                await client.call_tool("status", {})
+        assert [r["tool"] for r in upstream_app.RECEIVED] == ["status", "status"]

@@ -106,6 +106,11 @@ def build(variant: str = "original") -> FastMCP:
     def readme() -> str:
         return "vendor readme"
 
+    @server.resource("notes://{topic}", description="Notes on a topic.")
+    def notes(topic: str) -> str:
+        record("notes")
+        return f"notes about {topic}"
+
     @server.prompt(description="Summarize a text.")
     def summarize(text: str) -> str:
         return f"Summarize: {text}"
