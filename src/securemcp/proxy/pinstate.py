@@ -65,7 +65,7 @@ class PinState:
         self._lock = threading.Lock()
         self._blocked: dict[tuple[str, str, str], Block] = {}
         self.generation = 0
-        self._next_check = 0.0
+        self._next_check = clock() + _CHECK_INTERVAL  # just read below
         self._signature = self._stat()
         self.lockfile = self._load_initial()
 
