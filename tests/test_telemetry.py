@@ -162,3 +162,35 @@ async def test_no_token_header_or_argument_in_any_span_metric_or_log(
     assert len(spans.get_finished_spans()) > 0
     for secret in (token, bad, token.split(".")[2], SECRET_ARGUMENT, "Bearer "):
         assert secret not in blob
+
+
+async def test_approvals_are_counted(spans: InMemorySpanExporter, tmp_path: Any) -> None:
+    from securemcp.context import Principal
+    from securemcp.policy import ApprovalGate, Decision, open_store
+
+    idp = FakeIdentityProvider(audience=AUDIENCE)
+    store = open_store(tmp_path / "approvals.sqlite3")
+    mcp = FastMCP(
+        "approvals",
+        auth=idp.verifier(audience=AUDIENCE),
+        policy=lambda request: Decision.require_approval("two-person rule"),
+        approvals=ApprovalGate(store),
+    )
+
+    @mcp.tool
+    def wipe() -> str:
+        return "wiped"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        first = await client.call_tool("wipe", {}, raise_on_error=False)
+        approval_id = first.content[0].text.split("approval id ")[1].split(")")[0]
+        approver = Principal(
+            subject="carol", issuer=idp.issuer, scopes=frozenset({"securemcp:approve"})
+        )
+        await store.approve(approval_id, approver)
+        assert (await client.call_tool("wipe", {})).data == "wiped"
+    events = {
+        p.attributes["securemcp.approval.event"]: p.value
+        for p in _metric_points("securemcp.approvals")
+    }
+    assert events == {"requested": 1, "consumed": 1}

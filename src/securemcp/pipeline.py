@@ -58,6 +58,12 @@ _KIND_BY_METHOD = {"tools/call": "tool", "resources/read": "resource", "prompts/
 _FACTS_CACHE_LIMIT = 4096
 
 
+class _HiddenRefusal(NotFoundError):
+    """A scope refusal answered as "unknown" (``disclose_required_scopes=False``), still audited."""
+
+    code = "insufficient_scope"
+
+
 def _new_call_id() -> str:
     return secrets.token_hex(16)
 
@@ -238,7 +244,7 @@ class SecurityPipeline(Middleware):
             " ".join(sorted(missing)),
         )
         if not self.disclose_required_scopes:
-            raise self._not_found(method, target)
+            raise _HiddenRefusal(f"Unknown {_KIND_BY_METHOD[method]}: {target!r}")
         raise InsufficientScope(scopes, missing)
 
     # --- the guarded call -----------------------------------------------------------------
@@ -291,7 +297,9 @@ class SecurityPipeline(Middleware):
                     decision = await self._authorize(
                         method, target, principal, arguments, transport, call
                     )
-                except CallRefused as exc:
+                except (CallRefused, _HiddenRefusal) as exc:
+                    if exc.code == "approval_required":
+                        self._telemetry.approval("requested")
                     if auditor is not None:
                         auditor.refusal(
                             call_id=call.call_id,
@@ -397,6 +405,8 @@ class SecurityPipeline(Middleware):
         self._check_scopes(method, target, principal, facts.scopes)
         decision = await enforcement.decide(request)
         call.policy_version = decision.policy_version if decision is not None else None
+        if decision is not None and decision.effect == "require_approval":
+            self._telemetry.approval("consumed")  # the gate admitted it: an approval was used
         return decision
 
     async def _run(

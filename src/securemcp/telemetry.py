@@ -36,6 +36,10 @@ ERROR_TYPES: Final = frozenset(
         "tool_error",
         "timeout",
         "result_too_large",
+        "policy_error",
+        "approval_invalid",
+        "component_changed",
+        "access_denied",
         "upstream_unavailable",
         "upstream_timeout",
         "upstream_error",
@@ -107,6 +111,8 @@ class Telemetry:
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Record the outcome of one call on its span and in the metrics."""
+        if error_type is not None and error_type not in ERROR_TYPES:
+            error_type = "_OTHER"  # the documented vocabulary is closed
         target_attribute = _TARGET_ATTRIBUTE.get(method)
         metric_attributes: dict[str, str] = {"mcp.method.name": method}
         if target_attribute and method != "resources/read":
@@ -149,6 +155,51 @@ class Telemetry:
             attributes["error.type"] = error_type
             span.set_status(StatusCode.ERROR, reason)
         span.set_attributes(attributes)
+
+    def refused_before_server(
+        self,
+        *,
+        method: str,
+        target: str,
+        principal: Principal,
+        error_type: str,
+        call_id: str,
+        traceparent: object = None,
+    ) -> str | None:
+        """Trace and count a call refused before FastMCP ran (the HTTP layer's 403 step-up).
+
+        FastMCP opens no span for a request it never sees, so this opens the ``SERVER`` span the
+        call would have had, parented on the caller's W3C ``traceparent`` from the request
+        ``_meta`` when it is valid, and records it like any refused call.
+
+        Returns:
+            The trace id to put in the audit record (``None`` without a valid trace context).
+        """
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        carrier = {"traceparent": traceparent} if isinstance(traceparent, str) else {}
+        parent = TraceContextTextMapPropagator().extract(carrier) if carrier else None
+        tracer = trace.get_tracer("securemcp")
+        name = method if method == "resources/read" else f"{method} {target}"
+        with tracer.start_as_current_span(
+            name, context=parent, kind=trace.SpanKind.SERVER, record_exception=False
+        ) as span:
+            self.record(
+                span if span.is_recording() else None,
+                method=method,
+                target=target,
+                decision="deny",
+                reason=error_type,
+                error_type=error_type,
+                duration_s=0.0,
+                principal=principal,
+                call_id=call_id,
+            )
+            context = span.get_span_context()
+        if context.is_valid:
+            return format(context.trace_id, "032x")
+        remote = trace.get_current_span(parent).get_span_context() if parent else None
+        return format(remote.trace_id, "032x") if remote is not None and remote.is_valid else None
 
     def approval(self, event: str) -> None:
         """Count an approval event (``requested``, ``approved``, ``denied``, ``consumed``)."""

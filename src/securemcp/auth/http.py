@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -229,6 +230,51 @@ class HTTPGuard:
                 trace_id=None,
             )
 
+    def _record_scope_refusal(
+        self, scope: Scope, body: bytes, principal: Principal, exc: InsufficientScope
+    ) -> None:
+        """A 403 step-up refusal: traced and audited like the in-process refusal it replaces.
+
+        The caller is known (its token verified), so the record is a ``deny`` decision naming
+        the caller, the target and the caller's trace (from the request ``_meta``), not an
+        anonymous authentication failure.
+        """
+        parsed = _call_target(body)
+        assert parsed is not None  # _scope_refusal parsed this very body
+        method, target, _ = parsed
+        params: dict[str, Any] = json.loads(body).get("params") or {}
+        meta = params.get("_meta")
+        arguments = params.get("arguments")
+        traceparent = meta.get("traceparent") if isinstance(meta, dict) else None
+        call_id = secrets.token_hex(16)
+        client = scope.get("client")
+        logger.info(
+            "refused %s %r from %s: insufficient_scope (missing %s)",
+            method,
+            target,
+            client[0] if client else "?",
+            " ".join(sorted(exc.missing)),
+        )
+        trace_id = self._pipeline._telemetry.refused_before_server(
+            method=method,
+            target=target,
+            principal=principal,
+            error_type=exc.code,
+            call_id=call_id,
+            traceparent=traceparent,
+        )
+        auditor = self._pipeline.auditor
+        if auditor is not None:
+            auditor.refusal(
+                call_id=call_id,
+                method=method,
+                target=target,
+                principal=principal,
+                arguments=arguments if isinstance(arguments, dict) else {},
+                code=exc.code,
+                trace_id=trace_id,
+            )
+
     def _forwarded_origin(self, scope: Scope, headers: _Headers) -> str | None:
         """The origin a *trusted* proxy says the client used (only ever selects a resource)."""
         if not self._config.trusted_proxies or headers.forwarded_host is None:
@@ -357,7 +403,7 @@ class HTTPGuard:
                     denied = await self._scope_refusal(body, principal)
                     if denied is not None:
                         request_id, exc = denied
-                        self._log(scope, f"insufficient_scope (missing {' '.join(exc.missing)})")
+                        self._record_scope_refusal(scope, body, principal, exc)
                         await self._insufficient_scope(send, request_id, exc, metadata_url)
                         return
         if metadata_url is not None:
