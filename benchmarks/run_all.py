@@ -11,6 +11,7 @@ HERE = pathlib.Path(__file__).parent
 SCRIPTS = (
     "bench_import.py",
     "bench_calls.py",
+    "bench_breakdown.py",
     "bench_http.py",
     "bench_memory.py",
     "bench_verify.py",

@@ -228,3 +228,21 @@ async def test_default_is_fail_closed_with_per_limit_override() -> None:
 async def test_allowed_decision_is_shared_constant() -> None:
     limiter = RateLimiter([])
     assert await limiter.hit(request()) == RateDecision(True)
+
+
+def test_in_memory_counters_expire_without_a_background_thread() -> None:
+    import threading
+    import time as _time
+
+    from securemcp.policy.ratelimit import _EXPIRE_EVERY, _InlineExpiryMemoryStorage
+
+    before = {t.name for t in threading.enumerate()}
+    storage = _InlineExpiryMemoryStorage()
+    for i in range(10):
+        storage.incr(f"k{i}", expiry=0.05)
+    assert len(storage.storage) == 10
+    _time.sleep(0.06)
+    for _ in range(_EXPIRE_EVERY):
+        storage.incr("live", expiry=60)
+    assert set(storage.storage) == {"live"}  # the expired counters are gone
+    assert {t.name for t in threading.enumerate()} - before == set()

@@ -50,7 +50,10 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 from limits.aio.strategies import RateLimiter as _Strategy
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter as _SyncFixedWindow
+from limits.strategies import MovingWindowRateLimiter as _SyncMovingWindow
+from limits.strategies import SlidingWindowCounterRateLimiter as _SyncSlidingWindowCounter
 
 from securemcp.context import Principal
 from securemcp.policy.errors import RateLimited
@@ -81,7 +84,39 @@ _STRATEGIES: Final[dict[str, type[_Strategy]]] = {
     "fixed-window": FixedWindowRateLimiter,
     "sliding-window-counter": SlidingWindowCounterRateLimiter,
 }
+#: The same strategies over an in-process storage (:class:`_InlineExpiryMemoryStorage`), used for
+#: ``memory://``: no await, no task, no thread per hit.
+_SYNC_STRATEGIES: Final[dict[str, Any]] = {
+    "moving-window": _SyncMovingWindow,
+    "fixed-window": _SyncFixedWindow,
+    "sliding-window-counter": _SyncSlidingWindowCounter,
+}
 _KEY_CACHE_LIMIT: Final = 65536
+_EXPIRE_EVERY: Final = 256
+
+
+class _InlineExpiryMemoryStorage(MemoryStorage):
+    """``limits``' in-process storage, expiring old counters inline every 256 writes.
+
+    ``limits``' own memory storages expire counters from a background ``threading.Timer`` (a new
+    thread every 10 ms while counters exist) or, in asyncio, a fresh task on nearly every hit
+    once the event loop is busy. Both fight the event loop for the GIL: measured on the server
+    call path, about 20 us per call. Expiring inline keeps memory bounded at the same cost
+    spread over 256 writes. (Overrides ``limits`` private hooks; ``limits`` is pinned ``<6``.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer.cancel()  # started by MemoryStorage.__init__; expiry is inline here
+        self._writes = 0
+
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        self._writes += 1
+        if self._writes >= _EXPIRE_EVERY:
+            self._writes = 0
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+
 _LOG_EVERY: Final = 10.0
 
 
@@ -264,8 +299,13 @@ class RateLimiter:
                 "socket_timeout": 0.5,
             }
         options |= dict(storage_options or {})
-        self._storage = storage_from_string(uri, **options)
-        self._strategy = _STRATEGIES[strategy](self._storage)
+        self._sync = uri == "async+memory://" and not storage_options
+        if self._sync:
+            self._storage: Any = _InlineExpiryMemoryStorage()
+            self._strategy: Any = _SYNC_STRATEGIES[strategy](self._storage)
+        else:
+            self._storage = storage_from_string(uri, **options)
+            self._strategy = _STRATEGIES[strategy](self._storage)
         self._keys: dict[tuple[Any, ...], str] = {}
         self._down_until = 0.0
         self._last_log = 0.0
@@ -365,6 +405,13 @@ class RateLimiter:
             return self._storage_failed(rule, key, "storage unavailable (circuit open)")
         try:
             for item in rule.items:
+                if self._sync:  # in-process: no await, no task, never fails on I/O
+                    if self._strategy.hit(item, key, cost=rule.cost):
+                        continue
+                    stats = self._strategy.get_window_stats(item, key)
+                    return RateDecision(
+                        False, max(0.0, stats.reset_time - time.time()), rule.name, key
+                    )
                 if not await self._strategy.hit(item, key, cost=rule.cost):
                     stats = await self._strategy.get_window_stats(item, key)
                     retry_after = max(0.0, stats.reset_time - time.time())
