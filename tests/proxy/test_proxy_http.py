@@ -409,3 +409,18 @@ async def test_rate_limits_apply_to_proxied_tools(
             with pytest.raises(ToolError, match="rate_limited"):
                 await client.call_tool("status", {})
         assert [r["tool"] for r in upstream_app.RECEIVED] == ["status", "status"]
+
+
+async def test_upstream_output_goes_through_the_same_output_path(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    async with http_upstream() as (url, _):
+        tools = {**OPEN_TOOLS, "search": {"max_result_bytes": 8}}
+        cfg = await locked(config(tmp_path, {"vendor": {"url": url, "tools": tools}}))
+        proxy, audit_dir = audited_proxy(cfg, idp, tmp_path)
+        async with connect(proxy, idp.token("alice")) as client:
+            with pytest.raises(ToolError, match="result_too_large") as refused:
+                await client.call_tool("search", {"q": "a long query"})
+            assert "results for" not in str(refused.value)  # withheld, not truncated
+        outcomes = [r for r in records(audit_dir) if r["type"] == "outcome"]
+        assert outcomes[-1]["error"] == "result_too_large"
