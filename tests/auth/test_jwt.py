@@ -1103,3 +1103,37 @@ async def test_usable_as_fastmcp_auth_provider(idp: FakeIdentityProvider) -> Non
                 assert response.status_code == 401
                 assert 'error="invalid_token"' in response.headers["www-authenticate"]
                 assert "audience" not in response.text  # the reason stays internal
+
+
+async def test_cached_token_refused_within_one_ttl_of_its_key_retiring_even_on_cache_hits(
+    idp: FakeIdentityProvider, clock: FakeClock
+) -> None:
+    """Every call a cache hit (no fresh token ever forces a refresh): the retired key still
+    stops being trusted once the key set's TTL runs out."""
+    verifier = idp.verifier(clock=clock, jwks_cache_ttl=300)
+    old_kid = idp.current_kid
+    token = idp.token("alice", expires_in=3600)
+    await verifier.authenticate(token)
+    idp.rotate_key()
+    idp.retire_key(old_kid)  # e.g. the key leaked: the issuer withdrew it
+
+    clock.advance(200)
+    assert (await verifier.authenticate(token)).subject == "alice"  # within the TTL
+    assert idp.jwks_fetch_count == 1
+    clock.advance(101)
+    assert await reason(verifier, token) == "unknown_kid"
+    assert idp.jwks_fetch_count >= 2  # the TTL refresh (plus the unknown-kid one, rate-limited)
+
+
+async def test_cache_hits_survive_an_idp_outage_after_the_ttl(
+    idp: FakeIdentityProvider, clock: FakeClock
+) -> None:
+    verifier = idp.verifier(clock=clock, jwks_cache_ttl=300)
+    token = idp.token("alice", expires_in=3600)
+    await verifier.authenticate(token)
+    idp.jwks_outage = True
+    clock.advance(301)
+    assert (await verifier.authenticate(token)).subject == "alice"  # keys kept
+    fetches = idp.jwks_fetch_count
+    assert (await verifier.authenticate(token)).subject == "alice"
+    assert idp.jwks_fetch_count == fetches  # backoff: no fetch per call during the outage

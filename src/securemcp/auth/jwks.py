@@ -132,6 +132,26 @@ class JWKSCache:
         """Whether ``jwk`` is still in the current key set (a cheap check, no I/O)."""
         return jwk.thumbprint in self._thumbprints
 
+    def refresh_due(self) -> bool:
+        """Whether the key set's TTL ran out and a refresh may be tried now (no I/O)."""
+        if self._static:
+            return False
+        now = self._clock()
+        return now - self._fetched_at >= self._ttl and now >= self._retry_after
+
+    async def refresh_if_due(self) -> None:
+        """Refresh the key set if its TTL ran out (and no failed fetch asks to wait).
+
+        Verified-token cache hits call this, so a key the issuer retires stops being trusted
+        within one TTL even when every call is a cache hit. A failed refresh keeps the current
+        keys (an IdP outage does not log everyone out).
+        """
+        if self._static:
+            return
+        now = self._clock()
+        if now - self._fetched_at >= self._ttl and now >= self._retry_after:
+            await self._refresh(self._generation)
+
     async def select(self, kid: str | None, alg: str) -> PublicJWK:
         """The key that must verify a token with this ``kid`` and ``alg``.
 

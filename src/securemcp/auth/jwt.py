@@ -186,6 +186,8 @@ class JWTVerifier(VerifierBase):
             if (principal.expires_at or 0.0) <= now - self.leeway:
                 self._cache.pop(cache_key, None)
                 raise _refuse("expired")
+            if self._jwks.refresh_due():
+                await self._jwks.refresh_if_due()
             if self._jwks.trusts(jwk):
                 return principal
             self._cache.pop(cache_key, None)  # its key left the JWKS: verify afresh
