@@ -492,3 +492,46 @@ async def test_development_mode_needs_no_token_but_still_checks_origin() -> None
         assert hostile.status_code == 403
         async with connect_http(url) as mcp_client:
             assert (await mcp_client.call_tool("hello", {})).data == "hi"
+
+
+async def test_forged_token_flood_does_not_flood_the_audit_log(
+    idp: FakeIdentityProvider, tmp_path: Any
+) -> None:
+    """Forged tokens cost an attacker nothing; the audit log records each burst, not each hit."""
+    from securemcp.audit import AuditLog, iter_records
+
+    log = AuditLog(tmp_path / "audit")
+    server = FastMCP("flooded", auth=idp.verifier(), audit=log)
+
+    @server.tool
+    def echo(text: str) -> str:
+        return text
+
+    forged = idp.bad_token("signed_by_stranger")
+    async with serve_http(server, stateless_http=True) as url, httpx.AsyncClient() as client:
+        for _ in range(200):
+            response = await client.post(url, headers=request_headers(forged), content=call_body())
+            assert response.status_code == 401  # every request is still refused
+    failures = [r for r in iter_records(log.directory) if r["type"] == "auth_failure"]
+    assert 1 <= len(failures) <= 10  # one per second per address and reason, not 200
+    # The burst's size is on record: the records plus what they report leaving out.
+    counted = len(failures) + sum(
+        int(r["reason"].split("(+")[1].split(" ")[0]) for r in failures if "(+" in r["reason"]
+    )
+    assert counted <= 200 and (len(failures) == 1 or counted > len(failures))
+
+
+def test_failure_throttle_counts_what_it_leaves_out() -> None:
+    from securemcp.auth.http import _FailureThrottle
+
+    now = [0.0]
+    throttle = _FailureThrottle(interval=1.0, max_keys=3, clock=lambda: now[0])
+    key = ("203.0.113.7", "invalid_signature")
+    assert throttle.admit(key) == 0
+    assert [throttle.admit(key) for _ in range(5)] == [None] * 5
+    assert throttle.admit(("203.0.113.8", "invalid_signature")) == 0  # other address: recorded
+    now[0] = 1.5
+    assert throttle.admit(key) == 5  # the next record reports the five left out
+    for i in range(5):  # bounded: a table full of keys is cleared, never grows without limit
+        throttle.admit((f"198.51.100.{i}", "x"))
+    assert len(throttle._seen) <= 3
