@@ -97,6 +97,43 @@ def _server(counter: dict[str, int]) -> FastMCP:
     return mcp
 
 
+def test_the_pipelines_constructor_sets_every_slot() -> None:
+    principal = Principal(subject="alice", issuer="https://idp")
+    before = datetime.now(UTC)
+    ctx = SecurityContext._begin("c1", "tools/call", "t", principal, "stdio", None, "s", "p1")
+    for name in SecurityContext.__slots__:
+        getattr(ctx, name)  # set: no AttributeError
+    started = ctx.started_at
+    assert started.tzinfo is UTC and before <= started <= datetime.now(UTC)
+    assert ctx.started_at is started  # converted once
+    assert (ctx.call_id, ctx.method, ctx.target, ctx.principal) == (
+        "c1",
+        "tools/call",
+        "t",
+        principal,
+    )
+    assert (ctx.transport, ctx.trace_id, ctx.server_name, ctx.parent_call_id) == (
+        "stdio",
+        None,
+        "s",
+        "p1",
+    )
+    ctx._close()
+    with pytest.raises(ContextClosed):
+        _ = ctx.started_at
+
+
+def test_call_ids_are_unique_hex_and_differ_per_process() -> None:
+    from securemcp import pipeline
+
+    ids = [pipeline._new_call_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    pipeline._reseed_call_ids()  # what a forked child does: a new random prefix
+    fresh = pipeline._new_call_id()
+    assert fresh not in ids and fresh[:16] != ids[0][:16]
+
+
 async def test_each_call_gets_a_fresh_context() -> None:
     counter = {"who": 0}
     mcp = _server(counter)

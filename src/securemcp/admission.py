@@ -105,7 +105,7 @@ def recheck_resolved(server: FastMCP, method: str, target: str, component: Any) 
         actual = facts_of_cached(component)
     except InvalidScopeDeclaration as exc:
         raise PolicyDenied(reason=str(exc)) from None
-    if actual == admission.facts:
+    if actual is admission.facts or actual == admission.facts:
         return
     server._securemcp_pipeline.forget_requirements()
     missing = admission.context.principal.missing_scopes(actual.scopes)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final, NoReturn
 
@@ -135,7 +136,7 @@ class SecurityContext:
     _parent_call_id: str | None
     _principal: Principal
     _server_name: str
-    _started_at: datetime
+    _started_at: datetime | float  # a POSIX timestamp until first read (see _begin)
     _target: str
     _trace_id: str | None
     _transport: str
@@ -153,17 +154,47 @@ class SecurityContext:
         server_name: str = "",
         parent_call_id: str | None = None,
     ) -> None:
-        setter = object.__setattr__
-        setter(self, "_call_id", call_id)
-        setter(self, "_method", method)
-        setter(self, "_target", target)
-        setter(self, "_principal", principal)
-        setter(self, "_transport", transport)
-        setter(self, "_started_at", started_at)
-        setter(self, "_trace_id", trace_id)
-        setter(self, "_server_name", server_name)
-        setter(self, "_parent_call_id", parent_call_id)
-        setter(self, "_open", True)
+        # The slots' own setters: __setattr__ refuses, and object.__setattr__ is slower.
+        _set_call_id(self, call_id)
+        _set_method(self, method)
+        _set_target(self, target)
+        _set_principal(self, principal)
+        _set_transport(self, transport)
+        _set_started_at(self, started_at)
+        _set_trace_id(self, trace_id)
+        _set_server_name(self, server_name)
+        _set_parent_call_id(self, parent_call_id)
+        _set_open(self, True)
+
+    @classmethod
+    def _begin(
+        cls,
+        call_id: str,
+        method: str,
+        target: str,
+        principal: Principal,
+        transport: str,
+        trace_id: str | None,
+        server_name: str,
+        parent_call_id: str | None,
+    ) -> SecurityContext:
+        """The context of a call starting now (the pipeline's constructor).
+
+        ``started_at`` is kept as a POSIX timestamp and becomes a ``datetime`` when first read:
+        building one per call costs more than most calls ever read it.
+        """
+        context = object.__new__(cls)
+        _set_call_id(context, call_id)
+        _set_method(context, method)
+        _set_target(context, target)
+        _set_principal(context, principal)
+        _set_transport(context, transport)
+        _set_started_at(context, time.time())
+        _set_trace_id(context, trace_id)
+        _set_server_name(context, server_name)
+        _set_parent_call_id(context, parent_call_id)
+        _set_open(context, True)
+        return context
 
     def __setattr__(self, name: str, value: Any) -> NoReturn:
         raise AttributeError(f"SecurityContext is immutable; cannot set {name!r}")
@@ -180,7 +211,7 @@ class SecurityContext:
             raise ContextClosed(reason=f"call {self._call_id} has ended")
 
     def _close(self) -> None:
-        object.__setattr__(self, "_open", False)
+        _set_open(self, False)
 
     @property
     def call_id(self) -> str:
@@ -220,7 +251,11 @@ class SecurityContext:
     def started_at(self) -> datetime:
         """When the call started (UTC)."""
         self._live()
-        return self._started_at
+        started: datetime | float = self._started_at
+        if type(started) is float:  # from _begin: the same instant, as a datetime from now on
+            started = datetime.fromtimestamp(started, UTC)
+            _set_started_at(self, started)
+        return started  # type: ignore[return-value]
 
     @property
     def trace_id(self) -> str | None:
@@ -239,6 +274,22 @@ class SecurityContext:
         """For a call delegated to a mounted server, the call id of the outer call."""
         self._live()
         return self._parent_call_id
+
+
+def _slot_setter(name: str) -> Any:
+    return SecurityContext.__dict__[name].__set__
+
+
+_set_call_id = _slot_setter("_call_id")
+_set_method = _slot_setter("_method")
+_set_target = _slot_setter("_target")
+_set_principal = _slot_setter("_principal")
+_set_transport = _slot_setter("_transport")
+_set_started_at = _slot_setter("_started_at")
+_set_trace_id = _slot_setter("_trace_id")
+_set_server_name = _slot_setter("_server_name")
+_set_parent_call_id = _slot_setter("_parent_call_id")
+_set_open = _slot_setter("_open")
 
 
 _CURRENT: contextvars.ContextVar[SecurityContext | None] = contextvars.ContextVar(

@@ -16,22 +16,25 @@ FastMCP's middleware API.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from fastmcp.exceptions import FastMCPError, NotFoundError
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from fastmcp.server.middleware import middleware as _fastmcp_middleware
 from mcp import MCPError
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
 from securemcp.admission import ADMISSION, LISTING, Admission
 from securemcp.auth.base import IdentityVerifier
-from securemcp.components import ComponentFacts, facts_of
+from securemcp.components import ComponentFacts, facts_of_cached
 from securemcp.context import _CURRENT, Principal, SecurityContext
 from securemcp.errors import CallRefused, InsufficientScope, PolicyDenied, Unauthenticated
 from securemcp.identity import (
@@ -44,6 +47,10 @@ from securemcp.identity import (
 )
 from securemcp.scopes import InvalidScopeDeclaration, declared_scopes
 from securemcp.telemetry import Telemetry
+
+#: FastMCP's (private) middleware dispatch phase; without it every message takes the inherited
+#: Middleware.__call__ path (see SecurityPipeline.__call__).
+_dispatch_phase: ContextVar[Any] | None = getattr(_fastmcp_middleware, "_dispatch_phase", None)
 
 if TYPE_CHECKING:
     from securemcp.auditing import CallAuditor
@@ -64,8 +71,28 @@ class _HiddenRefusal(NotFoundError):
     code = "insufficient_scope"
 
 
+# Call ids must be unique, not secret (nothing authorizes by one): 32 hex characters like
+# token_hex(16), made from a random 64-bit per-process prefix and a 64-bit counter instead of a
+# getrandom() syscall per call. A forked child draws a new prefix, so processes never share one.
+def _call_id_counter() -> itertools.count[int]:
+    # A leading 1 bit: hex() then always has 33 digits, and dropping "0x1" leaves the 32.
+    return itertools.count((1 << 128) | (secrets.randbits(64) << 64))
+
+
+_call_ids = _call_id_counter()
+
+
 def _new_call_id() -> str:
-    return secrets.token_hex(16)
+    return hex(next(_call_ids))[3:]
+
+
+def _reseed_call_ids() -> None:
+    global _call_ids
+    _call_ids = _call_id_counter()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_call_ids)
 
 
 def _trace_id(span: trace.Span) -> str | None:
@@ -89,7 +116,6 @@ class _CallRecord:
         "allowed",
         "call_id",
         "error_type",
-        "facts",
         "method",
         "outcome_recorded",
         "policy_version",
@@ -104,7 +130,6 @@ class _CallRecord:
         self.trace_id = trace_id
         self.principal: Principal | None = None
         self.call_id: str | None = None
-        self.facts: ComponentFacts | None = None
         self.allowed = False
         self.error_type: str | None = None
         self.policy_version: str | None = None
@@ -134,6 +159,43 @@ class SecurityPipeline(Middleware):
         self._verifier: IdentityVerifier | None = None
         self._development_principal: Principal | None = None
         self._telemetry = Telemetry()
+        # NO_CONSTRAINTS, to skip testing a decision's constraints when it has none (the policy
+        # modules are only imported when a policy or rate limit is configured).
+        self._no_constraints: object = None
+        if enforcement is not None:
+            from securemcp.policy.decision import NO_CONSTRAINTS
+
+            self._no_constraints = NO_CONSTRAINTS
+        cls = type(self)
+        # Messages may skip Middleware.__call__'s per-message handler chain only while its
+        # method-agnostic hooks are the inherited pass-throughs (see __call__).
+        self._direct_dispatch = (
+            _dispatch_phase is not None
+            and cls._dispatch_handler is Middleware._dispatch_handler
+            and cls.on_message is Middleware.on_message
+            and cls.on_request is Middleware.on_request
+            and cls.on_notification is Middleware.on_notification
+            and cls.on_call_tool is SecurityPipeline.on_call_tool
+            and cls.on_read_resource is SecurityPipeline.on_read_resource
+            and cls.on_get_prompt is SecurityPipeline.on_get_prompt
+        )
+
+    async def __call__(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
+        # The inherited dispatch wraps call_next in on_message -> on_request/on_notification (all
+        # pass-throughs here) and, except in the "outer" phase, the typed hook. So the "outer"
+        # phase is call_next itself, and a guarded method is _guard: call them directly and
+        # save building and running up to three wrappers per message.
+        if self._direct_dispatch and _dispatch_phase is not None:
+            if _dispatch_phase.get() == "outer":
+                return await call_next(context)
+            method = context.method
+            if method == "tools/call":
+                return await self._guard(method, context.message.name, context, call_next)
+            if method == "resources/read":
+                return await self._guard(method, str(context.message.uri), context, call_next)
+            if method == "prompts/get":
+                return await self._guard(method, context.message.name, context, call_next)
+        return await super().__call__(context, call_next)
 
     # --- identity -------------------------------------------------------------------------
 
@@ -145,34 +207,51 @@ class SecurityPipeline(Middleware):
             self._verifier_source = auth
         return self._verifier
 
-    async def authenticate(self, context: MiddlewareContext[Any] | None = None) -> Principal:
+    async def authenticate(
+        self, context: MiddlewareContext[Any] | None = None, transport: str | None = None
+    ) -> Principal:
         """Establish the caller from a verified credential, or the development principal.
+
+        ``transport`` is the request's transport when the caller already knows it.
 
         Raises:
             Unauthenticated: no credential, an invalid one, or development mode in production.
         """
         verifier = self.verifier()
-        token = presented_token(context)
-        if token is None and transport_of(context) == "stdio":
-            token = self._server._securemcp_stdio.credential(request_meta(context))
         if verifier is None:
-            if is_production():
-                raise Unauthenticated(
-                    reason="no verifier configured and SECUREMCP_ENV=production refuses "
-                    "the development identity"
-                )
-            if self._development_principal is None:
-                self._development_principal = development_principal(self._development_scopes)
-            return self._development_principal
+            return self._development()
+        return await verifier.authenticate(self._credential(context, transport))
+
+    def _development(self) -> Principal:
+        """The development principal (no verifier configured), refused in production."""
+        if is_production():
+            raise Unauthenticated(
+                reason="no verifier configured and SECUREMCP_ENV=production refuses "
+                "the development identity"
+            )
+        if self._development_principal is None:
+            self._development_principal = development_principal(self._development_scopes)
+        return self._development_principal
+
+    def _credential(self, context: MiddlewareContext[Any] | None, transport: str | None) -> str:
+        """The raw credential presented with this request, for the verifier to check.
+
+        The credential found may come from the caller's own ContextVars (in-memory transports
+        run handlers in the sender's context), so only the raw token is used and identity is
+        always re-established by this server's verifier (cached by token hash).
+
+        Raises:
+            Unauthenticated: no credential presented.
+        """
+        token = presented_token(context)
+        if token is None and (transport or transport_of(context)) == "stdio":
+            token = self._server._securemcp_stdio.credential(request_meta(context))
         if not token:
             raise Unauthenticated(reason="no credential presented")
-        # The credential found may come from the caller's own ContextVars (in-memory transports
-        # run handlers in the sender's context), so only the raw token is used and identity is
-        # always re-established by this server's verifier (cached by token hash).
-        return await verifier.authenticate(token)
+        return token
 
-    async def _identify(self, context: MiddlewareContext[Any]) -> tuple[Principal, str | None]:
-        """The caller: inherited from a mounting securemcp server, or freshly authenticated."""
+    def _delegator(self) -> SecurityContext | None:
+        """The context of the mounting securemcp server's call this one was delegated by."""
         outer = ADMISSION.get()
         if (
             outer is not None
@@ -180,10 +259,8 @@ class SecurityPipeline(Middleware):
             and outer.consumed
             and outer.server in self._server._securemcp_parents
         ):
-            # Delegated from a securemcp server that mounted this one: the caller was verified
-            # there, for this very call. A fresh context is bound for this server all the same.
-            return outer.context.principal, outer.context.call_id
-        return await self.authenticate(context), None
+            return outer.context
+        return None
 
     # --- component facts ------------------------------------------------------------------
 
@@ -212,7 +289,9 @@ class SecurityPipeline(Middleware):
         if component is None:
             return None
         try:
-            facts = facts_of(component)
+            # The memoized facts object: admission's re-check of an unchanged component then
+            # finds the very same object and skips comparing field by field.
+            facts = facts_of_cached(component)
         except InvalidScopeDeclaration as exc:
             raise PolicyDenied(reason=str(exc)) from None
         if method != "resources/read":  # resource URIs are unbounded; tools/prompts are not
@@ -264,7 +343,19 @@ class SecurityPipeline(Middleware):
         call = _CallRecord(method, target, trace_id)
         try:
             try:
-                principal, parent_call_id = await self._identify(context)
+                delegator = self._delegator()
+                if delegator is not None:
+                    # Delegated from a securemcp server that mounted this one: the caller was
+                    # verified there, for this very call. A fresh context is bound all the same.
+                    principal, parent_call_id = delegator.principal, delegator.call_id
+                else:
+                    parent_call_id = None
+                    verifier = self.verifier()
+                    if verifier is None:
+                        principal = self._development()
+                    else:
+                        token = self._credential(context, transport)
+                        principal = await verifier.authenticate(token)
             except Unauthenticated as exc:
                 if self.auditor is not None:
                     self.auditor.auth_failure(
@@ -278,31 +369,42 @@ class SecurityPipeline(Middleware):
             call.principal = principal
             # A call delegated by a mounting securemcp server is audited once, by that server.
             auditor = self.auditor if parent_call_id is None else None
-            security_context = SecurityContext(
-                call_id=_new_call_id(),
-                method=method,
-                target=target,
-                principal=principal,
-                transport=transport,
-                started_at=datetime.now(UTC),
-                trace_id=trace_id,
-                server_name=self._server.name,
-                parent_call_id=parent_call_id,
+            call_id = call.call_id = _new_call_id()
+            security_context = SecurityContext._begin(
+                call_id,
+                method,
+                target,
+                principal,
+                transport,
+                trace_id,
+                self._server.name,
+                parent_call_id,
             )
-            call.call_id = security_context.call_id
             arguments = _arguments(method, context)
             bound = _CURRENT.set(security_context)
             try:
                 try:
-                    decision = await self._authorize(
-                        method, target, principal, arguments, transport, call
-                    )
+                    facts = self._facts.get((method, target))
+                    if facts is None:
+                        facts = await self.facts(method, target)
+                        if facts is None:
+                            raise self._not_found(method, target)
+                    enforcement = self.enforcement
+                    if enforcement is None or not enforcement.active:
+                        self._check_scopes(method, target, principal, facts.scopes)
+                        decision = None
+                    else:
+                        decision = await self._enforce(
+                            enforcement, method, target, principal, arguments, transport, facts
+                        )
+                        if decision is not None:
+                            call.policy_version = decision.policy_version
                 except (CallRefused, _HiddenRefusal) as exc:
                     if exc.code == "approval_required":
                         self._telemetry.approval("requested")
                     if auditor is not None:
                         auditor.refusal(
-                            call_id=call.call_id,
+                            call_id=call_id,
                             method=method,
                             target=target,
                             principal=principal,
@@ -314,7 +416,7 @@ class SecurityPipeline(Middleware):
                 if auditor is not None:
                     # Written before the body runs; AuditUnavailable refuses the call.
                     auditor.decision(
-                        call_id=call.call_id,
+                        call_id=call_id,
                         method=method,
                         target=target,
                         principal=principal,
@@ -323,13 +425,38 @@ class SecurityPipeline(Middleware):
                         trace_id=trace_id,
                     )
                 call.allowed = True
-                result = await self._run(call_next, context, security_context, call, decision)
+                # Admit exactly this call to the FastMCP core and run it (under any constraints).
+                admission = Admission(
+                    self._server,
+                    method,
+                    target,
+                    security_context,
+                    facts,
+                    decision is not None,
+                )
+                admitted = ADMISSION.set(admission)
+                try:
+                    if (
+                        decision is not None
+                        and (constraints := decision.constraints) is not self._no_constraints
+                        and constraints
+                    ):
+                        from securemcp.policy.enforcement import PolicyEnforcement
+
+                        result = await PolicyEnforcement.run(
+                            constraints, lambda: call_next(context)
+                        )
+                    else:
+                        result = await call_next(context)
+                finally:
+                    admission.open = False
+                    ADMISSION.reset(admitted)
                 if getattr(result, "is_error", False):
                     call.error_type = "tool_error"
                 if auditor is not None:
                     call.outcome_recorded = True  # attempted: a failed write is not retried
                     auditor.outcome(
-                        call_id=call.call_id,
+                        call_id=call_id,
                         method=method,
                         target=target,
                         principal=principal,
@@ -371,72 +498,27 @@ class SecurityPipeline(Middleware):
                 policy_version=call.policy_version,
             )
 
-    async def _authorize(
+    async def _enforce(
         self,
+        enforcement: PolicyEnforcement,
         method: str,
         target: str,
         principal: Principal,
         arguments: dict[str, Any],
         transport: str,
-        call: _CallRecord,
+        facts: ComponentFacts,
     ) -> Any:
-        """Resolve the target and run rate limits, scopes and policy; returns the decision."""
-        facts = await self.facts(method, target)
-        if facts is None:
-            raise self._not_found(method, target)
-        call.facts = facts
-        enforcement = self.enforcement
-        if enforcement is None or not enforcement.active:
-            self._check_scopes(method, target, principal, facts.scopes)
-            return None
-        from securemcp.policy.request import CallRequest
-
-        request = CallRequest.build(
-            principal,
-            target,
-            arguments,
-            method=method,
-            tags=facts.tags,
-            annotations=facts.annotations,
-            risk=facts.risk,
-            transport=transport,
-        )
-        await enforcement.rate_limit(request)
+        """Rate limits, scopes and policy for a call to a resolved target; returns the decision."""
+        request = enforcement.call_request(principal, method, target, arguments, facts, transport)
+        if enforcement.rate_limiter is not None:
+            await enforcement.rate_limit(request)
         self._check_scopes(method, target, principal, facts.scopes)
+        if enforcement.policy is None:
+            return None
         decision = await enforcement.decide(request)
-        call.policy_version = decision.policy_version if decision is not None else None
         if decision is not None and decision.effect == "require_approval":
             self._telemetry.approval("consumed")  # the gate admitted it: an approval was used
         return decision
-
-    async def _run(
-        self,
-        call_next: CallNext[Any, Any],
-        context: MiddlewareContext[Any],
-        security_context: SecurityContext,
-        call: _CallRecord,
-        decision: Any,
-    ) -> Any:
-        """Admit exactly this call to the FastMCP core and run it (under any constraints)."""
-        assert call.facts is not None
-        admission = Admission(
-            self._server,
-            call.method,
-            call.target,
-            security_context,
-            call.facts,
-            policy_active=decision is not None,
-        )
-        token = ADMISSION.set(admission)
-        try:
-            if decision is not None and decision.constraints:
-                from securemcp.policy.enforcement import PolicyEnforcement
-
-                return await PolicyEnforcement.run(decision.constraints, lambda: call_next(context))
-            return await call_next(context)
-        finally:
-            admission.open = False
-            ADMISSION.reset(token)
 
     @staticmethod
     def _record_failure(

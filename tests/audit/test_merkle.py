@@ -110,3 +110,19 @@ def test_compact_range_and_proofs_agree_with_the_definition(
     assert verify_consistency(old, len(hashes), cproof, root_hash(hashes[:old]), root)
     if old < len(hashes):
         assert not verify_consistency(old, len(hashes), cproof, leaf_hash(b"x"), root)
+
+
+@given(st.lists(st.binary(max_size=8), max_size=70), st.data())
+def test_extending_a_compact_range_is_appending_each_leaf(
+    leaves: list[bytes], data: st.DataObject
+) -> None:
+    hashes = [leaf_hash(leaf) for leaf in leaves]
+    split = data.draw(st.integers(0, len(hashes)))
+    one_by_one = CompactRange()
+    for digest in hashes:
+        one_by_one.append(digest)
+    batched = CompactRange()
+    batched.extend(hashes[:split])
+    batched.extend(hashes[split:])
+    assert (batched.size, batched.nodes) == (one_by_one.size, one_by_one.nodes)
+    assert batched.root() == root_hash(hashes)

@@ -121,6 +121,44 @@ def test_call_request_is_read_only() -> None:
     assert direct.risk is RiskClass.READ and direct.arguments["a"] == (1,)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "annotations", "tags", "risk"),
+    [
+        (None, None, (), None),
+        ({}, {"readOnlyHint": True}, ["a"], None),
+        ({"a": 1, "b": "x", "c": None, "d": True, 2: 2.5}, None, frozenset({"t"}), "admin"),
+        ({"items": [1, {"k": ["v"]}], "nested": {"z": (1, 2)}}, None, (), "read"),
+        ({"a": 1}, ToolAnnotations(destructiveHint=True), (), None),
+    ],
+)
+def test_build_makes_what_the_constructor_makes(
+    arguments: dict[object, object] | None, annotations: object, tags: object, risk: str | None
+) -> None:
+    built = CallRequest.build(
+        principal(tenant="acme"),
+        "t",
+        arguments,  # type: ignore[arg-type]
+        annotations=annotations,
+        tags=tags,  # type: ignore[arg-type]
+        risk=risk,
+        transport="stdio",
+    )
+    made = CallRequest(
+        principal=built.principal,
+        tenant="acme",
+        method="tools/call",
+        target="t",
+        arguments=arguments or {},  # type: ignore[arg-type]
+        tags=frozenset(tags),  # type: ignore[arg-type]
+        annotations=annotations,  # type: ignore[arg-type]
+        risk=RiskClass.classify(annotations, risk),
+        transport="stdio",
+    )
+    for field in dataclasses.fields(CallRequest):  # every field set, with the same value
+        assert getattr(built, field.name) == getattr(made, field.name), field.name
+    assert type(built.arguments) is type(made.arguments) and type(built.risk) is RiskClass
+
+
 def test_arguments_hash_is_canonical() -> None:
     assert arguments_hash({"a": 1, "b": [1, 2]}) == arguments_hash({"b": [1, 2], "a": 1})
     assert arguments_hash({"a": 1}) != arguments_hash({"a": 2})

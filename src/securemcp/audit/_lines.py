@@ -26,15 +26,18 @@ so the error is raised at the same point, in the same order, as on the generic p
 from __future__ import annotations
 
 from json.encoder import encode_basestring
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from securemcp.audit.errors import SecretInRecord
 from securemcp.audit.guard import check_encoded
 from securemcp.audit.jcs import _C_ENCODER, dumps_plain
 from securemcp.audit.records import OUTCOMES, _decision_fields, _identity_fields
 from securemcp.context import Principal
+from securemcp.policy.decision import NO_CONSTRAINTS as _NO_CONSTRAINTS
+from securemcp.policy.decision import Decision as _Decision
+from securemcp.policy.decision import Effect as _Effect
 
-__all__ = ["OUTCOME_JSON", "decision_json", "identity_json", "vetted"]
+__all__ = ["OUTCOME_JSON", "Site", "decision_json", "identity_json", "site_json", "vetted"]
 
 #: Fragment caches are cleared when they reach this many entries.
 _MEMO_LIMIT: Final = 1024
@@ -91,6 +94,55 @@ def identity_json(identity: Any) -> tuple[str, bool]:
     return _encode_plain(_identity_fields(identity)), False
 
 
+class Site(NamedTuple):
+    """The parts of a ``decision`` / ``outcome`` line fixed by who calls what, encoded."""
+
+    identity: str  # the canonical ``identity`` object
+    method: str  # ``,"method":<method>``
+    server_target: str  # ``,"server":<server>,"target":<target>,"trace_id":``
+    vetted: bool  # all of the above pass the Unicode and secrets checks
+    text: str  # every caller-controlled token above, for the check when not vetted
+
+
+# (id(principal), method, target, server) -> (principal, site); as for _IDENTITY_JSON, holding
+# the principal keeps its id from being reused while the entry exists.
+_SITE_JSON: dict[tuple[int, Any, Any, Any], tuple[Any, Site]] = {}
+
+
+def site_json(identity: Any, method: Any, target: Any, server: Any) -> Site:
+    """The encoded identity, method, target and server of a record (see :class:`Site`).
+
+    Memoized for ``Principal`` identities, like :func:`identity_json`.
+
+    Raises:
+        TypeError: ``method``, ``target`` or ``server`` is neither a ``str`` nor ``None`` (the
+            caller takes the generic path).
+    """
+    principal = type(identity) is Principal
+    if principal:
+        key = (id(identity), method, target, server)
+        cached = _SITE_JSON.get(key)
+        if cached is not None and cached[0] is identity:
+            return cached[1]
+    verb = _json(method)
+    tool = _json(target)
+    name = _json(server)
+    who, who_vetted = identity_json(identity)
+    names = f"{verb}{tool}{name}"
+    site = Site(
+        who,
+        f',"method":{verb}',
+        f',"server":{name},"target":{tool},"trace_id":',
+        who_vetted and vetted(names),
+        names if who_vetted else names + who,
+    )
+    if principal:
+        if len(_SITE_JSON) >= _MEMO_LIMIT:
+            _SITE_JSON.clear()
+        _SITE_JSON[key] = (identity, site)
+    return site
+
+
 # (result, reason, rule, policy_version) -> (fragment, vetted)
 _DECISION_JSON: dict[tuple[str | None, str, str | None, str | None], tuple[str, bool]] = {}
 # id(decision object) -> (object, fragment, vetted), for frozen policy decisions
@@ -130,9 +182,27 @@ def decision_json(
     """The canonical ``decision`` object of a record and whether it is vetted, or ``None`` when
     the generic path must build it (constraints, values that are not strings)."""
     if type(result) is str or result is None:
-        if type(reason) is str and _str_or_none(rule) and _str_or_none(policy_version):
+        if (
+            type(reason) is str
+            and (rule is None or type(rule) is str)
+            and (policy_version is None or type(policy_version) is str)
+        ):
             return _decision_text(result, reason, rule, policy_version)
         return None
+    if type(result) is _Decision and reason == "" and rule is None and policy_version is None:
+        # A policy's Decision, usually a new object per call: by value, what _decision_fields
+        # reads from it, when it has no constraints.
+        effect = result.effect
+        value = effect._value_ if type(effect) is _Effect else effect
+        why, named, version = result.reason, result.rule, result.policy_version
+        if (
+            result.constraints is _NO_CONSTRAINTS
+            and type(value) is str
+            and type(why) is str
+            and (named is None or type(named) is str)
+            and (version is None or type(version) is str)
+        ):
+            return _decision_text(value, why, named, version)
     plain_object = reason == "" and rule is None and policy_version is None
     if plain_object:
         cached = _DECISION_OBJECT_JSON.get(id(result))

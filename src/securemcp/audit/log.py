@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from securemcp.audit import jcs
-from securemcp.audit._lines import OUTCOME_JSON, decision_json, identity_json, vetted
+from securemcp.audit._lines import OUTCOME_JSON, decision_json, site_json, vetted
 from securemcp.audit.chain import format_ts, genesis_prev, new_origin, parse_ts, valid_origin
 from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint
 from securemcp.audit.errors import AuditError, AuditLogLocked, AuditUnavailable
@@ -83,6 +83,9 @@ _MIB: Final = 1024 * 1024
 #: How often the ``"interval"`` fsync policy syncs written records, at most (seconds).
 _FSYNC_TICK: Final = 1.0
 _APPEND_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+#: Records between folds of the pending leaf hashes into the Merkle range (see _fold).
+_FOLD_EVERY: Final = 1024
 
 #: SHA-256 already fed the RFC 9162 leaf prefix 0x00; copying it is cheaper than a new hash.
 _LEAF_HASH: Final = hashlib.sha256(b"\x00")
@@ -200,6 +203,7 @@ class AuditLog:
         self._origin_json: str | None = None
         self._origin_vetted = False
         self._range = CompactRange()
+        self._pending: list[bytes] = []  # leaf hashes not yet in _range (see _fold)
         self._cp_size = 0
         self._cp_time = time.monotonic()
         self._last_note: str | None = None
@@ -467,20 +471,24 @@ class AuditLog:
             if now < self._last_ns:
                 now = self._last_ns
             micros = now // 1000
-            if micros // 1_000_000 != self._ts_second:
-                self._ts_second = micros // 1_000_000
+            second = micros // 1_000_000
+            if second != self._ts_second:
+                self._ts_second = second
                 self._ts_prefix = format_ts(now)[:19]
-            ts = f"{self._ts_prefix}.{micros % 1_000_000:06d}Z"
+            # ts: the second's prefix, then the microseconds zero-padded to 6 digits (cheaper
+            # than a "06d" format spec).
+            prefix = self._ts_prefix
+            fraction = str(micros - second * 1_000_000 + 1_000_000)[1:]
             seq = self._seq
             prev = self._prev
-            line = f'{head}{origin_json}{mid}{prev}","seq":{seq}{tail}{ts}{end}'.encode()
+            text = f'{head}{origin_json}{mid}{prev}","seq":{seq}{tail}{prefix}.{fraction}Z{end}'
             if body is not None:
                 body["v"] = SCHEMA_VERSION
                 body["log"] = origin
                 body["seq"] = seq
-                body["ts"] = ts
+                body["ts"] = f"{prefix}.{fraction}Z"
                 body["prev"] = prev
-            return self._commit(line, now, seq, body)
+            return self._commit(text.encode(), now, seq, body)
 
     def _encode_origin(self, origin: str) -> None:
         self._origin_key = origin
@@ -507,7 +515,7 @@ class AuditLog:
         leaf = _LEAF_HASH.copy()  # RFC 9162 leaf hash SHA-256(0x00 || line), as merkle.leaf_hash
         leaf.update(line)
         digest = leaf.digest()
-        self._range.append(digest)
+        self._pending.append(digest)
         self._prev = digest.hex()
         self._seq = seq + 1
         self._last_ns = now
@@ -523,7 +531,21 @@ class AuditLog:
             self._export(body if body is not None else jcs.loads(line))
         if (seq + 1 - self._cp_size) % self.checkpoint_every == 0:
             self._wake.set()  # the sealer also polls, so waking it once per N records is enough
+        if not (seq + 1) % _FOLD_EVERY:
+            self._fold()
         return seq
+
+    def _fold(self) -> None:
+        """Fold the pending leaf hashes into the Merkle range; under ``_lock``.
+
+        A record's leaf hash is computed as it is written (it is the next record's ``prev``),
+        but the tree is only read to sign a checkpoint: folding leaves in batches there (and
+        every _FOLD_EVERY records) costs much less per record than one at a time on each call.
+        """
+        pending = self._pending
+        if pending:
+            self._range.extend(pending)
+            pending.clear()
 
     def _undo_partial_write(self, exc: OSError) -> None:
         try:
@@ -602,10 +624,8 @@ class AuditLog:
         if fragment is not None:
             try:  # encode_basestring raises TypeError for anything but a str: generic path
                 call = "null" if call_id is None else _enc(call_id)
-                verb = "null" if method is None else _enc(method)
-                tool = "null" if target is None else _enc(target)
                 trace = "null" if trace_id is None else _enc(trace_id)
-                name = "null" if server is None else _enc(server)
+                site = site_json(identity, method, target, server)
             except TypeError:
                 fragment = None
         body = None
@@ -630,17 +650,16 @@ class AuditLog:
         digest = args_sha256(arguments) if body is None else body["args_sha256"]
         hashed = "null" if digest is None else f'"{digest}"'
         decided, decided_vetted = fragment
-        who, who_vetted = identity_json(identity)
-        caller = f"{call}{verb}{tool}{trace}{name}"
+        caller = call + trace
         if not decided_vetted:
             caller += decided
-        if not who_vetted:
-            caller += who
+        if not site.vetted:
+            caller += site.text
         return self._append_template(
             f'{{"args_sha256":{hashed},"call_id":{call},'
-            f'"decision":{decided},"identity":{who},"log":',
-            f',"method":{verb},"prev":"',
-            f',"server":{name},"target":{tool},"trace_id":{trace},"ts":"',
+            f'"decision":{decided},"identity":{site.identity},"log":',
+            f'{site.method},"prev":"',
+            f'{site.server_target}{trace},"ts":"',
             '","type":"decision","v":1}',
             caller,
             body,
@@ -666,21 +685,26 @@ class AuditLog:
         ended = OUTCOME_JSON.get(outcome) if type(outcome) is str else None
         elapsed = None
         if ended is not None:
-            value = _duration(duration_ms)
-            if type(value) is float:  # repr is canonical where jcs.plain_float says so
-                text = repr(value)
-                plain = "e" not in text and "n" not in text and not text.endswith(".0")
-                elapsed = text if plain else format_number(value)
-            elif type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-                elapsed = str(value)
+            if type(duration_ms) is float and 0.0 <= duration_ms < 1e9:
+                # The canonical text of _duration's value, round(duration_ms, 3), in one step:
+                # "%.3f" rounds the same way (correctly, half to even), and below 1e12 the
+                # shortest repr of that float is this decimal without trailing zeros (at most
+                # 15 significant digits); an integral one is written as an int.
+                elapsed = f"{duration_ms:.3f}".rstrip("0").rstrip(".")
+            else:
+                value = _duration(duration_ms)
+                if type(value) is float:  # repr is canonical where jcs.plain_float says so
+                    text = repr(value)
+                    plain = "e" not in text and "n" not in text and not text.endswith(".0")
+                    elapsed = text if plain else format_number(value)
+                elif type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                    elapsed = str(value)
         if elapsed is not None:
             try:  # encode_basestring raises TypeError for anything but a str: generic path
                 call = "null" if call_id is None else _enc(call_id)
-                verb = "null" if method is None else _enc(method)
-                tool = "null" if target is None else _enc(target)
                 trace = "null" if trace_id is None else _enc(trace_id)
-                name = "null" if server is None else _enc(server)
                 failure = "null" if error is None else _enc(error)
+                site = site_json(identity, method, target, server)
             except TypeError:
                 elapsed = None
         body = None
@@ -698,14 +722,14 @@ class AuditLog:
             )
             if elapsed is None:  # unusual values: screen all of the generic record
                 return self._append_body(body, screen(body))
-        who, who_vetted = identity_json(identity)
-        caller = f"{call}{failure}{verb}{tool}{trace}{name}"
-        if not who_vetted:
-            caller += who
+        caller = f"{call}{failure}{trace}"
+        if not site.vetted:
+            caller += site.text
         return self._append_template(
-            f'{{"call_id":{call},"duration_ms":{elapsed},"error":{failure},"identity":{who},"log":',
-            f',"method":{verb},"outcome":{ended},"prev":"',
-            f',"server":{name},"target":{tool},"trace_id":{trace},"ts":"',
+            f'{{"call_id":{call},"duration_ms":{elapsed},"error":{failure},'
+            f'"identity":{site.identity},"log":',
+            f'{site.method},"outcome":{ended},"prev":"',
+            f'{site.server_target}{trace},"ts":"',
             '","type":"outcome","v":1}',
             caller,
             body,
@@ -826,6 +850,7 @@ class AuditLog:
             with self._lock:
                 if not self._opened or self._failed is not None:
                     return self._last_note
+                self._fold()
                 size = self._range.size
                 if size == self._cp_size and signers is None and self._last_note is not None:
                     return self._last_note
@@ -941,7 +966,7 @@ class AuditLog:
         if last is None:
             self._origin = self._origin_arg or new_origin()
             self._seq, self._prev, self._last_ns = 0, genesis_prev(self._origin), 0
-            self._range = CompactRange()
+            self._range, self._pending = CompactRange(), []
             self._cp_size, self._last_note = 0, None
             return
         try:
@@ -958,7 +983,7 @@ class AuditLog:
                 f"{self._directory} holds the audit log {origin!r}, not {self._origin_arg!r}"
             )
         self._origin, self._seq, self._prev = origin, seq + 1, leaf_hash(last).hex()
-        self._range = self._rebuild_range(segments, cp_path)
+        self._range, self._pending = self._rebuild_range(segments, cp_path), []
         if self._range.size != self._seq:
             raise AuditError(
                 f"the audit log in {self._directory} is inconsistent ({self._range.size} records "

@@ -86,6 +86,20 @@ class CompactRange:
             size >>= 1
         self.size += 1
 
+    def extend(self, leaves: Iterable[bytes]) -> None:
+        """Append leaf *hashes* in order: the same as :meth:`append` for each, in one loop."""
+        nodes = self.nodes
+        size = self.size
+        for leaf in leaves:
+            nodes.append(leaf)
+            carry = size
+            while carry & 1:
+                right = nodes.pop()
+                nodes[-1] = _sha256(b"\x01" + nodes[-1] + right).digest()
+                carry >>= 1
+            size += 1
+        self.size = size
+
     def root(self) -> bytes:
         """The tree head of the leaves appended so far."""
         nodes = self.nodes

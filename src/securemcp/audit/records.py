@@ -179,20 +179,6 @@ _MAX_SAFE: Final = jcs.MAX_SAFE_INTEGER
 _sha256: Final = hashlib.sha256
 
 
-def _plain_members(value: dict[Any, Any]) -> bool:
-    """``jcs.is_plain(value)`` for a dict, with the usual members checked inline."""
-    for name, item in value.items():
-        if type(name) is not str or not name.isascii():
-            return False
-        kind = type(item)
-        if kind is int:
-            if not -_MAX_SAFE <= item <= _MAX_SAFE:
-                return False
-        elif not (kind is str or item is None or kind is bool or jcs.is_plain(item)):
-            return False
-    return True
-
-
 def args_sha256(arguments: Mapping[str, Any] | None) -> str | None:
     """Hex SHA-256 of the RFC 8785 canonical JSON of ``arguments`` (``None`` when absent).
 
@@ -201,12 +187,23 @@ def args_sha256(arguments: Mapping[str, Any] | None) -> str | None:
     """
     if arguments is None:
         return None
-    # The common case first, a dict of plain values: what jcs.dumps does, minus its walk.
-    if type(arguments) is dict and _C_ENCODER is not None and _plain_members(arguments):
-        try:
-            return _sha256("".join(_C_ENCODER(arguments, 0)).encode()).hexdigest()
-        except UnicodeEncodeError:
-            pass  # a lone surrogate: not I-JSON, hashed below like any other
+    # The common case first, a dict of plain values: what jcs.dumps does, minus its walk
+    # (the loop is jcs.is_plain for a dict, with the usual members checked inline).
+    if type(arguments) is dict and _C_ENCODER is not None:
+        for name, item in arguments.items():
+            if type(name) is not str or not name.isascii():
+                break
+            kind = type(item)
+            if kind is int:
+                if not -_MAX_SAFE <= item <= _MAX_SAFE:
+                    break
+            elif not (kind is str or item is None or kind is bool or jcs.is_plain(item)):
+                break
+        else:
+            try:
+                return _sha256("".join(_C_ENCODER(arguments, 0)).encode()).hexdigest()
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: not I-JSON, hashed below like any other
     try:
         data = jcs.dumps(arguments)
     except (TypeError, ValueError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -25,6 +25,10 @@ from securemcp.policy.decision import Constraints, Decision, Effect
 from securemcp.policy.hooks import PolicyLike, evaluate, refusal
 from securemcp.policy.ratelimit import RateLimit, RateLimiter
 from securemcp.policy.request import CallRequest
+
+if TYPE_CHECKING:
+    from securemcp.components import ComponentFacts
+    from securemcp.context import Principal
 
 __all__ = ["PolicyEnforcement"]
 
@@ -154,6 +158,27 @@ class PolicyEnforcement:
         if self.rate_limiter is not None:
             (await self.rate_limiter.hit(request)).raise_if_refused()
 
+    @staticmethod
+    def call_request(
+        principal: Principal,
+        method: str,
+        target: str,
+        arguments: Mapping[str, Any] | None,
+        facts: ComponentFacts,
+        transport: str,
+    ) -> CallRequest:
+        """The :class:`CallRequest` that rate limits and the policy see for one call."""
+        return CallRequest.build(
+            principal,
+            target,
+            arguments,
+            method=method,
+            tags=facts.tags,
+            annotations=facts.annotations,
+            risk=facts.risk,
+            transport=transport,
+        )
+
     async def decide(self, request: CallRequest) -> Decision | None:
         """The policy decision for ``request`` (``None`` when no policy is configured).
 
@@ -168,7 +193,8 @@ class PolicyEnforcement:
             raise refusal(decision)
         if decision.effect is Effect.REQUIRE_APPROVAL:
             await self.gate.check(request, decision)
-        violations = decision.constraints.violations(request.arguments)
+        constraints = decision.constraints
+        violations = constraints.violations(request.arguments) if constraints.arguments else ()
         if violations:
             raise PolicyDenied(reason=f"constraint violated: {'; '.join(violations)}")
         return decision

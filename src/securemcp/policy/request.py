@@ -70,7 +70,8 @@ class RiskClass(StrEnum):
             ValueError: ``declared`` is not a risk class name.
         """
         if declared is not None:
-            return cls(declared)
+            member = _RISK_BY_VALUE.get(declared) if isinstance(declared, str) else None
+            return member if member is not None else cls(declared)
         if annotations is None or annotations is _NO_ANNOTATIONS:
             return cls.WRITE
         hints = annotations_mapping(annotations)
@@ -85,6 +86,8 @@ class RiskClass(StrEnum):
             return cls.READ
         return cls.WRITE
 
+
+_RISK_BY_VALUE: Final[dict[str, RiskClass]] = {member.value: member for member in RiskClass}
 
 _SNAKE: Final[dict[str, str]] = {
     "read_only_hint": "readOnlyHint",
@@ -111,7 +114,14 @@ def freeze(value: Any) -> Any:
     if cls in _SCALAR_TYPES:
         return value
     if cls is dict or cls is MappingProxyType:
-        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+        return MappingProxyType(
+            {
+                (k if k.__class__ is str else str(k)): (
+                    v if v.__class__ in _SCALAR_TYPES else freeze(v)
+                )
+                for k, v in value.items()
+            }
+        )
     if cls is list or cls is tuple:
         return tuple(freeze(v) for v in value)
     return freeze_claims(value)
@@ -235,18 +245,53 @@ class CallRequest:
     ) -> CallRequest:
         """Describe a call; freezes ``arguments`` and derives ``risk`` unless declared."""
         hints = annotations_mapping(annotations)
-        return cls(
-            principal=principal,
-            tenant=tenant if tenant is not None else principal.tenant,
-            method=method,
-            target=target,
-            arguments=freeze(arguments) if arguments else _NO_ANNOTATIONS,
-            tags=tags if isinstance(tags, frozenset) else frozenset(tags),
-            annotations=hints,
-            risk=RiskClass.classify(hints, risk),
-            transport=transport,
-        )
+        if tenant is None:
+            tenant = principal.tenant
+        frozen = freeze(arguments) if arguments else _NO_ANNOTATIONS
+        if not isinstance(tags, frozenset):
+            tags = frozenset(tags)
+        risk_class = RiskClass.classify(hints, risk)
+        if cls is not CallRequest or type(frozen) is not MappingProxyType:
+            return cls(
+                principal=principal,
+                tenant=tenant,
+                method=method,
+                target=target,
+                arguments=frozen,
+                tags=tags,
+                annotations=hints,
+                risk=risk_class,
+                transport=transport,
+            )
+        # Every field is already in the form __post_init__ would give it: set the slots directly
+        # (this runs once per policed call).
+        request = object.__new__(CallRequest)
+        _set_principal(request, principal)
+        _set_tenant(request, tenant)
+        _set_method(request, method)
+        _set_target(request, target)
+        _set_arguments(request, frozen)
+        _set_tags(request, tags)
+        _set_annotations(request, hints)
+        _set_risk(request, risk_class)
+        _set_transport(request, transport)
+        return request
 
     def arguments_hash(self) -> str:
         """``sha256:<hex>`` of the canonical JSON of the arguments (see :func:`arguments_hash`)."""
         return arguments_hash(self.arguments)
+
+
+def _slot_setter(name: str) -> Any:
+    return CallRequest.__dict__[name].__set__
+
+
+_set_principal = _slot_setter("principal")
+_set_tenant = _slot_setter("tenant")
+_set_method = _slot_setter("method")
+_set_target = _slot_setter("target")
+_set_arguments = _slot_setter("arguments")
+_set_tags = _slot_setter("tags")
+_set_annotations = _slot_setter("annotations")
+_set_risk = _slot_setter("risk")
+_set_transport = _slot_setter("transport")
