@@ -251,12 +251,17 @@ async def test_a_failing_sink_refuses_the_call_and_the_local_log_verifies(
     assert runs["echo"] == 2  # the refused call's body never ran
     records = _records(tmp_path)
     calls = [r for r in records if r["type"] in ("decision", "outcome")]
-    outcomes = {r["call_id"] for r in calls if r["type"] == "outcome"}
-    assert outcomes == {ok.data, after.data}
+    outcomes = {r["call_id"]: r for r in calls if r["type"] == "outcome"}
+    assert {ok.data, after.data} <= set(outcomes)
     # The refused call's decision line reached the local log before the sink raised (as
-    # documented: "the local record is written and stays valid"); it has no outcome.
-    orphans = [r for r in calls if r["type"] == "decision" and r["call_id"] not in outcomes]
-    assert len(orphans) == 1
+    # documented: "the local record is written and stays valid"), and it is closed by a
+    # "refused" outcome: no decision in the local log is left without its outcome.
+    decisions = [r for r in calls if r["type"] == "decision"]
+    assert {r["call_id"] for r in decisions} == set(outcomes)
+    (refused_call,) = [r for r in decisions if r["call_id"] not in (ok.data, after.data)]
+    closing = outcomes[refused_call["call_id"]]
+    assert closing["outcome"] == "refused"
+    assert closing["error"] == "audit_unavailable"
     assert [r["seq"] for r in records] == list(range(len(records)))
     report = verify(tmp_path, keyring=_keyring(signer))
     assert report.ok and report.closed, report

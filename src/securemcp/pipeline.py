@@ -415,15 +415,22 @@ class SecurityPipeline(Middleware):
                     raise
                 if auditor is not None:
                     # Written before the body runs; AuditUnavailable refuses the call.
-                    auditor.decision(
-                        call_id=call_id,
-                        method=method,
-                        target=target,
-                        principal=principal,
-                        arguments=arguments,
-                        result=decision if decision is not None else "allow",
-                        trace_id=trace_id,
-                    )
+                    try:
+                        auditor.decision(
+                            call_id=call_id,
+                            method=method,
+                            target=target,
+                            principal=principal,
+                            arguments=arguments,
+                            result=decision if decision is not None else "allow",
+                            trace_id=trace_id,
+                        )
+                    except Exception as exc:
+                        # The decision line may have reached the local log before a sink
+                        # failed: close it with a "refused" outcome (best effort), so no
+                        # allow decision is left without an outcome when the log can be written.
+                        self._record_failure(auditor, call, principal, exc, started)
+                        raise
                 call.allowed = True
                 # Admit exactly this call to the FastMCP core and run it (under any constraints).
                 admission = Admission(
