@@ -18,7 +18,6 @@ The resource server asks the authorization server about each token it has not se
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -30,6 +29,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from securemcp._singleflight import SingleFlight
 from securemcp.auth._config import MAX_LEEWAY, check_audience, check_policy, check_scopes
 from securemcp.auth._env import is_production
 from securemcp.auth._fastmcp import VerifierBase
@@ -176,7 +176,7 @@ class IntrospectionVerifier(VerifierBase):
         self._cache_size = cache_size
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         self._inactive: dict[bytes, float] = {}
-        self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
+        self._inflight: SingleFlight[bytes, Principal] = SingleFlight()
         if is_production() and urlsplit(self.introspection_url).scheme != "https":
             raise ConfigurationError(  # pragma: no cover - check_fetch_url already refuses
                 "introspection_url must be https in production."
@@ -216,32 +216,7 @@ class IntrospectionVerifier(VerifierBase):
             if now < dead_until:
                 raise _refuse("inactive")
             del self._inactive[key]
-        loop = asyncio.get_running_loop()
-        pending = self._inflight.get(key)
-        if pending is not None and pending.get_loop() is loop:
-            try:  # single flight: share the request already under way for this token
-                return await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                if not pending.cancelled():
-                    raise  # this caller was cancelled
-                # the first caller was cancelled mid-request: introspect on our own
-        future: asyncio.Future[Principal] = loop.create_future()
-        self._inflight[key] = future
-        try:
-            principal = await self._introspect(token, key)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters (if any) re-raise it
-            raise
-        else:
-            future.set_result(principal)
-            return principal
-        finally:
-            if self._inflight.get(key) is future:
-                del self._inflight[key]
+        return await self._inflight.run(key, lambda: self._introspect(token, key))
 
     async def _introspect(self, token: str, key: bytes) -> Principal:
         try:

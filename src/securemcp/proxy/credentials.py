@@ -24,7 +24,6 @@ message is generic and whose ``reason`` (internal) never contains a token or sec
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import errno
 import hashlib
@@ -41,6 +40,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from securemcp._singleflight import SingleFlight
 from securemcp.auth._config import check_policy
 from securemcp.auth._http import FetchError, check_fetch_url, post_form_json
 from securemcp.errors import CallRefused, ConfigurationError
@@ -504,7 +504,7 @@ class TokenExchange:
         self._max_entries = max_cache_entries
         self._clock = clock
         self._cache: dict[tuple[str, bytes], tuple[str, float]] = {}
-        self._inflight: dict[tuple[str, bytes], asyncio.Future[str]] = {}
+        self._inflight: SingleFlight[tuple[str, bytes], str] = SingleFlight()
 
     def __repr__(self) -> str:
         return (
@@ -553,32 +553,7 @@ class TokenExchange:
             if self._clock() < valid_until:
                 return token
             del self._cache[key]
-        loop = asyncio.get_running_loop()
-        pending = self._inflight.get(key)
-        if pending is not None and pending.get_loop() is loop:
-            try:  # single flight: share the exchange already under way for this key
-                return await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                if not pending.cancelled():
-                    raise  # this caller was cancelled
-                # the first caller was cancelled mid-request: exchange on our own
-        future: asyncio.Future[str] = loop.create_future()
-        self._inflight[key] = future
-        try:
-            token = await self._exchange(subject_token, key)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters (if any) re-raise it
-            raise
-        else:
-            future.set_result(token)
-            return token
-        finally:
-            if self._inflight.get(key) is future:
-                del self._inflight[key]
+        return await self._inflight.run(key, lambda: self._exchange(subject_token, key))
 
     async def _exchange(self, subject_token: str, key: tuple[str, bytes]) -> str:
         secret = _read_for_request(self.client_secret)
