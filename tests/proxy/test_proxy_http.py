@@ -424,3 +424,47 @@ async def test_upstream_output_goes_through_the_same_output_path(
             assert "results for" not in str(refused.value)  # withheld, not truncated
         outcomes = [r for r in records(audit_dir) if r["type"] == "outcome"]
         assert outcomes[-1]["error"] == "result_too_large"
+
+
+async def test_a_redirect_never_carries_the_injected_credential_elsewhere(
+    idp: FakeIdentityProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, RedirectResponse, Response
+    from starlette.routing import Route
+
+    from securemcp.testing.http import serve_asgi
+
+    monkeypatch.setenv("VENDOR_TOKEN", "vendor-credential-never-elsewhere")
+    seen: list[dict[str, str]] = []
+
+    async def elsewhere(request: Request) -> Response:
+        seen.append(dict(request.headers))
+        return JSONResponse({})
+
+    async with http_upstream() as (url, _):
+        cfg_real = await locked(config(tmp_path, {"vendor": {"url": url, "tools": OPEN_TOOLS}}))
+        other_app = Starlette(routes=[Route("/{p:path}", elsewhere, methods=["GET", "POST"])])
+        async with serve_asgi(other_app) as other:
+
+            async def redirect(request: Request) -> Response:
+                return RedirectResponse(f"{other}/mcp", status_code=307)
+
+            redirector = Starlette(routes=[Route("/mcp", redirect, methods=["GET", "POST"])])
+            async with serve_asgi(redirector) as base:
+                upstream = {
+                    "url": f"{base}/mcp",
+                    "tools": OPEN_TOOLS,
+                    "connect_timeout_seconds": 2,
+                    "auth": {"type": "bearer", "secret_env": "VENDOR_TOKEN"},
+                }
+                cfg = config(tmp_path, {"vendor": upstream})
+                assert cfg.lockfile == cfg_real.lockfile
+                proxy, _ = audited_proxy(cfg, idp, tmp_path)
+                async with connect(proxy, idp.token("alice")) as client:
+                    with pytest.raises(ToolError, match=r"upstream_(unavailable|error)"):
+                        await client.call_tool("status", {})
+    # Nothing reached the other origin (the proxy follows no redirect, and the MCP SDK refuses
+    # cross-origin ones too): the injected credential went nowhere else.
+    assert seen == []
