@@ -22,6 +22,9 @@ __all__ = ["VerifierBase", "access_token_for", "thaw"]
 
 logger = logging.getLogger("securemcp.auth")
 
+#: ``AccessToken`` objects kept per verifier (cleared when full).
+_ACCESS_TOKEN_CACHE_LIMIT = 1024
+
 
 def thaw(value: Any) -> Any:
     """A plain ``dict``/``list`` copy of frozen claims (for FastMCP's ``AccessToken``)."""
@@ -69,7 +72,13 @@ class VerifierBase(TokenVerifier):
         raise NotImplementedError
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        """FastMCP's hook: the verified token as an ``AccessToken``, or ``None`` if refused."""
+        """FastMCP's hook: the verified token as an ``AccessToken``, or ``None`` if refused.
+
+        The token is verified (``authenticate``) on every request; only FastMCP's view of the
+        result is reused while ``authenticate`` returns the very same ``Principal`` object (its
+        own verified-token cache hit), since building the pydantic ``AccessToken`` costs more
+        than the cached verification itself.
+        """
         try:
             principal = await self.authenticate(token)
         except InvalidCredential as exc:
@@ -78,4 +87,18 @@ class VerifierBase(TokenVerifier):
         except Exception:  # fail closed: a verifier bug must never let a token through
             logger.exception("bearer token verification failed unexpectedly")
             return None
-        return access_token_for(principal, token, self.audiences)
+        # id(principal) -> (principal, access token); holding the principal keeps its id from
+        # being reused while the entry exists.
+        cache: dict[int, tuple[Principal, AccessToken]] | None = self.__dict__.get(
+            "_securemcp_access_tokens"
+        )
+        if cache is None:
+            cache = self.__dict__["_securemcp_access_tokens"] = {}
+        cached = cache.get(id(principal))
+        if cached is not None and cached[0] is principal and cached[1].token == token:
+            return cached[1]
+        access = access_token_for(principal, token, self.audiences)
+        if len(cache) >= _ACCESS_TOKEN_CACHE_LIMIT:
+            cache.clear()
+        cache[id(principal)] = (principal, access)
+        return access
