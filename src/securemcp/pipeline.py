@@ -32,6 +32,8 @@ from mcp import MCPError
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
+from securemcp._span_exceptions import guard_span
+from securemcp._span_exceptions import install as _redact_span_exceptions
 from securemcp.admission import ADMISSION, LISTING, Admission
 from securemcp.auth.base import IdentityVerifier
 from securemcp.components import ComponentFacts, facts_of_cached
@@ -159,6 +161,7 @@ class SecurityPipeline(Middleware):
         self._verifier: IdentityVerifier | None = None
         self._development_principal: Principal | None = None
         self._telemetry = Telemetry()
+        _redact_span_exceptions()  # FastMCP's span exception events drop their messages
         # NO_CONSTRAINTS, to skip testing a decision's constraints when it has none (the policy
         # modules are only imported when a policy or rate limit is configured).
         self._no_constraints: object = None
@@ -337,7 +340,10 @@ class SecurityPipeline(Middleware):
     ) -> Any:
         started = time.perf_counter()
         current_span = trace.get_current_span()
-        span = current_span if current_span.is_recording() else None
+        span = None
+        if current_span.is_recording():
+            span = current_span
+            guard_span(span)
         trace_id = _trace_id(current_span)
         transport = transport_of(context)
         call = _CallRecord(method, target, trace_id)

@@ -1,0 +1,116 @@
+"""Exception events on FastMCP's request spans, without the exception's message (guarantee 5).
+
+FastMCP records an exception raised while it handles a request on the request's ``SERVER``
+span (``fastmcp.server.telemetry.record_span_exception``): an ``exception`` event carrying the
+message and the stack trace, and the message again as the span's status description. A message
+can quote what the caller sent (pydantic's validation errors say ``input_value=...``, even with
+``mask_error_details=True``) or anything a tool put into it, so an argument value or a secret
+would reach the operator's tracing backend. The MCP SDK's own span middleware sanitizes
+validation errors for the same reason (OpenTelemetry semantic conventions, "Recording errors":
+instrumentations should not record sensitive data).
+
+The OpenTelemetry SDK then records the escaping exception once more when FastMCP's span context
+manager exits (``use_span``: an event with message and stack trace, and the status description
+``"<type>: <message>"``).
+
+For every span of a call securemcp guards, this module keeps what an operator needs to find the
+failure (``error.type``, an ``exception`` event with ``exception.type`` only, ``ERROR`` status
+with an identifier-only description) and drops messages and stack traces: it swaps FastMCP's
+recorder for one that does this, and gives each guarded span its own ``record_exception`` and
+``set_status`` that do the same for whoever calls them (the SDK included). The audit log and the
+server log keep the details. Spans of servers securemcp does not guard are untouched.
+
+This is one of the few modules that touch FastMCP internals (``fastmcp.server.telemetry``).
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from functools import partial
+from typing import Any
+
+from fastmcp.exceptions import ToolError
+from fastmcp.server import telemetry as _fastmcp_telemetry
+from opentelemetry.trace import Span, Status, StatusCode
+
+from securemcp.context import _CURRENT
+
+__all__ = ["guard_span", "install"]
+
+#: Spans of guarded calls (the request's seam span outlives the pipeline's frame: FastMCP
+#: records an exception on it again once the pipeline has re-raised).
+_GUARDED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+_fastmcp_record = _fastmcp_telemetry.record_span_exception
+
+
+#: A status description kept as is: an identifier (an error code or a type name), nothing else.
+_IDENTIFIER = re.compile(r"[A-Za-z_][\w.\-]{0,127}")
+#: The SDK's ``"<type>: <message>"`` description: the type is kept.
+_TYPED_MESSAGE = re.compile(r"([A-Za-z_][\w.]{0,127}): ")
+
+
+def guard_span(span: Span) -> None:
+    """Mark ``span`` (a recording span) as belonging to a call securemcp guards."""
+    if span in _GUARDED:
+        return
+    _GUARDED.add(span)
+    try:
+        span.record_exception = partial(_record_exception, span)  # type: ignore[method-assign]
+        span.set_status = partial(_set_status, type(span).set_status, span)  # type: ignore[method-assign]
+    except AttributeError:  # a span type without instance attributes: FastMCP's path only
+        pass
+
+
+def _record_exception(
+    span: Span, exception: BaseException, attributes: Any = None, *args: Any, **kwargs: Any
+) -> None:
+    """``Span.record_exception`` without the message, the stack trace or extra attributes."""
+    span.add_event("exception", {"exception.type": _qualified_name(type(exception))})
+
+
+def _set_status(
+    set_status: Any, span: Span, status: Status | StatusCode, description: str | None = None
+) -> None:
+    """``Span.set_status`` keeping only an identifier as the description."""
+    if isinstance(status, Status):
+        status = Status(status.status_code, _identifier(status.description))
+        set_status(span, status)
+    else:
+        set_status(span, status, _identifier(description))
+
+
+def _identifier(description: str | None) -> str | None:
+    if not description or _IDENTIFIER.fullmatch(description):
+        return description
+    typed = _TYPED_MESSAGE.match(description)
+    return typed.group(1) if typed is not None else None
+
+
+def record_span_exception(span: Span, e: Exception) -> None:
+    """FastMCP's recorder, minus the exception message and stack trace on guarded calls."""
+    if span not in _GUARDED:
+        if _CURRENT.get() is None or not span.is_recording():
+            _fastmcp_record(span, e)
+            return
+        guard_span(span)  # a span FastMCP opened inside a guarded call
+    if not span.is_recording():
+        return
+    error_type = "tool_error" if isinstance(e, ToolError) else type(e).__qualname__
+    attributes = getattr(span, "attributes", None) or {}
+    if "securemcp.decision" not in attributes:  # never overwrite the pipeline's vocabulary
+        span.set_attribute("error.type", error_type)
+    span.record_exception(e)
+    span.set_status(Status(StatusCode.ERROR, error_type))
+
+
+def _qualified_name(kind: type[BaseException]) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def install() -> None:
+    """Route FastMCP's span exception recording through :func:`record_span_exception`."""
+    if getattr(_fastmcp_telemetry, "record_span_exception", None) is not record_span_exception:
+        _fastmcp_telemetry.record_span_exception = record_span_exception
