@@ -5,18 +5,24 @@ status): FastMCP already opens exactly one ``SERVER`` span per request, so secur
 that span instead of opening a second one, and records the ``mcp.server.operation.duration``
 histogram (seconds, the convention's bucket boundaries) plus securemcp's own counters.
 
+A request the HTTP guard refuses before any token is trusted (401, 400, 403 ``Origin``, 429, 503)
+never reaches FastMCP, so :meth:`Telemetry.refused_at_http` opens the ``SERVER`` span it gets
+instead (HTTP semantic conventions) and counts it.
+
 Only the OpenTelemetry **API** is used here; without an SDK configured every call is a no-op.
 Nothing secret ever becomes an attribute: the principal appears only as a pseudonym (a hash of
-issuer and subject), and arguments, tokens and headers are never recorded.
+issuer and subject), and arguments, tokens, headers and query strings are never recorded.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 from opentelemetry import metrics, trace
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from securemcp.context import Principal
 
@@ -26,6 +32,9 @@ __all__ = ["ERROR_TYPES", "Telemetry"]
 ERROR_TYPES: Final = frozenset(
     {
         "invalid_token",
+        "invalid_request",
+        "origin_not_allowed",
+        "verifier_unavailable",
         "insufficient_scope",
         "policy_denied",
         "rate_limited",
@@ -53,6 +62,26 @@ ERROR_TYPES: Final = frozenset(
 #: Recommended bucket boundaries for ``mcp.server.operation.duration`` (seconds).
 DURATION_BUCKETS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
+#: One propagator for every refusal (it holds no state).
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+
+#: A ``traceparent`` longer than this is ignored without parsing (version 00 has 55 characters;
+#: the propagator itself logs a warning above 512, which an attacker could use to flood the log).
+_MAX_TRACEPARENT: Final = 256
+
+#: The API's own tracer providers: with either in force no span records (no SDK configured).
+_NO_SDK: Final = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+#: HTTP methods the semantic conventions know; any other is reported as ``_OTHER``.
+_HTTP_METHODS: Final = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"}
+)
+
+#: The shape of a refusal reason code (``expired``, ``missing_claim:exp``...). A verifier may
+#: raise any text as its reason; anything else is reported as ``_OTHER``, so no free text (and
+#: no token a custom verifier might quote) reaches an attribute or a metric.
+_REASON_CODE: Final = re.compile(r"[a-z][a-z0-9_]{0,47}(?::[a-z][a-z0-9_]{0,31})?")
+
 _TARGET_ATTRIBUTE: Final = {
     "tools/call": "gen_ai.tool.name",
     "prompts/get": "gen_ai.prompt.name",
@@ -67,6 +96,7 @@ class Telemetry:
         from securemcp import __version__
 
         meter = metrics.get_meter("securemcp", __version__, meter_provider=meter_provider)
+        self._tracer = trace.get_tracer("securemcp", __version__)
         self._duration = meter.create_histogram(
             "mcp.server.operation.duration",
             unit="s",
@@ -175,13 +205,10 @@ class Telemetry:
         Returns:
             The trace id to put in the audit record (``None`` without a valid trace context).
         """
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
         carrier = {"traceparent": traceparent} if isinstance(traceparent, str) else {}
-        parent = TraceContextTextMapPropagator().extract(carrier) if carrier else None
-        tracer = trace.get_tracer("securemcp")
+        parent = _PROPAGATOR.extract(carrier) if carrier else None
         name = method if method == "resources/read" else f"{method} {target}"
-        with tracer.start_as_current_span(
+        with self._tracer.start_as_current_span(
             name, context=parent, kind=trace.SpanKind.SERVER, record_exception=False
         ) as span:
             self.record(
@@ -200,6 +227,80 @@ class Telemetry:
             return format(context.trace_id, "032x")
         remote = trace.get_current_span(parent).get_span_context() if parent else None
         return format(remote.trace_id, "032x") if remote is not None and remote.is_valid else None
+
+    def refused_at_http(
+        self,
+        *,
+        http_method: str,
+        status_code: int,
+        error_type: str,
+        reason: str,
+        route: str | None = None,
+        scheme: str | None = None,
+        traceparent: str | None = None,
+    ) -> None:
+        """Trace and count a request the HTTP guard refused before any token was trusted.
+
+        FastMCP never sees the request, so this opens the ``SERVER`` span it would otherwise
+        lack, named after the HTTP semantic conventions (``POST /mcp``: the method and the route,
+        never the raw path or query), parented on the caller's ``traceparent`` HTTP header when
+        it is valid and no span is current already. It is counted in
+        ``securemcp.authz.decisions`` as a ``deny`` with ``reason``, without ``mcp.method.name``
+        (the MCP method is unknown: the body is not read).
+
+        Attacker-driven (floods of forged tokens): without an SDK this costs two no-op metric
+        calls and nothing else; with one, attributes are only built for a recording span.
+
+        Args:
+            http_method: the request's HTTP method (anything unknown becomes ``_OTHER``).
+            status_code: the HTTP status answered.
+            error_type: from :data:`ERROR_TYPES` (anything else becomes ``_OTHER``).
+            reason: the guard's stable reason code (``no_credential``, ``expired``, ...).
+            route: the MCP endpoint's configured path, if the request was for exactly it.
+            scheme: ``http`` or ``https``.
+            traceparent: the request's ``traceparent`` header value, if it had exactly one.
+        """
+        if error_type not in ERROR_TYPES:
+            error_type = "_OTHER"
+        if _REASON_CODE.fullmatch(reason) is None:
+            reason = "_OTHER"
+        self._decisions.add(1, {"securemcp.decision": "deny", "securemcp.reason": reason})
+        if error_type == "rate_limited":
+            self._rate_limited.add(1)
+        if isinstance(trace.get_tracer_provider(), _NO_SDK):
+            return  # no span could record: skip parsing the header and the no-op span
+        parent = None
+        if (
+            traceparent
+            and len(traceparent) <= _MAX_TRACEPARENT
+            and not trace.get_current_span().get_span_context().is_valid  # an ambient span wins
+        ):
+            parent = _PROPAGATOR.extract({"traceparent": traceparent})
+        method = http_method if http_method in _HTTP_METHODS else "_OTHER"
+        name = "HTTP" if method == "_OTHER" else method
+        span = self._tracer.start_span(
+            f"{name} {route}" if route else name,
+            parent,
+            SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        if span.is_recording():
+            attributes: dict[str, Any] = {
+                "http.request.method": method,
+                "http.response.status_code": status_code,
+                "error.type": error_type,
+                "securemcp.decision": "deny",
+                "securemcp.reason": reason,
+            }
+            if route:
+                attributes["http.route"] = route
+                attributes["url.path"] = route  # the request was for exactly this path
+            if scheme in ("http", "https"):
+                attributes["url.scheme"] = scheme
+            span.set_attributes(attributes)
+            span.set_status(StatusCode.ERROR, reason)
+        span.end()
 
     def approval(self, event: str) -> None:
         """Count an approval event (``requested``, ``approved``, ``denied``, ``consumed``)."""

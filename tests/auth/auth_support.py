@@ -65,9 +65,9 @@ BAD_KIND_REASONS = {
 }
 
 
-def counted_server(auth: Any, counter: Counter, *, name: str = "hostile") -> FastMCP:
-    """A server whose every component body increments ``counter``."""
-    mcp = FastMCP(name, auth=auth)
+def counted_server(auth: Any, counter: Counter, *, name: str = "hostile", **server: Any) -> FastMCP:
+    """A server whose every component body increments ``counter`` (``server``: more keywords)."""
+    mcp = FastMCP(name, auth=auth, **server)
 
     @mcp.tool(scopes=["notes:read"])
     def read_note() -> str:

@@ -18,6 +18,10 @@ middleware, outermost of FastMCP's own, that for the MCP endpoint:
 It also serves RFC 9728 protected resource metadata (:mod:`securemcp.auth.resource`) and adds
 ``resource_metadata`` to any challenge FastMCP itself emits. The client never learns which check
 failed; the specific reason is logged at INFO on the ``securemcp.auth`` logger.
+
+Every refusal is traced and counted: the 403 step-up as the call it refuses, the others (1-3 and
+the per-address 429, before any token work) as an HTTP ``SERVER`` span, since FastMCP never sees
+the request (:meth:`securemcp.telemetry.Telemetry.refused_at_http`).
 """
 
 from __future__ import annotations
@@ -58,6 +62,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Refusal reasons that mean "the server cannot check credentials right now" (HTTP 503).
 UNAVAILABLE_REASONS: Final = frozenset({"jwks_unavailable", "introspection_unavailable"})
+
+#: The ``error.type`` (telemetry) of each HTTP status the guard answers before trusting a token.
+REFUSAL_ERROR_TYPES: Final = {
+    400: "invalid_request",
+    401: "invalid_token",
+    403: "origin_not_allowed",
+    429: "rate_limited",
+    503: "verifier_unavailable",
+}
 
 _TARGET_PARAM: Final = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
 _B64TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1
@@ -271,6 +284,27 @@ class HTTPGuard:
                 trace_id=None,
             )
 
+    def _refused(
+        self, scope: Scope, status: int, reason: str, log_reason: str | None = None
+    ) -> None:
+        """A refusal made before any token was trusted: logged, audited (throttled) and traced.
+
+        Only refusals pay for this: a request that passes does no telemetry work here (FastMCP's
+        own span covers it). ``reason`` is a stable code for telemetry; ``log_reason``, if given,
+        replaces it in the log and the audit record.
+        """
+        self._log(scope, log_reason or reason)
+        path = scope["path"]
+        self._pipeline._telemetry.refused_at_http(
+            http_method=scope.get("method") or "",
+            status_code=status,
+            error_type=REFUSAL_ERROR_TYPES[status],
+            reason=reason,
+            route=path if path in self._paths else None,  # configured paths only, never free text
+            scheme=scope.get("scheme"),
+            traceparent=_traceparent(scope),
+        )
+
     def _record_scope_refusal(
         self, scope: Scope, body: bytes, principal: Principal, exc: InsufficientScope
     ) -> None:
@@ -371,7 +405,9 @@ class HTTPGuard:
         if decision.allowed:
             return False
         seconds = max(1, math.ceil(decision.retry_after))
-        self._log(scope, f"rate_limited (address limit {decision.limit})")
+        self._refused(
+            scope, 429, "address_rate_limited", f"rate_limited (address limit {decision.limit})"
+        )
         await _respond(
             send,
             429,
@@ -391,15 +427,16 @@ class HTTPGuard:
         state = self.state()
         headers = _read_headers(scope)
         if headers.origins and not self._origin_allowed(scope, headers, state):
-            self._log(scope, "origin_not_allowed")
+            self._refused(scope, 403, "origin_not_allowed")
             await _respond(send, 403, _oauth_body("forbidden", "Forbidden."))
             return
         forwarded = self._forwarded_origin(scope, headers)
         metadata_url = self._metadata_url(state, forwarded)
         query: bytes = scope.get("query_string", b"")
         if len(headers.authorization) > 1 or (query and _has_query_token(query)):
-            self._log(
+            self._refused(
                 scope,
+                400,
                 "token_in_query" if len(headers.authorization) <= 1 else "multiple_authorization",
             )
             await self._refuse(send, 400, "invalid_request", _INVALID_REQUEST_TEXT, metadata_url)
@@ -410,8 +447,8 @@ class HTTPGuard:
         try:
             principal = await self._authenticate(state.verifier, headers.authorization)
         except _Refusal as refusal:
-            self._log(scope, refusal.reason)
             if refusal.reason in ("no_credential", "unsupported_scheme"):
+                self._refused(scope, 401, refusal.reason)
                 await _respond(
                     send,
                     401,
@@ -424,6 +461,7 @@ class HTTPGuard:
                     ],
                 )
             elif refusal.reason in UNAVAILABLE_REASONS:
+                self._refused(scope, 503, refusal.reason)
                 await _respond(
                     send,
                     503,
@@ -434,6 +472,7 @@ class HTTPGuard:
                     [(b"retry-after", b"5")],
                 )
             else:
+                self._refused(scope, 401, refusal.reason)
                 await self._refuse(send, 401, "invalid_token", _INVALID_TOKEN_TEXT, metadata_url)
             return
         if scope.get("method") == "POST" and self._pipeline.disclose_required_scopes:
@@ -569,6 +608,17 @@ class HTTPGuard:
                 except Exception as exc:  # an invalid declaration refuses its calls; skip it
                     logger.debug("scopes_supported skips %r: %s", component, exc)
         return scopes
+
+
+def _traceparent(scope: Scope) -> str | None:
+    """The request's ``traceparent`` header if it has exactly one (W3C Trace Context)."""
+    found: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            if found is not None:
+                return None  # two: ambiguous, so neither is trusted
+            found = value
+    return found.decode("latin-1") if found is not None else None
 
 
 def _has_query_token(query: bytes) -> bool:
