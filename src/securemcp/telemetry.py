@@ -238,7 +238,7 @@ class Telemetry:
         route: str | None = None,
         scheme: str | None = None,
         traceparent: str | None = None,
-    ) -> None:
+    ) -> str | None:
         """Trace and count a request the HTTP guard refused before any token was trusted.
 
         FastMCP never sees the request, so this opens the ``SERVER`` span it would otherwise
@@ -259,6 +259,9 @@ class Telemetry:
             route: the MCP endpoint's configured path, if the request was for exactly it.
             scheme: ``http`` or ``https``.
             traceparent: the request's ``traceparent`` header value, if it had exactly one.
+
+        Returns:
+            The refusal span's trace id, for the audit record (``None`` when no span recorded).
         """
         if error_type not in ERROR_TYPES:
             error_type = "_OTHER"
@@ -268,7 +271,7 @@ class Telemetry:
         if error_type == "rate_limited":
             self._rate_limited.add(1)
         if isinstance(trace.get_tracer_provider(), _NO_SDK):
-            return  # no span could record: skip parsing the header and the no-op span
+            return None  # no span could record: skip parsing the header and the no-op span
         parent = None
         if (
             traceparent
@@ -301,6 +304,8 @@ class Telemetry:
             span.set_attributes(attributes)
             span.set_status(StatusCode.ERROR, reason)
         span.end()
+        context = span.get_span_context()
+        return format(context.trace_id, "032x") if context.is_valid else None
 
     def approval(self, event: str) -> None:
         """Count an approval event (``requested``, ``approved``, ``denied``, ``consumed``)."""

@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
+from securemcp.audit import AuditLog, iter_records
 from securemcp.auth.http import REFUSAL_ERROR_TYPES
 from securemcp.errors import InvalidCredential
 from securemcp.policy import RateLimit, RateLimiter
@@ -177,16 +179,22 @@ def request_for(kind: str, idp: FakeIdentityProvider, url: str) -> tuple[str, li
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
 async def test_each_refusal_is_one_server_span_in_the_callers_trace_and_counted(
-    otel: Otel, idp: FakeIdentityProvider, kind: Kind
+    otel: Otel, idp: FakeIdentityProvider, kind: Kind, tmp_path: Path
 ) -> None:
     traceparent, trace_id, parent_id = new_traceparent()
     counter = Counter()
-    async with serve_http(counted_server(idp.verifier(), counter), stateless_http=True) as url:
+    log = AuditLog(tmp_path / "audit")
+    server = counted_server(idp.verifier(), counter, audit=log)
+    async with serve_http(server, stateless_http=True) as url:
         target, headers = request_for(kind.name, idp, url)
         async with httpx.AsyncClient() as client:
             response = await post(client, target, headers, traceparent=traceparent)
     assert response.status_code == kind.status
     assert counter.runs == 0
+    # The audit record of the refusal points at the refusal's trace.
+    log.close()
+    (failure,) = [r for r in iter_records(log.directory) if r["type"] == "auth_failure"]
+    assert failure["trace_id"] == trace_id
 
     (span,) = refusal_spans(otel)
     assert span.name == "POST /mcp"  # HTTP semconv: "{method} {http.route}"

@@ -257,7 +257,7 @@ class HTTPGuard:
         else:
             await self.app(scope, receive, send)
 
-    def _log(self, scope: Scope, reason: str) -> None:
+    def _log(self, scope: Scope, reason: str, trace_id: str | None = None) -> None:
         """Log a refusal made at the HTTP layer and record it in the audit log (best effort).
 
         Unauthenticated requests cost an attacker nothing, so their audit records are throttled:
@@ -281,7 +281,7 @@ class HTTPGuard:
                 method=str(scope.get("method") or "?"),
                 target=str(scope.get("path") or "?"),
                 transport="http",
-                trace_id=None,
+                trace_id=trace_id,
             )
 
     def _refused(
@@ -293,9 +293,8 @@ class HTTPGuard:
         own span covers it). ``reason`` is a stable code for telemetry; ``log_reason``, if given,
         replaces it in the log and the audit record.
         """
-        self._log(scope, log_reason or reason)
         path = scope["path"]
-        self._pipeline._telemetry.refused_at_http(
+        trace_id = self._pipeline._telemetry.refused_at_http(
             http_method=scope.get("method") or "",
             status_code=status,
             error_type=REFUSAL_ERROR_TYPES[status],
@@ -304,6 +303,7 @@ class HTTPGuard:
             scheme=scope.get("scheme"),
             traceparent=_traceparent(scope),
         )
+        self._log(scope, log_reason or reason, trace_id)
 
     def _record_scope_refusal(
         self, scope: Scope, body: bytes, principal: Principal, exc: InsufficientScope
