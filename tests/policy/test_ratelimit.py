@@ -7,14 +7,17 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from limits.aio.storage import MemoryStorage as AsyncMemoryStorage
 from policy_helpers import RedisServer, principal, request
 
 from securemcp.policy import RateLimited
+from securemcp.policy._memory_windows import SWEEP_EVERY, MemoryWindows
 from securemcp.policy.ratelimit import RateDecision, RateLimit, RateLimiter, StorageFailure
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -230,19 +233,49 @@ async def test_allowed_decision_is_shared_constant() -> None:
     assert await limiter.hit(request()) == RateDecision(True)
 
 
-def test_in_memory_counters_expire_without_a_background_thread() -> None:
-    import threading
-    import time as _time
-
-    from securemcp.policy.ratelimit import _EXPIRE_EVERY, _InlineExpiryMemoryStorage
-
-    before = {t.name for t in threading.enumerate()}
-    storage = _InlineExpiryMemoryStorage()
+async def test_in_memory_limiter_expires_buckets_without_a_background_thread() -> None:
+    before = set(threading.enumerate())
+    limiter = RateLimiter([RateLimit("per-user", "2/minute")])
+    windows = limiter.storage
+    assert isinstance(windows, MemoryWindows)  # in-process windows, not limits' storage
+    clock = [time.time()]
+    windows.clock = lambda: clock[0]
     for i in range(10):
-        storage.incr(f"k{i}", expiry=0.05)
-    assert len(storage.storage) == 10
-    _time.sleep(0.06)
-    for _ in range(_EXPIRE_EVERY):
-        storage.incr("live", expiry=60)
-    assert set(storage.storage) == {"live"}  # the expired counters are gone
-    assert {t.name for t in threading.enumerate()} - before == set()
+        assert (await limiter.hit(request(who=principal(f"user{i}")))).allowed
+    assert windows.bucket_count() == 10
+    clock[0] += 61
+    for _ in range(SWEEP_EVERY):
+        await limiter.hit(request(who=principal("live")))
+    assert windows.bucket_count() == 1  # the expired buckets are gone
+    assert set(threading.enumerate()) == before
+
+
+async def test_earlier_items_stay_consumed_when_a_later_one_refuses() -> None:
+    limiter = RateLimiter([RateLimit("burst", "5/minute;2/second")])
+    clock = [1_700_000_000.0]
+    limiter.storage.clock = lambda: clock[0]
+    call = request()
+    assert [(await limiter.hit(call)).allowed for _ in range(4)] == [True, True, False, False]
+    clock[0] += 1.5
+    assert (await limiter.hit(call)).allowed  # the 5th of the minute (4 counted above)
+    refused = await limiter.hit(call)
+    assert not refused.allowed and refused.limit == "burst"
+    assert refused.retry_after == pytest.approx(60 - 1.5)
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+async def test_reset_clears_in_memory_counters(strategy: str) -> None:
+    limiter = RateLimiter([RateLimit("n", "1/minute")], strategy=strategy)  # type: ignore[arg-type]
+    assert (await limiter.hit(request())).allowed
+    assert not (await limiter.hit(request())).allowed
+    await limiter.reset()
+    assert (await limiter.hit(request())).allowed
+
+
+async def test_memory_with_storage_options_still_uses_limits() -> None:
+    limiter = RateLimiter([RateLimit("n", "3/minute")], storage_options={"wrap_exceptions": True})
+    assert isinstance(limiter.storage, AsyncMemoryStorage)
+    results = await asyncio.gather(*(limiter.hit(request()) for _ in range(10)))
+    assert sum(r.allowed for r in results) == 3
+    await limiter.reset()
+    assert (await limiter.hit(request())).allowed

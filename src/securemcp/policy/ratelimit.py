@@ -1,7 +1,9 @@
 """Rate limits and quotas per principal, per tool, per tenant and per client address.
 
 Built on the ``limits`` library (standards.md §7.1). In-process memory by default; a real Redis
-server (``redis://...``) shares one set of counters between every replica and process.
+server (``redis://...``) shares one set of counters between every replica and process. For
+``memory://`` the three ``limits`` strategies run as :mod:`securemcp.policy._memory_windows`, an
+exact in-process copy of their semantics at a fraction of the cost per hit.
 
 **Strategy: moving window** (a sliding log) by default. It is exact — N hits in any window of the
 configured length, no 2x burst at a fixed window's edge — which is what "limit 10 means 10" and an
@@ -50,12 +52,10 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 from limits.aio.strategies import RateLimiter as _Strategy
-from limits.storage import MemoryStorage, storage_from_string
-from limits.strategies import FixedWindowRateLimiter as _SyncFixedWindow
-from limits.strategies import MovingWindowRateLimiter as _SyncMovingWindow
-from limits.strategies import SlidingWindowCounterRateLimiter as _SyncSlidingWindowCounter
+from limits.storage import storage_from_string
 
 from securemcp.context import Principal
+from securemcp.policy._memory_windows import MemoryWindows, Window, memory_windows
 from securemcp.policy.errors import RateLimited
 from securemcp.policy.request import canonical_json
 
@@ -84,39 +84,7 @@ _STRATEGIES: Final[dict[str, type[_Strategy]]] = {
     "fixed-window": FixedWindowRateLimiter,
     "sliding-window-counter": SlidingWindowCounterRateLimiter,
 }
-#: The same strategies over an in-process storage (:class:`_InlineExpiryMemoryStorage`), used for
-#: ``memory://``: no await, no task, no thread per hit.
-_SYNC_STRATEGIES: Final[dict[str, Any]] = {
-    "moving-window": _SyncMovingWindow,
-    "fixed-window": _SyncFixedWindow,
-    "sliding-window-counter": _SyncSlidingWindowCounter,
-}
 _KEY_CACHE_LIMIT: Final = 65536
-_EXPIRE_EVERY: Final = 256
-
-
-class _InlineExpiryMemoryStorage(MemoryStorage):
-    """``limits``' in-process storage, expiring old counters inline every 256 writes.
-
-    ``limits``' own memory storages expire counters from a background ``threading.Timer`` (a new
-    thread every 10 ms while counters exist) or, in asyncio, a fresh task on nearly every hit
-    once the event loop is busy. Both fight the event loop for the GIL: measured on the server
-    call path, about 20 us per call. Expiring inline keeps memory bounded at the same cost
-    spread over 256 writes. (Overrides ``limits`` private hooks; ``limits`` is pinned ``<6``.)
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.timer.cancel()  # started by MemoryStorage.__init__; expiry is inline here
-        self._writes = 0
-
-    def _MemoryStorage__schedule_expiry(self) -> None:
-        self._writes += 1
-        if self._writes >= _EXPIRE_EVERY:
-            self._writes = 0
-            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
-
-
 _LOG_EVERY: Final = 10.0
 
 
@@ -299,10 +267,17 @@ class RateLimiter:
                 "socket_timeout": 0.5,
             }
         options |= dict(storage_options or {})
-        self._sync = uri == "async+memory://" and not storage_options
-        if self._sync:
-            self._storage: Any = _InlineExpiryMemoryStorage()
-            self._strategy: Any = _SYNC_STRATEGIES[strategy](self._storage)
+        # memory:// (without storage options): in-process windows, no await, no task, no thread
+        self._memory: MemoryWindows | None = None
+        self._memory_windows: dict[str, tuple[Window, ...]] = {}
+        self._strategy: _Strategy | None = None
+        if uri == "async+memory://" and not storage_options:
+            self._memory = memory_windows(strategy)
+            self._memory_windows = {
+                rule.name: tuple(self._memory.window(item) for item in rule.items)
+                for rule in parsed
+            }
+            self._storage: Any = self._memory
         else:
             self._storage = storage_from_string(uri, **options)
             self._strategy = _STRATEGIES[strategy](self._storage)
@@ -312,7 +287,8 @@ class RateLimiter:
 
     @property
     def storage(self) -> Any:
-        """The ``limits`` storage (for tests and maintenance)."""
+        """The storage (for tests and maintenance): a ``limits`` storage, or for ``memory://``
+        the :class:`~securemcp.policy._memory_windows.MemoryWindows` holding the counters."""
         return self._storage
 
     # --- keys -------------------------------------------------------------------------------
@@ -404,18 +380,19 @@ class RateLimiter:
         if self._down_until and time.monotonic() < self._down_until:
             return self._storage_failed(rule, key, "storage unavailable (circuit open)")
         try:
-            for item in rule.items:
-                if self._sync:  # in-process: no await, no task, never fails on I/O
-                    if self._strategy.hit(item, key, cost=rule.cost):
-                        continue
-                    stats = self._strategy.get_window_stats(item, key)
-                    return RateDecision(
-                        False, max(0.0, stats.reset_time - time.time()), rule.name, key
-                    )
-                if not await self._strategy.hit(item, key, cost=rule.cost):
-                    stats = await self._strategy.get_window_stats(item, key)
-                    retry_after = max(0.0, stats.reset_time - time.time())
-                    return RateDecision(False, retry_after, rule.name, key)
+            memory = self._memory
+            if memory is not None:  # in-process: no await, no task, never fails on I/O
+                refused = memory.hit(self._memory_windows[rule.name], key, rule.cost)
+                if refused is not None:  # seconds until the limit allows the call again
+                    return RateDecision(False, refused, rule.name, key)
+            else:
+                strategy = self._strategy
+                assert strategy is not None  # set whenever _memory is not
+                for item in rule.items:
+                    if not await strategy.hit(item, key, cost=rule.cost):
+                        stats = await strategy.get_window_stats(item, key)
+                        retry_after = max(0.0, stats.reset_time - time.time())
+                        return RateDecision(False, retry_after, rule.name, key)
         except Exception as exc:  # StorageError and anything the client library raises
             self._down_until = time.monotonic() + self._breaker
             return self._storage_failed(rule, key, f"{type(exc).__name__}: {exc}")
