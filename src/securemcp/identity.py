@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,9 +28,11 @@ __all__ = [
     "development_principal",
     "is_production",
     "presented_token",
+    "remember_verified",
     "request_meta",
     "resolve_verifier",
     "transport_of",
+    "verified_principal",
 ]
 
 logger = logging.getLogger("securemcp.identity")
@@ -123,6 +126,42 @@ def presented_token(context: MiddlewareContext[Any] | None) -> str | None:
             return user.access_token.token
     carrier = auth_context_var.get()
     return carrier.access_token.token if carrier is not None else None
+
+
+#: ASGI scope key under which the HTTP guard leaves what it verified for this very request.
+_VERIFIED_KEY = "securemcp.verified"
+
+
+def remember_verified(
+    scope: dict[str, Any] | Any, verifier: IdentityVerifier, token: str, principal: Principal
+) -> None:
+    """Leave the HTTP guard's verification of this request's token in its ASGI ``scope``.
+
+    Only server code builds an ASGI scope, so a client cannot put anything under this key; the
+    pipeline takes it (:func:`verified_principal`) instead of verifying the same token again
+    within the same request.
+    """
+    scope[_VERIFIED_KEY] = (verifier, token, principal)
+
+
+def verified_principal(
+    context: MiddlewareContext[Any] | None, verifier: IdentityVerifier, token: str
+) -> Principal | None:
+    """The principal the HTTP guard verified ``token`` as for this request, if ``verifier`` is
+    the one in force and the credential has not expired since; else ``None`` (verify it)."""
+    fastmcp_context = context.fastmcp_context if context is not None else None
+    request_context = fastmcp_context.request_context if fastmcp_context is not None else None
+    request = request_context.request if request_context is not None else None
+    if request is None:
+        return None
+    found = request.scope.get(_VERIFIED_KEY)
+    if found is None or found[0] is not verifier or found[1] != token:
+        return None
+    principal: Principal = found[2]
+    expires_at = principal.expires_at
+    if expires_at is not None and expires_at <= time.time():
+        return None
+    return principal
 
 
 def transport_of(context: MiddlewareContext[Any] | None) -> str:

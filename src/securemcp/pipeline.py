@@ -46,8 +46,9 @@ from securemcp.identity import (
     request_meta,
     resolve_verifier,
     transport_of,
+    verified_principal,
 )
-from securemcp.scopes import InvalidScopeDeclaration, declared_scopes
+from securemcp.scopes import InvalidScopeDeclaration
 from securemcp.telemetry import Telemetry
 
 #: FastMCP's (private) middleware dispatch phase; without it every message takes the inherited
@@ -223,7 +224,9 @@ class SecurityPipeline(Middleware):
         verifier = self.verifier()
         if verifier is None:
             return self._development()
-        return await verifier.authenticate(self._credential(context, transport))
+        token = self._credential(context, transport)
+        verified = verified_principal(context, verifier, token)
+        return verified if verified is not None else await verifier.authenticate(token)
 
     def _development(self) -> Principal:
         """The development principal (no verifier configured), refused in production."""
@@ -361,7 +364,10 @@ class SecurityPipeline(Middleware):
                         principal = self._development()
                     else:
                         token = self._credential(context, transport)
-                        principal = await verifier.authenticate(token)
+                        verified = verified_principal(context, verifier, token)
+                        principal = (
+                            verified if verified is not None else await verifier.authenticate(token)
+                        )
             except Unauthenticated as exc:
                 if self.auditor is not None:
                     self.auditor.auth_failure(
@@ -639,6 +645,8 @@ def _classify_failure(exc: BaseException) -> str:
 
 def _may_use(principal: Principal, component: Any) -> bool:
     try:
-        return not principal.missing_scopes(declared_scopes(component))
+        # The memoized facts: a listing runs per call on the modern HTTP transport (the SDK
+        # lists tools to validate Mcp-Param headers), so re-reading each declaration is waste.
+        return not principal.missing_scopes(facts_of_cached(component).scopes)
     except InvalidScopeDeclaration:
         return False

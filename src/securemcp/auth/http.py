@@ -49,6 +49,7 @@ from securemcp.auth.resource import (
 )
 from securemcp.context import Principal
 from securemcp.errors import InsufficientScope, InvalidCredential
+from securemcp.identity import remember_verified
 
 __all__ = ["HTTPGuard", "protect_http_app"]
 
@@ -445,7 +446,7 @@ class HTTPGuard:
             await self.app(scope, receive, send)
             return
         try:
-            principal = await self._authenticate(state.verifier, headers.authorization)
+            principal = await self._authenticate(state.verifier, headers.authorization, scope)
         except _Refusal as refusal:
             if refusal.reason in ("no_credential", "unsupported_scheme"):
                 self._refused(scope, 401, refusal.reason)
@@ -490,7 +491,9 @@ class HTTPGuard:
             send = _with_resource_metadata(send, metadata_url)
         await self.app(scope, receive, send)
 
-    async def _authenticate(self, verifier: IdentityVerifier, values: list[bytes]) -> Principal:
+    async def _authenticate(
+        self, verifier: IdentityVerifier, values: list[bytes], scope: Scope
+    ) -> Principal:
         if not values:
             raise _Refusal("no_credential")
         scheme, _, token = values[0].partition(b" ")
@@ -500,13 +503,16 @@ class HTTPGuard:
             raise _Refusal("empty_token")
         if _B64TOKEN.fullmatch(token) is None:
             raise _Refusal("malformed_authorization")
+        text = token.decode("ascii")
         try:
-            return await verifier.authenticate(token.decode("ascii"))
+            principal = await verifier.authenticate(text)
         except InvalidCredential as exc:
             raise _Refusal(exc.reason or "invalid_token") from None
         except Exception:  # fail closed: a verifier bug must never let a request through
             logger.exception("bearer token verification failed unexpectedly")
             raise _Refusal("verifier_error") from None
+        remember_verified(scope, verifier, text, principal)
+        return principal
 
     async def _scope_refusal(
         self, body: bytes, principal: Principal
