@@ -423,6 +423,18 @@ def test_docs_list_exactly_the_error_type_vocabulary() -> None:
 # --- argument values in exception events -------------------------------------------------------
 
 
+def server_side_spans_without(spans: InMemorySpanExporter, secret: str) -> list[ReadableSpan]:
+    """Every span the server side exported, after checking none holds ``secret`` in an
+    attribute, its status or an event (the caller's own CLIENT spans hold what it sent)."""
+    server_side = [s for s in spans.get_finished_spans() if s.kind != trace.SpanKind.CLIENT]
+    for exported in server_side:
+        assert secret not in str(dict(exported.attributes or {}))
+        assert secret not in str(exported.status.description)
+        for event in exported.events:
+            assert secret not in str(dict(event.attributes or {}))
+    return server_side
+
+
 @pytest.mark.parametrize("mask", [False, True], ids=["unmasked", "masked"])
 async def test_an_argument_that_fails_validation_never_reaches_a_span(
     spans: InMemorySpanExporter, audit: AuditLog, mask: bool
@@ -448,14 +460,7 @@ async def test_an_argument_that_fails_validation_never_reaches_a_span(
     exception_events = [event for event in span.events if event.name == "exception"]
     assert exception_events, "the failure is still visible to operators"
     assert all(set(e.attributes or {}) == {"exception.type"} for e in exception_events)
-    # Every span the server side exported (the caller's own CLIENT spans hold what it sent).
-    server_side = [s for s in spans.get_finished_spans() if s.kind != trace.SpanKind.CLIENT]
-    assert span in server_side
-    for exported in server_side:
-        assert SECRET_ARGUMENT not in str(dict(exported.attributes or {}))
-        assert SECRET_ARGUMENT not in str(exported.status.description)
-        for event in exported.events:
-            assert SECRET_ARGUMENT not in str(dict(event.attributes or {}))
+    assert span in server_side_spans_without(spans, SECRET_ARGUMENT)
 
 
 async def test_a_tool_failure_message_never_reaches_a_span_without_a_client(
@@ -475,13 +480,8 @@ async def test_a_tool_failure_message_never_reaches_a_span_without_a_client(
     async with connect(mcp, idp.token("frank")):
         with pytest.raises(ToolError):
             await mcp.call_tool("lookup", {"key": SECRET_ARGUMENT})
-    exported = spans.get_finished_spans()
+    exported = server_side_spans_without(spans, SECRET_ARGUMENT)
     assert any(e.name == "exception" for s in exported for e in s.events)
-    for span in exported:
-        assert SECRET_ARGUMENT not in str(dict(span.attributes or {}))
-        assert SECRET_ARGUMENT not in str(span.status.description)
-        for event in span.events:
-            assert SECRET_ARGUMENT not in str(dict(event.attributes or {}))
 
 
 async def test_a_policy_denial_reason_never_reaches_a_span(
@@ -505,13 +505,7 @@ async def test_a_policy_denial_reason_never_reaches_a_span(
     assert result.is_error
     (span,) = server_call_spans(spans)
     assert span.attributes is not None and span.attributes["error.type"] == "policy_denied"
-    for exported in spans.get_finished_spans():
-        if exported.kind == trace.SpanKind.CLIENT:
-            continue  # the caller's own span: it holds what the caller sent
-        assert SECRET_ARGUMENT not in str(dict(exported.attributes or {}))
-        assert SECRET_ARGUMENT not in str(exported.status.description)
-        for event in exported.events:
-            assert SECRET_ARGUMENT not in str(dict(event.attributes or {}))
+    assert span in server_side_spans_without(spans, SECRET_ARGUMENT)
 
 
 def test_every_refusal_code_is_in_the_vocabulary() -> None:
