@@ -508,6 +508,34 @@ async def test_a_policy_denial_reason_never_reaches_a_span(
     assert span in server_side_spans_without(spans, SECRET_ARGUMENT)
 
 
+async def test_a_plain_fastmcp_server_keeps_fastmcps_exception_recording(
+    spans: InMemorySpanExporter, audit: AuditLog
+) -> None:
+    """securemcp redacts only the spans of calls it guards: a bare FastMCP server in the same
+    process still gets FastMCP's own exception event, message included."""
+    import fastmcp
+    from fastmcp import Client
+
+    FastMCP("guarded", audit=audit)  # installs securemcp's recorder for the process
+    bare = fastmcp.FastMCP("bare")
+
+    @bare.tool
+    def fail(key: str) -> str:
+        raise ValueError(f"no such key: {key}")
+
+    async with Client(bare) as client:
+        result = await client.call_tool("fail", {"key": "visible-marker"}, raise_on_error=False)
+    assert result.is_error
+    server_spans = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    messages = [
+        str((event.attributes or {}).get("exception.message"))
+        for span in server_spans
+        for event in span.events
+        if event.name == "exception"
+    ]
+    assert any("visible-marker" in message for message in messages)
+
+
 def test_every_refusal_code_is_in_the_vocabulary() -> None:
     """A new refusal type must be added to the documented error.type vocabulary too."""
     import securemcp.audit.errors
