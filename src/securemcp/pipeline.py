@@ -49,7 +49,7 @@ from securemcp.identity import (
     verified_principal,
 )
 from securemcp.scopes import InvalidScopeDeclaration
-from securemcp.telemetry import Telemetry
+from securemcp.telemetry import StepTimer, Telemetry
 
 #: FastMCP's (private) middleware dispatch phase; without it every message takes the inherited
 #: Middleware.__call__ path (see SecurityPipeline.__call__).
@@ -344,9 +344,11 @@ class SecurityPipeline(Middleware):
         started = time.perf_counter()
         current_span = trace.get_current_span()
         span = None
+        steps: StepTimer | None = None  # child spans per step, only while the span records
         if current_span.is_recording():
             span = current_span
             guard_span(span)
+            steps = StepTimer()
         trace_id = _trace_id(current_span)
         transport = transport_of(context)
         call = _CallRecord(method, target, trace_id)
@@ -369,6 +371,8 @@ class SecurityPipeline(Middleware):
                             verified if verified is not None else await verifier.authenticate(token)
                         )
             except Unauthenticated as exc:
+                if steps is not None:
+                    steps.done("securemcp.authenticate", exc.code)
                 if self.auditor is not None:
                     self.auditor.auth_failure(
                         reason=exc.reason,
@@ -379,6 +383,8 @@ class SecurityPipeline(Middleware):
                     )
                 raise
             call.principal = principal
+            if steps is not None:
+                steps.done("securemcp.authenticate")
             # A call delegated by a mounting securemcp server is audited once, by that server.
             auditor = self.auditor if parent_call_id is None else None
             call_id = call.call_id = _new_call_id()
@@ -412,6 +418,8 @@ class SecurityPipeline(Middleware):
                         if decision is not None:
                             call.policy_version = decision.policy_version
                 except (CallRefused, _HiddenRefusal) as exc:
+                    if steps is not None:
+                        steps.done("securemcp.authorize", exc.code)
                     if exc.code == "approval_required":
                         self._telemetry.approval("requested")
                     if auditor is not None:
@@ -425,6 +433,8 @@ class SecurityPipeline(Middleware):
                             trace_id=trace_id,
                         )
                     raise
+                if steps is not None:
+                    steps.done("securemcp.authorize")
                 if auditor is not None:
                     # Written before the body runs; AuditUnavailable refuses the call.
                     try:
@@ -438,11 +448,15 @@ class SecurityPipeline(Middleware):
                             trace_id=trace_id,
                         )
                     except Exception as exc:
+                        if steps is not None:
+                            steps.done("securemcp.audit.decision", "audit_unavailable")
                         # The decision line may have reached the local log before a sink
                         # failed: close it with a "refused" outcome (best effort), so no
                         # allow decision is left without an outcome when the log can be written.
                         self._record_failure(auditor, call, principal, exc, started)
                         raise
+                if steps is not None and auditor is not None:
+                    steps.done("securemcp.audit.decision")
                 call.allowed = True
                 # Admit exactly this call to the FastMCP core and run it (under any constraints).
                 admission = Admission(
@@ -473,6 +487,8 @@ class SecurityPipeline(Middleware):
                 if getattr(result, "is_error", False):
                     call.error_type = "tool_error"
                 if auditor is not None:
+                    if steps is not None:
+                        steps.skip()  # the tool ran
                     call.outcome_recorded = True  # attempted: a failed write is not retried
                     auditor.outcome(
                         call_id=call_id,
@@ -484,8 +500,16 @@ class SecurityPipeline(Middleware):
                         error=call.error_type,
                         trace_id=trace_id,
                     )
+                    if steps is not None:
+                        steps.done("securemcp.audit.outcome")
                 return result
             except BaseException as exc:
+                if (
+                    steps is not None
+                    and call.outcome_recorded
+                    and steps.marks[-1][0] != "securemcp.audit.outcome"
+                ):
+                    steps.done("securemcp.audit.outcome", getattr(exc, "code", "_OTHER"))
                 if call.allowed and auditor is not None and not call.outcome_recorded:
                     self._record_failure(auditor, call, principal, exc, started)
                 raise
@@ -504,6 +528,8 @@ class SecurityPipeline(Middleware):
             call.error_type = call.error_type or _classify_failure(exc)
             raise
         finally:
+            if steps is not None and span is not None:
+                self._telemetry.steps(span, steps)
             self._telemetry.record(
                 span,
                 method=method,

@@ -5,6 +5,12 @@ status): FastMCP already opens exactly one ``SERVER`` span per request, so secur
 that span instead of opening a second one, and records the ``mcp.server.operation.duration``
 histogram (seconds, the convention's bucket boundaries) plus securemcp's own counters.
 
+While a call's span is recording (an SDK is configured and the call is sampled), the pipeline
+also records what each of its steps took as ``INTERNAL`` child spans (:class:`StepTimer`):
+``securemcp.authenticate``, ``securemcp.authorize`` (rate limits, scopes, policy, approval),
+``securemcp.audit.decision`` and ``securemcp.audit.outcome``; the rest of the call is the tool.
+Without a recording span no step is timed.
+
 A request the HTTP guard refuses before any token is trusted (401, 400, 403 ``Origin``, 429, 503)
 never reaches FastMCP, so :meth:`Telemetry.refused_at_http` opens the ``SERVER`` span it gets
 instead (HTTP semantic conventions) and counts it.
@@ -17,6 +23,7 @@ issuer and subject), and arguments, tokens, headers and query strings are never 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -26,7 +33,41 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from securemcp.context import Principal
 
-__all__ = ["ERROR_TYPES", "Telemetry"]
+__all__ = ["ERROR_TYPES", "STEP_NAMES", "StepTimer", "Telemetry"]
+
+#: The child spans a recording call span gets, one per pipeline step that ran.
+STEP_NAMES: Final = (
+    "securemcp.authenticate",
+    "securemcp.authorize",
+    "securemcp.audit.decision",
+    "securemcp.audit.outcome",
+)
+
+
+class StepTimer:
+    """Wall-clock boundaries of the pipeline's steps for one call, made into child spans at the
+    end (:meth:`Telemetry.steps`) so the steps themselves run unchanged.
+
+    Only created while the call's span is recording.
+    """
+
+    __slots__ = ("last", "marks")
+
+    def __init__(self) -> None:
+        self.last = time.time_ns()
+        self.marks: list[tuple[str, int, int, str | None]] = []
+
+    def done(self, name: str, error_type: str | None = None) -> None:
+        """The step ``name`` ran from the previous boundary until now (and failed with
+        ``error_type``, if given)."""
+        now = time.time_ns()
+        self.marks.append((name, self.last, now, error_type))
+        self.last = now
+
+    def skip(self) -> None:
+        """What ran since the previous boundary is not a securemcp step (the tool)."""
+        self.last = time.time_ns()
+
 
 #: The documented vocabulary of ``error.type`` values securemcp sets.
 ERROR_TYPES: Final = frozenset(
@@ -185,6 +226,20 @@ class Telemetry:
             attributes["error.type"] = error_type
             span.set_status(StatusCode.ERROR, reason)
         span.set_attributes(attributes)
+
+    def steps(self, span: Span, timer: StepTimer) -> None:
+        """Record the steps ``timer`` marked as ``INTERNAL`` children of the call's ``span``."""
+        parent = trace.set_span_in_context(span)
+        for name, start, end, error_type in timer.marks:
+            child = self._tracer.start_span(
+                name, parent, SpanKind.INTERNAL, start_time=start, record_exception=False
+            )
+            if error_type is not None:
+                if error_type not in ERROR_TYPES:
+                    error_type = "_OTHER"
+                child.set_attribute("error.type", error_type)
+                child.set_status(StatusCode.ERROR, error_type)
+            child.end(end_time=end)
 
     def refused_before_server(
         self,
