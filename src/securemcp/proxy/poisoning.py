@@ -53,6 +53,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from securemcp.proxy.pinning import _show as _quoted  # one quoting rule for the proxy
+
 if TYPE_CHECKING:
     from securemcp.proxy.pinning import ComponentKind
 
@@ -91,15 +93,7 @@ class Finding:
 
 def _show(text: str, limit: int = _DETAIL_LIMIT) -> str:
     """``text`` quoted, non-printables as ``\\uXXXX``, cut to ``limit`` characters."""
-    out: list[str] = []
-    for char in text[:limit]:
-        if char in "'\\":
-            out.append("\\" + char)
-        elif char.isprintable():
-            out.append(char)
-        else:
-            out.append(f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}")
-    return "'" + "".join(out) + ("..." if len(text) > limit else "") + "'"
+    return _quoted(text, limit)
 
 
 def _char_name(char: str) -> str:
