@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from otel_support import collecting_spans
 from securemcp import FastMCP
 from securemcp.audit import AuditLog
 from securemcp.policy import Decision
@@ -32,20 +32,8 @@ _EXPORTER = InMemorySpanExporter()
 
 @pytest.fixture(scope="module", autouse=True)
 def _tracing() -> Iterator[None]:
-    """Collect spans without taking OTel's set-once global (as tests/test_telemetry_trace.py)."""
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        current.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    with collecting_spans(_EXPORTER):
         yield
-    elif isinstance(current, trace.ProxyTracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(trace, "_TRACER_PROVIDER", provider)
-            yield
-    else:
-        pytest.skip(f"a non-SDK global tracer provider is installed: {current!r}")
-    _EXPORTER.shutdown()
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from otel_support import collecting_spans
 from securemcp import FastMCP
 from securemcp.audit import AuditLog, Ed25519Signer, iter_records
 from securemcp.policy import Decision
@@ -36,26 +36,8 @@ _EXPORTER = InMemorySpanExporter()
 
 @pytest.fixture(scope="module", autouse=True)
 def _tracing() -> Iterator[None]:
-    """Collect every span FastMCP and securemcp make, without taking OTel's set-once global.
-
-    If another module (tests/test_telemetry.py) already installed an SDK provider, listen in on
-    it. Otherwise install one for this module only, by setting the global the way OpenTelemetry's
-    own test utilities reset it: ``trace.set_tracer_provider`` can succeed once per process, and a
-    later module must still be able to install its own.
-    """
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        current.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    with collecting_spans(_EXPORTER):
         yield
-    elif isinstance(current, trace.ProxyTracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(trace, "_TRACER_PROVIDER", provider)
-            yield
-    else:
-        pytest.skip(f"a non-SDK global tracer provider is installed: {current!r}")
-    _EXPORTER.shutdown()  # stop collecting once this module is done
 
 
 @pytest.fixture
