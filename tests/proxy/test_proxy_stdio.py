@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastmcp.exceptions import ToolError
@@ -84,7 +86,10 @@ async def test_stdio_secrets_are_injected_and_the_proxy_environment_is_not(
     assert "stdio-vendor-secret-xyz" not in json.dumps(records(audit_dir))
 
 
-async def test_upstream_killed_mid_call(idp: FakeIdentityProvider, tmp_path: Path) -> None:
+async def test_upstream_killed_mid_call(
+    idp: FakeIdentityProvider, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="securemcp.proxy")
     async with http_upstream() as (url, _):
         upstreams = {
             "local": stdio_upstream(),
@@ -104,6 +109,33 @@ async def test_upstream_killed_mid_call(idp: FakeIdentityProvider, tmp_path: Pat
         outcomes = [r for r in records(audit_dir) if r["type"] == "outcome"]
         crash = [r for r in outcomes if r["target"] == "local_crash"]
         assert crash and crash[0]["error"] == "upstream_unavailable"
+    # The operator learns why (the client got the stable code only).
+    assert any(
+        r.name == "securemcp.proxy"
+        and r.levelno == logging.WARNING
+        and "'crash' on upstream 'local' failed (upstream_unavailable)" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_upstream_failure_reasons_are_logged_without_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream's error text may echo what it was sent; the log line never carries the
+    injected secret or a token."""
+    from types import SimpleNamespace
+
+    from securemcp.proxy.credentials import SecretSource, StaticBearer
+    from securemcp.proxy.upstream import Upstream
+
+    monkeypatch.setenv("VENDOR_TOKEN_FOR_LOG_TEST", "vendor-secret-0123456789")
+    upstream: Any = SimpleNamespace(
+        auth=StaticBearer(SecretSource(env="VENDOR_TOKEN_FOR_LOG_TEST"))
+    )
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    text = Upstream.redacted(upstream, f"401: bad key vendor-secret-0123456789 / {jwt}")
+    assert "vendor-secret-0123456789" not in text and jwt not in text
+    assert text == "401: bad key [redacted] / [redacted]"
 
 
 async def test_lock_and_check_commands(tmp_path: Path) -> None:

@@ -339,13 +339,29 @@ class Upstream:
                 OnBehalfOf(subject_token, key_of_caller) if subject_token else None
             )
         try:
-            async with self.sessions.lease(key_of_caller, subject_token=subject_token) as session:
-                return await self._send(session, kind, key, send, timeout_seconds)
-        except PoolExhausted:
-            raise UpstreamUnavailable(
-                "The upstream server is busy; try again later.",
-                reason=f"{self.name}: session pool exhausted",
-            ) from None
+            try:
+                async with self.sessions.lease(
+                    key_of_caller, subject_token=subject_token
+                ) as session:
+                    return await self._send(session, kind, key, send, timeout_seconds)
+            except PoolExhausted:
+                raise UpstreamUnavailable(
+                    "The upstream server is busy; try again later.",
+                    reason=f"{self.name}: session pool exhausted",
+                ) from None
+        except UpstreamError as exc:
+            # The client gets the stable code only; the operator gets why, with anything that
+            # could be a credential the proxy injected (or a token) cut out of the upstream's text.
+            logger.log(
+                exc.log_level,
+                "securemcp proxy: %s %r on upstream %r failed (%s): %s",
+                kind,
+                key,
+                self.name,
+                exc.code,
+                self.redacted(exc.reason or ""),
+            )
+            raise
 
     async def _send(
         self,
@@ -388,6 +404,18 @@ class Upstream:
             ) from None
         self.check_output(result)
         return result
+
+    def redacted(self, text: str) -> str:
+        """``text`` without the credentials this upstream is given or any JWT-shaped string."""
+        text = _JWT.sub("[redacted]", text)
+        try:
+            secrets = self.auth.secret_values()
+        except Exception:  # cannot tell what to cut: say nothing of the upstream's text
+            return "(reason withheld: the upstream's credentials could not be read)"
+        for secret in secrets:
+            if len(secret) >= 8:
+                text = text.replace(secret, "[redacted]")
+        return text
 
     def check_output(self, result: Any) -> None:
         """Withhold an answer that echoes a credential the proxy injected upstream.
