@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from fastmcp.client.transports import PythonStdioTransport
 from mcp import MCPError
 
 from securemcp import FastMCP, current
-from securemcp.testing import FakeIdentityProvider, connect_http, serve_http
+from securemcp.testing import FakeIdentityProvider, connect, connect_http, serve_http
 
 AUDIENCE = "https://mcp.securemcp.test/mcp"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -92,3 +95,49 @@ async def test_stdio_enforces_scopes_where_fastmcp_skips_auth(tmp_path: Path) ->
         refused = await client.call_tool("reset", {}, raise_on_error=False)
         assert refused.is_error
         assert refused.content[0].text.startswith("insufficient_scope:")
+
+
+async def test_overlapping_connects_share_one_lifespan_until_the_last_exits(
+    fake_idp: FakeIdentityProvider,
+) -> None:
+    """FastMCP 4.1 ends the lifespan when the first in-memory client leaves; connect must not."""
+    idp = fake_idp
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(server: Any) -> AsyncIterator[dict[str, Any]]:
+        events.append("open")
+        try:
+            yield {}
+        finally:
+            events.append("closed")
+
+    server = FastMCP("lifespan-holder", auth=idp.verifier(), lifespan=lifespan)
+
+    @server.tool
+    def lifespan_open() -> bool:
+        return events[-1:] == ["open"]
+
+    both_connected = asyncio.Barrier(2)
+    alice_left = asyncio.Event()
+
+    async def alice() -> None:
+        async with connect(server, idp.token("alice")) as client:
+            await both_connected.wait()
+            assert (await client.call_tool("lifespan_open", {})).data is True
+        alice_left.set()  # the first connection leaves first ...
+
+    async def bob() -> None:
+        async with connect(server, idp.token("bob")) as client:
+            await both_connected.wait()
+            await alice_left.wait()
+            # ... and the one still connected keeps a live lifespan.
+            assert (await client.call_tool("lifespan_open", {})).data is True
+            assert events == ["open"]
+
+    await asyncio.gather(alice(), bob())
+    assert events == ["open", "closed"]
+    # A later connection gets a fresh lifespan, not the closed one.
+    async with connect(server, idp.token("carol")) as carol:
+        assert (await carol.call_tool("lifespan_open", {})).data is True
+    assert events == ["open", "closed", "open", "closed"]
