@@ -15,9 +15,10 @@ os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
 AUDIENCE = "https://bench.securemcp.test/mcp"
 
 
-async def timed(fn: Callable[[], Awaitable[object]], n: int) -> float:
-    """Mean seconds per call of ``n`` sequential awaits of ``fn``."""
-    gc.collect()
+async def timed(fn: Callable[[], Awaitable[object]], n: int, *, collect: bool = True) -> float:
+    """Mean seconds per call of ``n`` sequential awaits of ``fn`` (after a full collection)."""
+    if collect:
+        gc.collect()
     start = time.perf_counter()
     for _ in range(n):
         await fn()
@@ -32,20 +33,41 @@ async def side_by_side(
     n: int,
     rounds: int,
     warmup: int,
+    slices: int = 10,
 ) -> float:
-    """Alternate bare/secure rounds (so drift hits both), print medians and the ratio."""
+    """Time bare and securemcp in paired, finely interleaved rounds; print medians and the ratio.
+
+    Each round runs ``n`` calls of each variant in ``slices`` alternating slices (the order
+    flipping every slice), so machine drift within a round hits both variants alike. The ratio
+    printed is the median of the rounds' own ratios (a paired estimate, steadier on a noisy
+    machine than a ratio of medians); the spread of the round ratios follows it.
+    """
     for _ in range(warmup):
         await bare()
         await secure()
+    per_slice = max(1, n // slices)
     bare_times: list[float] = []
     secure_times: list[float] = []
-    for _ in range(rounds):
-        bare_times.append(await timed(bare, n))
-        secure_times.append(await timed(secure, n))
+    ratios: list[float] = []
+    for round_number in range(rounds):
+        bare_total = secure_total = 0.0
+        for index in range(slices):
+            if (round_number + index) % 2:
+                secure_total += await timed(secure, per_slice)
+                bare_total += await timed(bare, per_slice)
+            else:
+                bare_total += await timed(bare, per_slice)
+                secure_total += await timed(secure, per_slice)
+        bare_times.append(bare_total / slices)
+        secure_times.append(secure_total / slices)
+        ratios.append(secure_total / bare_total)
     b = statistics.median(bare_times) * 1e6
     s = statistics.median(secure_times) * 1e6
-    ratio = s / b
-    print(f"{name:<44} bare {b:9.1f} us   securemcp {s:9.1f} us   ratio {ratio:5.3f}")
+    ratio = statistics.median(ratios)
+    print(
+        f"{name:<44} bare {b:9.1f} us   securemcp {s:9.1f} us   ratio {ratio:5.3f}"
+        f"   (rounds {min(ratios):.3f}-{max(ratios):.3f})"
+    )
     sys.stdout.flush()
     return ratio
 
