@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 from fastmcp.exceptions import AuthorizationError, InsufficientScopeError, ToolError
 
+from securemcp._redaction import redact_secrets
+
 __all__ = [
     "CallRefused",
     "CallTimedOut",
@@ -57,7 +59,9 @@ class SecureMCPError(Exception):
 
     def __init__(self, client_message: str | None = None, *, reason: str | None = None) -> None:
         self.client_message = client_message or self.default_message
-        self.reason = reason
+        # Reasons go to the server and audit logs, and some are written by third parties (a
+        # custom verifier quoting the token it refused): credentials are cut out here, once.
+        self.reason = redact_secrets(reason) if reason else reason
         # Exception.__init__ directly: cooperative super() would reach FastMCP exception
         # constructors with other signatures through the multiple-inheritance MRO.
         Exception.__init__(self, f"{self.code}: {self.client_message}")

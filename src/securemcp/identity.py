@@ -19,13 +19,15 @@ from fastmcp.server.middleware import MiddlewareContext
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 
+from securemcp._redaction import redact_secrets, redacted_exception
 from securemcp.auth.base import IdentityVerifier
 from securemcp.context import Principal
-from securemcp.errors import ConfigurationError
+from securemcp.errors import ConfigurationError, InvalidCredential, Unauthenticated
 
 __all__ = [
     "FastMCPVerifierAdapter",
     "development_principal",
+    "failed_verification",
     "is_production",
     "presented_token",
     "remember_verified",
@@ -41,6 +43,26 @@ logger = logging.getLogger("securemcp.identity")
 def is_production() -> bool:
     """``True`` when ``SECUREMCP_ENV=production``: development identity is refused."""
     return os.environ.get("SECUREMCP_ENV", "").strip().lower() == "production"
+
+
+def failed_verification(exc: Exception, token: str | None) -> Unauthenticated:
+    """The refusal for a credential whose verification raised ``exc``; fail closed.
+
+    A refusal (``Unauthenticated``) keeps its code, with ``token`` cut out of its reason too (an
+    opaque token is not recognisable by its shape). Anything else is a verifier fault: it is
+    logged with the traceback, credentials cut out, and refused as ``invalid_token`` with the
+    reason ``verifier_error``. Verifiers may be third-party code that quotes what it refused.
+    """
+    known = (token,) if token else ()
+    if isinstance(exc, Unauthenticated):
+        if exc.reason and known:
+            exc.reason = redact_secrets(exc.reason, known)
+        return exc
+    logger.error(
+        "securemcp: the identity verifier failed unexpectedly; the request is refused.\n%s",
+        redacted_exception(exc, known),
+    )
+    return InvalidCredential(reason=f"verifier_error: {type(exc).__name__}")
 
 
 def development_principal(scopes: Sequence[str] | None = None) -> Principal:

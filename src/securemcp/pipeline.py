@@ -41,6 +41,7 @@ from securemcp.context import _CURRENT, Principal, SecurityContext
 from securemcp.errors import CallRefused, InsufficientScope, PolicyDenied, Unauthenticated
 from securemcp.identity import (
     development_principal,
+    failed_verification,
     is_production,
     presented_token,
     request_meta,
@@ -226,7 +227,12 @@ class SecurityPipeline(Middleware):
             return self._development()
         token = self._credential(context, transport)
         verified = verified_principal(context, verifier, token)
-        return verified if verified is not None else await verifier.authenticate(token)
+        if verified is not None:
+            return verified
+        try:
+            return await verifier.authenticate(token)
+        except Exception as exc:
+            raise failed_verification(exc, token) from None
 
     def _development(self) -> Principal:
         """The development principal (no verifier configured), refused in production."""
@@ -367,9 +373,13 @@ class SecurityPipeline(Middleware):
                     else:
                         token = self._credential(context, transport)
                         verified = verified_principal(context, verifier, token)
-                        principal = (
-                            verified if verified is not None else await verifier.authenticate(token)
-                        )
+                        if verified is not None:
+                            principal = verified
+                        else:
+                            try:
+                                principal = await verifier.authenticate(token)
+                            except Exception as exc:
+                                raise failed_verification(exc, token) from None
             except Unauthenticated as exc:
                 if steps is not None:
                     steps.done("securemcp.authenticate", exc.code)

@@ -20,10 +20,10 @@ DESIGN.md guarantee 5. Before a record is written, :func:`screen` walks it and
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from securemcp._redaction import AUTH_VALUE, AUTH_VALUE_BYTES, JWT, JWT_BYTES
 from securemcp.audit.errors import SecretInRecord
 from securemcp.audit.jcs import MAX_SAFE_INTEGER, plain_float
 
@@ -56,15 +56,11 @@ DEFAULT_SENSITIVE_KEYS: Final = (
 )
 
 _DIGEST_SUFFIXES: Final = ("_sha256", "_hash")
-_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]*")
-_JWT_BYTES: Final = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]*")
-# An auth scheme followed by something token-like (16+ token characters including a digit), so
-# prose such as "missing bearer token" is not mistaken for a credential.
-_SCHEME: Final = (
-    r"(?i)(?<![a-z])(?:bearer|dpop)\s+(?=[A-Za-z0-9._~+/-]*[0-9])[A-Za-z0-9._~+/-]{16,}"
-)
-_AUTH_VALUE: Final = re.compile(_SCHEME)
-_AUTH_VALUE_BYTES: Final = re.compile(_SCHEME.encode())
+# What a credential looks like in text: one definition, shared with free-text redaction.
+_JWT: Final = JWT
+_JWT_BYTES: Final = JWT_BYTES
+_AUTH_VALUE: Final = AUTH_VALUE
+_AUTH_VALUE_BYTES: Final = AUTH_VALUE_BYTES
 
 # Per member name: _SENSITIVE if it names a secret, _NOT_ASCII if it is not ASCII (the JCS
 # fast path needs ASCII names). Records reuse a small set of names, so this stays small.

@@ -16,7 +16,6 @@ from typing import Any
 from fastmcp.server.auth import AccessToken, TokenVerifier
 
 from securemcp.context import Principal
-from securemcp.errors import InvalidCredential
 
 __all__ = ["VerifierBase", "access_token_for", "thaw"]
 
@@ -81,11 +80,10 @@ class VerifierBase(TokenVerifier):
         """
         try:
             principal = await self.authenticate(token)
-        except InvalidCredential as exc:
-            logger.info("bearer token refused: %s", exc.reason)
-            return None
-        except Exception:  # fail closed: a verifier bug must never let a token through
-            logger.exception("bearer token verification failed unexpectedly")
+        except Exception as exc:  # fail closed: a verifier bug must never let a token through
+            from securemcp.identity import failed_verification
+
+            logger.info("bearer token refused: %s", failed_verification(exc, token).reason)
             return None
         # id(principal) -> (principal, access token); holding the principal keeps its id from
         # being reused while the entry exists.

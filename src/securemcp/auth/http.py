@@ -49,7 +49,7 @@ from securemcp.auth.resource import (
 )
 from securemcp.context import Principal
 from securemcp.errors import InsufficientScope, InvalidCredential
-from securemcp.identity import remember_verified
+from securemcp.identity import failed_verification, remember_verified
 
 __all__ = ["HTTPGuard", "protect_http_app"]
 
@@ -507,9 +507,10 @@ class HTTPGuard:
         try:
             principal = await verifier.authenticate(text)
         except InvalidCredential as exc:
-            raise _Refusal(exc.reason or "invalid_token") from None
-        except Exception:  # fail closed: a verifier bug must never let a request through
-            logger.exception("bearer token verification failed unexpectedly")
+            refusal = failed_verification(exc, text)
+            raise _Refusal(refusal.reason or "invalid_token") from None
+        except Exception as exc:  # fail closed: a verifier bug must never let a request through
+            failed_verification(exc, text)  # logged, with the credential cut out
             raise _Refusal("verifier_error") from None
         remember_verified(scope, verifier, text, principal)
         return principal

@@ -1,0 +1,40 @@
+"""Free-text redaction of credentials (guarantee 5), shared with the audit log's secrets guard."""
+
+from __future__ import annotations
+
+from securemcp._redaction import REDACTED, redact_secrets, redacted_exception
+from securemcp.testing import FakeIdentityProvider
+
+JWT = FakeIdentityProvider().token("alice")
+
+
+def test_jwts_and_authorization_values_are_cut_out() -> None:
+    text = f"refused {JWT}; header was Bearer abcDEF0123456789xyz and DPoP {JWT}"
+    redacted = redact_secrets(text)
+    assert JWT not in redacted
+    assert "abcDEF0123456789xyz" not in redacted
+    assert redacted.count(REDACTED) == 3
+    assert redacted.startswith("refused ")
+
+
+def test_prose_about_tokens_is_kept() -> None:
+    for text in ("missing bearer token", "Bearer scheme required", "token expired at 12:00"):
+        assert redact_secrets(text) == text
+
+
+def test_known_secrets_are_cut_out_whatever_their_shape() -> None:
+    assert redact_secrets("bad key opaque-secret-42!", ("opaque-secret-42",)) == (
+        f"bad key {REDACTED}!"
+    )
+    # too short to cut safely: a 3-letter "secret" would cut ordinary words
+    assert redact_secrets("the cat sat", ("cat",)) == "the cat sat"
+
+
+def test_exception_text_keeps_the_traceback_but_not_the_credential() -> None:
+    try:
+        raise ValueError(f"cannot parse {JWT!r}")
+    except ValueError as exc:
+        text = redacted_exception(exc)
+    assert JWT not in text
+    assert "Traceback" in text
+    assert "ValueError: cannot parse" in text
