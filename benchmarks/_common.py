@@ -15,10 +15,9 @@ os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
 AUDIENCE = "https://bench.securemcp.test/mcp"
 
 
-async def timed(fn: Callable[[], Awaitable[object]], n: int, *, collect: bool = True) -> float:
+async def timed(fn: Callable[[], Awaitable[object]], n: int) -> float:
     """Mean seconds per call of ``n`` sequential awaits of ``fn`` (after a full collection)."""
-    if collect:
-        gc.collect()
+    gc.collect()
     start = time.perf_counter()
     for _ in range(n):
         await fn()

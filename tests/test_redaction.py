@@ -38,3 +38,20 @@ def test_exception_text_keeps_the_traceback_but_not_the_credential() -> None:
     assert JWT not in text
     assert "Traceback" in text
     assert "ValueError: cannot parse" in text
+
+
+def test_every_refusal_reason_is_redacted_whoever_raises_it() -> None:
+    """Reasons reach the server log and the audit log; a quoted credential is cut at the source."""
+    from securemcp.errors import InvalidCredential, PolicyDenied, UpstreamError
+
+    for error in (
+        InvalidCredential(reason=f"rejected {JWT}"),
+        PolicyDenied(reason=f"hook saw Authorization: Bearer {'a1' * 12}"),
+        UpstreamError(reason=f"upstream echoed {JWT}"),
+    ):
+        assert error.reason is not None
+        assert JWT not in error.reason
+        assert "a1" * 12 not in error.reason
+        assert REDACTED in error.reason
+        assert JWT not in str(error)  # and the client message never held it
+    assert PolicyDenied(reason="rule 3 denies writes").reason == "rule 3 denies writes"

@@ -17,7 +17,15 @@ import re
 import traceback
 from typing import Final
 
-__all__ = ["AUTH_VALUE", "AUTH_VALUE_BYTES", "JWT", "JWT_BYTES", "REDACTED", "redact_secrets"]
+__all__ = [
+    "AUTH_VALUE",
+    "AUTH_VALUE_BYTES",
+    "JWT",
+    "JWT_BYTES",
+    "REDACTED",
+    "redact_secrets",
+    "redacted_exception",
+]
 
 #: What replaces a credential cut out of text.
 REDACTED: Final = "[REDACTED]"
