@@ -71,6 +71,23 @@ async def side_by_side(
     return ratio
 
 
+def fastmcp_with_direct_lookups(name: str = "bench", **kwargs: object) -> object:
+    """A bare ``fastmcp.FastMCP`` given securemcp's task-free component lookups and nothing else.
+
+    securemcp's server looks its components up without FastMCP's per-lookup task group
+    (``securemcp._direct_lookups``), which makes a call cheaper than bare FastMCP's. Measuring
+    securemcp against this server instead isolates the cost of the security layer itself.
+    """
+    import fastmcp
+
+    from securemcp._direct_lookups import DirectLookups
+
+    class DirectLookupFastMCP(fastmcp.FastMCP, DirectLookups):  # type: ignore[type-arg,misc]
+        pass
+
+    return DirectLookupFastMCP(name, **kwargs)
+
+
 def secure_server(idp: object, name: str = "bench") -> object:
     """securemcp with the whole stack on: verified JWT, scopes, a policy hook, a rate limit,
     both audit records (to a fresh temporary folder) and telemetry (API; no SDK installed)."""

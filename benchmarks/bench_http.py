@@ -6,6 +6,8 @@ FastMCP has, so the comparison is strict); securemcp verifies a real signed JWT 
 the first call) and runs its full pipeline: scopes, policy, rate limit, both audit records and
 telemetry. A third column, the do-it-yourself FastMCP stack
 (FastMCP's ``JWTVerifier`` + ``AuthMiddleware`` + logging middleware), is the peer baseline.
+The "layer alone" line compares securemcp with the bare server given only securemcp's task-free
+component lookups (``_common.fastmcp_with_direct_lookups``): the security layer by itself.
 
     python benchmarks/bench_http.py [N] [ROUNDS]
 """
@@ -20,7 +22,7 @@ import time
 import warnings
 from typing import Any
 
-from _common import AUDIENCE, secure_server, side_by_side
+from _common import AUDIENCE, fastmcp_with_direct_lookups, secure_server, side_by_side
 
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
@@ -28,12 +30,15 @@ logging.disable(logging.WARNING)
 CLIENTS = 64
 
 
-def build_bare() -> Any:
+def build_bare(direct_lookups: bool = False) -> Any:
     import fastmcp
     from fastmcp.server.auth import StaticTokenVerifier
 
     verifier = StaticTokenVerifier(tokens={"static": {"client_id": "alice", "scopes": ["calc"]}})
-    mcp = fastmcp.FastMCP("bench", auth=verifier)
+    if direct_lookups:
+        mcp: Any = fastmcp_with_direct_lookups("bench", auth=verifier)
+    else:
+        mcp = fastmcp.FastMCP("bench", auth=verifier)
 
     @mcp.tool
     async def add(a: int, b: int) -> int:
@@ -99,15 +104,25 @@ async def main(n: int, rounds: int) -> None:
         serve_http(build_bare()) as bare_url,
         serve_http(build_secure(idp)) as secure_url,
         serve_http(build_diy(idp)) as diy_url,
+        serve_http(build_bare(direct_lookups=True)) as layer_url,
     ):
         async with (
             connect_http(bare_url, "static") as bc,
             connect_http(secure_url, token) as sc,
             connect_http(diy_url, token) as dc,
+            connect_http(layer_url, "static") as lc,
         ):
             await side_by_side(
                 "(c) HTTP call_tool, bearer token",
                 lambda: bc.call_tool("add", args),
+                lambda: sc.call_tool("add", args),
+                n=n,
+                rounds=rounds,
+                warmup=50,
+            )
+            await side_by_side(
+                "(c) layer alone (vs FastMCP + direct lookups)",
+                lambda: lc.call_tool("add", args),
                 lambda: sc.call_tool("add", args),
                 n=n,
                 rounds=rounds,
