@@ -61,7 +61,7 @@ async def main(n: int, rounds: int) -> None:
             warmup=200,
         )
         await side_by_side(
-            "(a) layer alone (vs FastMCP + direct lookups)",
+            "(a) layer alone: vs FastMCP+direct lookups",
             lambda: lc.call_tool("add", args),
             lambda: sc.call_tool("add", args),
             n=n,
@@ -78,7 +78,7 @@ async def main(n: int, rounds: int) -> None:
             warmup=200,
         )
         await side_by_side(
-            "(b) layer alone (vs FastMCP + direct lookups)",
+            "(b) layer alone: vs FastMCP+direct lookups",
             lambda: layer.call_tool("add", args),
             lambda: secure.call_tool("add", args),
             n=n * 2,

@@ -121,7 +121,7 @@ async def main(n: int, rounds: int) -> None:
                 warmup=50,
             )
             await side_by_side(
-                "(c) layer alone (vs FastMCP + direct lookups)",
+                "(c) layer alone: vs FastMCP+direct lookups",
                 lambda: lc.call_tool("add", args),
                 lambda: sc.call_tool("add", args),
                 n=n,
