@@ -519,19 +519,3 @@ async def test_forged_token_flood_does_not_flood_the_audit_log(
         int(r["reason"].split("(+")[1].split(" ")[0]) for r in failures if "(+" in r["reason"]
     )
     assert counted <= 200 and (len(failures) == 1 or counted > len(failures))
-
-
-def test_failure_throttle_counts_what_it_leaves_out() -> None:
-    from securemcp.auth.http import _FailureThrottle
-
-    now = [0.0]
-    throttle = _FailureThrottle(interval=1.0, max_keys=3, clock=lambda: now[0])
-    key = ("203.0.113.7", "invalid_signature")
-    assert throttle.admit(key) == 0
-    assert [throttle.admit(key) for _ in range(5)] == [None] * 5
-    assert throttle.admit(("203.0.113.8", "invalid_signature")) == 0  # other address: recorded
-    now[0] = 1.5
-    assert throttle.admit(key) == 5  # the next record reports the five left out
-    for i in range(5):  # bounded: a table full of keys is cleared, never grows without limit
-        throttle.admit((f"198.51.100.{i}", "x"))
-    assert len(throttle._seen) <= 3

@@ -32,13 +32,13 @@ import logging
 import math
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from mcp.types import INTERNAL_ERROR
 
+from securemcp.auth._throttle import FailureThrottle
 from securemcp.auth.base import IdentityVerifier
 from securemcp.auth.resource import (
     WELL_KNOWN_PREFIX,
@@ -164,38 +164,6 @@ class _Refusal(Exception):
         self.reason = reason
 
 
-class _FailureThrottle:
-    """At most one audit record per key per ``interval``; counts what it leaves out.
-
-    Bounded: when ``max_keys`` keys are tracked, the table is cleared (the next failure from each
-    key is recorded again, which errs on the side of recording).
-    """
-
-    def __init__(
-        self,
-        interval: float = 1.0,
-        max_keys: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._interval = interval
-        self._max_keys = max_keys
-        self._clock = clock
-        self._seen: dict[tuple[str, str], list[float | int]] = {}
-
-    def admit(self, key: tuple[str, str]) -> int | None:
-        """``None`` to leave this one out; else how many were left out since the last record."""
-        now = self._clock()
-        entry = self._seen.get(key)
-        if entry is not None and now - entry[0] < self._interval:
-            entry[1] += 1
-            return None
-        if entry is None and len(self._seen) >= self._max_keys:
-            self._seen.clear()
-        suppressed = int(entry[1]) if entry is not None else 0
-        self._seen[key] = [now, 0]
-        return suppressed
-
-
 class HTTPGuard:
     """The ASGI middleware :func:`protect_http_app` installs (see the module docstring)."""
 
@@ -218,7 +186,7 @@ class HTTPGuard:
         self._mcp_path = mcp_path
         self._state: _State | None = None
         self._state_source: object = object()
-        self._failure_throttle = _FailureThrottle()
+        self._failure_throttle = FailureThrottle(max_records=config.refusal_records_per_second)
 
     # --- configuration, recomputed only when the server's verifier changes ------------------
 
@@ -261,24 +229,38 @@ class HTTPGuard:
     def _log(self, scope: Scope, reason: str, trace_id: str | None = None) -> None:
         """Log a refusal made at the HTTP layer and record it in the audit log (best effort).
 
-        Unauthenticated requests cost an attacker nothing, so their audit records are throttled:
-        at most one per client address and reason per second, the next one carrying how many
-        were left out. The audit log still shows every burst, with its size, without growing by
-        one record per forged request. (The server log line is written for every refusal.)
+        Unauthenticated requests cost an attacker nothing, so their audit records are throttled
+        (:class:`~securemcp.auth._throttle.FailureThrottle`): at most one per source and reason
+        per second, a few reasons per source and a bounded number per second overall, each
+        record carrying how many refusals it stands for. The audit log still shows every burst,
+        with its size, without growing by one record per forged request. (The server log line
+        is written for every refusal.)
         """
         client = scope.get("client")
-        address = client[0] if client else "?"
+        address = client[0] if client else None
         logger.info(
-            "refused %s %s from %s: %s", scope.get("method"), scope.get("path"), address, reason
+            "refused %s %s from %s: %s",
+            scope.get("method"),
+            scope.get("path"),
+            address or "?",
+            reason,
         )
-        suppressed = self._failure_throttle.admit((address, reason))
-        if suppressed is None:
+        admitted = self._failure_throttle.admit(address, reason)
+        if admitted is None:
             return
         auditor = self._pipeline.auditor
         if auditor is not None:
-            more = f" (+{suppressed} more from this address since the last record)"
+            if admitted.overall:  # the per-source budget is spent: one record for everyone
+                more = (
+                    f" (+{admitted.left_out} more from any address since the last record; "
+                    "too many refusals to record each address)"
+                )
+            elif admitted.left_out:
+                more = f" (+{admitted.left_out} more from this address since the last record)"
+            else:
+                more = ""
             auditor.auth_failure(
-                reason=f"http: {reason}{more if suppressed else ''}",
+                reason=f"http: {reason}{more}",
                 method=str(scope.get("method") or "?"),
                 target=str(scope.get("path") or "?"),
                 transport="http",

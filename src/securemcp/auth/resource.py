@@ -137,6 +137,11 @@ class ProtectedResource:
             from a browser) are unaffected.
         max_body_bytes: largest request body read to check a call's scopes before dispatch
             (larger bodies skip the early check; the in-process pipeline still enforces scopes).
+        refusal_records_per_second: most ``auth_failure`` audit records that requests refused
+            before any token was trusted (missing, forged, expired tokens) may add per second,
+            across all clients. Within it, each client address (IPv6: each ``/64``) gets at
+            most one record per reason per second; every record counts the refusals it stands
+            for, so a flood shows in the log with its size without filling the disk.
     """
 
     def __init__(
@@ -150,6 +155,7 @@ class ProtectedResource:
         trusted_proxies: Sequence[str] = (),
         allowed_origins: Sequence[str] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        refusal_records_per_second: int = 100,
     ) -> None:
         resources = _strings(resource, "resource")
         self.resource = tuple(_check_url(r, "resource") for r in resources or ()) or None
@@ -192,6 +198,13 @@ class ProtectedResource:
         if not isinstance(max_body_bytes, int) or not 1024 <= max_body_bytes <= 64 * 1024 * 1024:
             raise ConfigurationError("max_body_bytes must be between 1024 and 67108864.")
         self.max_body_bytes = max_body_bytes
+        if (
+            not isinstance(refusal_records_per_second, int)
+            or isinstance(refusal_records_per_second, bool)
+            or not 1 <= refusal_records_per_second <= 100_000
+        ):
+            raise ConfigurationError("refusal_records_per_second must be between 1 and 100000.")
+        self.refusal_records_per_second = refusal_records_per_second
 
     def __repr__(self) -> str:
         return (
