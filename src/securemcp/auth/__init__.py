@@ -3,6 +3,7 @@
 * :class:`JWTVerifier`: JWT access tokens under the RFC 9068 profile and RFC 8725 rules;
 * :class:`IntrospectionVerifier`: opaque tokens through RFC 7662 token introspection;
 * :class:`MultiIssuerVerifier`: several issuers at once, each with its own rules;
+* :class:`CustomVerifier`: the base for your own verifier (implement ``authenticate``);
 * :class:`ProtectedResource`: RFC 9728 metadata and RFC 6750 challenges over HTTP;
 * :class:`StdioIdentity` and :func:`check_stdio_startup`: identity on stdio.
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from securemcp.auth.base import IdentityVerifier
 
 if TYPE_CHECKING:
+    from securemcp.auth.custom import CustomVerifier
     from securemcp.auth.introspection import IntrospectionVerifier
     from securemcp.auth.jwt import JWTVerifier
     from securemcp.auth.multi import MultiIssuerVerifier
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from securemcp.auth.stdio import StdioIdentity, check_stdio_startup
 
 __all__ = [
+    "CustomVerifier",
     "IdentityVerifier",
     "IntrospectionVerifier",
     "JWTVerifier",
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "CustomVerifier": "securemcp.auth.custom",
     "IntrospectionVerifier": "securemcp.auth.introspection",
     "JWTVerifier": "securemcp.auth.jwt",
     "MultiIssuerVerifier": "securemcp.auth.multi",
