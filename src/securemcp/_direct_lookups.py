@@ -69,18 +69,20 @@ class DirectLookups(AggregateProvider):
         return finish(await _outcome(direct(provider)))
 
     async def _list_tools(self) -> Sequence[Any]:
-        return await self._one(  # type: ignore[no-any-return]
-            lambda p: p.list_tools(),
-            super()._list_tools,
-            lambda results: self._collect_list_results(results, "list_tools"),
-        )
+        # Written out (no closures): over HTTP the MCP SDK lists tools inside every tools/call.
+        provider = self._sole_local_provider()
+        if provider is None:
+            return await super()._list_tools()
+        outcome = await _outcome(provider.list_tools())
+        return self._collect_list_results(outcome, "list_tools")
 
     async def _get_tool(self, name: str, version: Any = None) -> Any:
-        return await self._one(
-            lambda p: p.get_tool(name, version),
-            lambda: super(DirectLookups, self)._get_tool(name, version),
-            lambda results: self._get_highest_version_result(results, f"get_tool({name!r})"),
-        )
+        # Written out (no closures): every tools/call resolves its tool here.
+        provider = self._sole_local_provider()
+        if provider is None:
+            return await super()._get_tool(name, version)
+        outcome: list[Any] = await _outcome(provider.get_tool(name, version))
+        return self._get_highest_version_result(outcome, f"get_tool({name!r})")
 
     async def _list_resources(self) -> Sequence[Any]:
         return await self._one(  # type: ignore[no-any-return]

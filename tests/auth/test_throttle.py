@@ -18,8 +18,7 @@ from auth_support import AUDIENCE, call_body, request_headers
 
 from securemcp import FastMCP
 from securemcp.audit import AuditLog, iter_records
-from securemcp.auth import ProtectedResource
-from securemcp.auth._fastmcp import VerifierBase
+from securemcp.auth import CustomVerifier, ProtectedResource
 from securemcp.auth._throttle import FailureThrottle, ThrottledRecord, source_of
 from securemcp.context import Principal
 from securemcp.errors import InvalidCredential
@@ -104,13 +103,11 @@ def test_sources(address: str | None, source: str) -> None:
     assert source_of(address) == source
 
 
-class ChattyVerifier(VerifierBase):
+class ChattyVerifier(CustomVerifier):
     """Refuses every token with a different free-text reason (as a custom verifier may)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.audiences = (AUDIENCE,)
-        self.issuers = ("https://idp.securemcp.test",)
+        super().__init__(audience=AUDIENCE, issuer="https://idp.securemcp.test")
         self.calls = 0
 
     async def authenticate(self, token: str) -> Principal:
