@@ -1,12 +1,12 @@
 """Where the per-call time goes: securemcp's cost one feature at a time, against bare FastMCP.
 
 Server-side ``call_tool`` (no client, as benchmark (b)), all servers timed interleaved in one run:
-bare FastMCP; FastMCP given securemcp's task-free component lookups (the base the increments are
-measured from, so they show the security layer alone); securemcp with the development identity
-and no audit ("pipeline only"); then a verified JWT; then each of audit (two records), a policy
-hook and a rate limit added on top of the JWT; then everything. The increments show what each
-feature costs *in place*, on the real call path, which is more than the same code costs in a
-tight loop of its own.
+bare FastMCP; FastMCP given securemcp's savings in FastMCP's own call path (the base the
+increments are measured from, so they show the security layer alone); securemcp with the
+development identity and no audit ("pipeline only"); then a verified JWT; then each of audit
+(two records), a policy hook and a rate limit added on top of the JWT; then everything. The
+increments show what each feature costs *in place*, on the real call path, which is more than
+the same code costs in a tight loop of its own.
 
     python benchmarks/bench_breakdown.py [N] [ROUNDS]
 """
@@ -21,12 +21,12 @@ import tempfile
 import warnings
 from typing import Any
 
-from _common import AUDIENCE, fastmcp_with_direct_lookups, timed
+from _common import AUDIENCE, fastmcp_with_core_savings, timed
 
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
 
-BASE = "FastMCP + direct lookups"
+BASE = "FastMCP + core savings"
 VARIANTS = (
     "bare FastMCP",
     BASE,
@@ -43,7 +43,7 @@ def build(variant: str, idp: Any) -> Any:
     if variant in ("bare FastMCP", BASE):
         import fastmcp
 
-        bare: Any = fastmcp.FastMCP("bench") if variant != BASE else fastmcp_with_direct_lookups()
+        bare: Any = fastmcp.FastMCP("bench") if variant != BASE else fastmcp_with_core_savings()
 
         @bare.tool
         async def add(a: int, b: int) -> int:

@@ -1,8 +1,8 @@
 """Per-call cost of securemcp vs bare FastMCP, measured side by side in one run.
 
 (a) in-memory client ``call_tool``; (b) server-side ``call_tool`` with no client. The "layer
-alone" lines compare securemcp with a FastMCP given only securemcp's task-free component lookups
-(``_common.fastmcp_with_direct_lookups``): the cost of the security layer by itself.
+alone" lines compare securemcp with a FastMCP given only securemcp's savings in FastMCP's own
+call path (``_common.fastmcp_with_core_savings``): the cost of the security layer by itself.
 securemcp runs with the whole stack on (``_common.secure_server``): a real verifier (fake IdP
 token, verified once then served from the verified-token cache), a scoped tool, a policy hook, a
 rate limit, both audit records and telemetry, and a fresh SecurityContext per call.
@@ -17,16 +17,16 @@ import logging
 import sys
 import warnings
 
-from _common import AUDIENCE, fastmcp_with_direct_lookups, secure_server, side_by_side
+from _common import AUDIENCE, fastmcp_with_core_savings, secure_server, side_by_side
 
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
 
 
-def build_bare(direct_lookups: bool = False):  # type: ignore[no-untyped-def]
+def build_bare(core_savings: bool = False):  # type: ignore[no-untyped-def]
     import fastmcp
 
-    mcp = fastmcp_with_direct_lookups("bench") if direct_lookups else fastmcp.FastMCP("bench")
+    mcp = fastmcp_with_core_savings("bench") if core_savings else fastmcp.FastMCP("bench")
 
     @mcp.tool
     async def add(a: int, b: int) -> int:
@@ -47,7 +47,7 @@ async def main(n: int, rounds: int) -> None:
     idp = FakeIdentityProvider(audience=AUDIENCE)
     token = idp.token("alice", scopes=["calc"])
     bare, secure = build_bare(), build_secure(idp)
-    layer = build_bare(direct_lookups=True)
+    layer = build_bare(core_savings=True)
     args = {"a": 1, "b": 2}
     print(f"python {sys.version.split()[0]}  n={n} rounds={rounds}")
 
@@ -61,7 +61,7 @@ async def main(n: int, rounds: int) -> None:
             warmup=200,
         )
         await side_by_side(
-            "(a) layer alone: vs FastMCP+direct lookups",
+            "(a) layer alone: vs FastMCP+core savings",
             lambda: lc.call_tool("add", args),
             lambda: sc.call_tool("add", args),
             n=n,
@@ -78,7 +78,7 @@ async def main(n: int, rounds: int) -> None:
             warmup=200,
         )
         await side_by_side(
-            "(b) layer alone: vs FastMCP+direct lookups",
+            "(b) layer alone: vs FastMCP+core savings",
             lambda: layer.call_tool("add", args),
             lambda: secure.call_tool("add", args),
             n=n * 2,

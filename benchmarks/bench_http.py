@@ -6,8 +6,8 @@ FastMCP has, so the comparison is strict); securemcp verifies a real signed JWT 
 the first call) and runs its full pipeline: scopes, policy, rate limit, both audit records and
 telemetry. A third column, the do-it-yourself FastMCP stack
 (FastMCP's ``JWTVerifier`` + ``AuthMiddleware`` + logging middleware), is the peer baseline.
-The "layer alone" line compares securemcp with the bare server given only securemcp's task-free
-component lookups (``_common.fastmcp_with_direct_lookups``): the security layer by itself.
+The "layer alone" line compares securemcp with the bare server given only securemcp's savings in
+FastMCP's own call path (``_common.fastmcp_with_core_savings``): the security layer by itself.
 
     python benchmarks/bench_http.py [N] [ROUNDS]
 """
@@ -22,7 +22,7 @@ import time
 import warnings
 from typing import Any
 
-from _common import AUDIENCE, fastmcp_with_direct_lookups, secure_server, side_by_side
+from _common import AUDIENCE, fastmcp_with_core_savings, secure_server, side_by_side
 
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
@@ -30,13 +30,13 @@ logging.disable(logging.WARNING)
 CLIENTS = 64
 
 
-def build_bare(direct_lookups: bool = False) -> Any:
+def build_bare(core_savings: bool = False) -> Any:
     import fastmcp
     from fastmcp.server.auth import StaticTokenVerifier
 
     verifier = StaticTokenVerifier(tokens={"static": {"client_id": "alice", "scopes": ["calc"]}})
-    if direct_lookups:
-        mcp: Any = fastmcp_with_direct_lookups("bench", auth=verifier)
+    if core_savings:
+        mcp: Any = fastmcp_with_core_savings("bench", auth=verifier)
     else:
         mcp = fastmcp.FastMCP("bench", auth=verifier)
 
@@ -104,7 +104,7 @@ async def main(n: int, rounds: int) -> None:
         serve_http(build_bare()) as bare_url,
         serve_http(build_secure(idp)) as secure_url,
         serve_http(build_diy(idp)) as diy_url,
-        serve_http(build_bare(direct_lookups=True)) as layer_url,
+        serve_http(build_bare(core_savings=True)) as layer_url,
     ):
         async with (
             connect_http(bare_url, "static") as bc,
@@ -121,7 +121,7 @@ async def main(n: int, rounds: int) -> None:
                 warmup=50,
             )
             await side_by_side(
-                "(c) layer alone: vs FastMCP+direct lookups",
+                "(c) layer alone: vs FastMCP+core savings",
                 lambda: lc.call_tool("add", args),
                 lambda: sc.call_tool("add", args),
                 n=n,
