@@ -38,6 +38,7 @@ from typing import Any, Final
 
 from mcp.types import INTERNAL_ERROR
 
+from securemcp.auth._client_address import client_address
 from securemcp.auth._throttle import FailureThrottle
 from securemcp.auth.base import IdentityVerifier
 from securemcp.auth.resource import (
@@ -236,8 +237,7 @@ class HTTPGuard:
         with its size, without growing by one record per forged request. (The server log line
         is written for every refusal.)
         """
-        client = scope.get("client")
-        address = client[0] if client else None
+        address = client_address(scope, self._config.trusted_proxies)
         logger.info(
             "refused %s %s from %s: %s",
             scope.get("method"),
@@ -305,12 +305,11 @@ class HTTPGuard:
         arguments = params.get("arguments")
         traceparent = meta.get("traceparent") if isinstance(meta, dict) else None
         call_id = secrets.token_hex(16)
-        client = scope.get("client")
         logger.info(
             "refused %s %r from %s: insufficient_scope (missing %s)",
             method,
             target,
-            client[0] if client else "?",
+            client_address(scope, self._config.trusted_proxies) or "?",
             " ".join(sorted(exc.missing)),
         )
         trace_id = self._pipeline._telemetry.refused_before_server(
@@ -383,8 +382,7 @@ class HTTPGuard:
         limiter = enforcement.rate_limiter if enforcement is not None else None
         if limiter is None:
             return False
-        client = scope.get("client")
-        decision = await limiter.hit_address(client[0] if client else None)
+        decision = await limiter.hit_address(client_address(scope, self._config.trusted_proxies))
         if decision.allowed:
             return False
         seconds = max(1, math.ceil(decision.retry_after))

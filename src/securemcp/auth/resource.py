@@ -130,7 +130,9 @@ class ProtectedResource:
         resource_documentation: URL of human-readable documentation.
         trusted_proxies: IP addresses or CIDR blocks of reverse proxies whose
             ``X-Forwarded-Host``/``X-Forwarded-Proto`` may select among the configured resource
-            URIs. Requests from anywhere else never influence an advertised URL.
+            URIs, and whose ``X-Forwarded-For`` names the client for the per-address rate
+            limit and refusal records (the rightmost address that is not a trusted proxy).
+            Requests from anywhere else never influence an advertised URL or their address.
         allowed_origins: browser origins (``https://app.example.com``) allowed to call the MCP
             endpoint besides the resource's own origin; requests with any other ``Origin`` are
             refused with 403 (MCP transports: DNS rebinding). Requests without ``Origin`` (not

@@ -1,0 +1,77 @@
+"""The client's address behind trusted reverse proxies, for per-address limits and refusal records.
+
+Behind a reverse proxy (a load balancer, an ingress, a gateway) every request reaches the server
+from the proxy's own address. Left at that, the pre-authentication limit per address
+(``RateLimit(per="address")``) would throttle every client of the server together, one attacker
+starving everyone else, and the throttled refusal records in the audit log would all name the
+proxy. A proxy listed in ``ProtectedResource(trusted_proxies=...)`` is trusted to report in
+``X-Forwarded-For`` (the de facto form of RFC 7239's ``Forwarded: for=``) the address it
+received the request from, appending it to whatever the request already carried. So the client
+is the *rightmost* address in that list that is not itself a trusted proxy: everything to its
+left was written by the client and is never believed. A request whose peer is not a trusted
+proxy keeps its own address, whatever headers it sends.
+
+An entry that is not an IP address (``unknown``, an obfuscated RFC 7239 identifier, garbage)
+stops the walk at the last address known for certain. ``Forwarded`` itself is not read: proxies
+that write it write ``X-Forwarded-For`` too, and reading one header keeps a request from
+naming two different clients.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["client_address"]
+
+#: Hops examined from the right; more proxies than this in a chain is a misconfiguration.
+MAX_HOPS = 16
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _parse(text: str) -> IPAddress | None:
+    """An address from an ``X-Forwarded-For`` entry (``1.2.3.4``, ``1.2.3.4:80``, ``[::1]:80``)."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:  # IPv4 with a port; a bare IPv6 address has several colons
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
+    return any(address.version == net.version and address in net for net in proxies)
+
+
+def client_address(scope: Any, proxies: Sequence[IPNetwork]) -> str | None:
+    """The address to limit and record a request by (``None`` when the server knows none)."""
+    peer = scope.get("client")
+    if not peer:
+        return None
+    address: str = peer[0]
+    if not proxies:
+        return address
+    current = _parse(address)
+    if current is None or not _trusted(current, proxies):
+        return address
+    hops: list[bytes] = []
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-for":
+            hops.extend(value.rsplit(b",", MAX_HOPS))  # several headers: one list, in order
+    for hop in reversed(hops[-MAX_HOPS:]):
+        forwarded = _parse(hop.decode("latin-1"))
+        if forwarded is None:
+            break  # not an address: keep the last one known for certain
+        current = forwarded
+        if not _trusted(current, proxies):
+            break  # the client, as the nearest trusted proxy saw it
+    return str(current)
