@@ -182,3 +182,12 @@ async def test_a_rule_key_write_of_any_kind_ends_the_shortcut() -> None:
     assert await front.delete(rule_key)
     assert await front.get(rule_key, default="absent") == "absent"
     assert store.rule_reads == 2
+
+
+def test_attribute_probes_do_not_end_the_shortcut() -> None:
+    import copy
+
+    front = SessionStateFront(fastmcp.FastMCP("plain")._state_store)
+    assert not hasattr(front, "__aenter__")
+    copy.copy(front)  # a half-built copy must not recurse through __getattr__
+    assert not front.rules_may_exist

@@ -58,6 +58,8 @@ class SessionStateFront:
         return await self._store.delete(key=key, **options)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in SessionStateFront.__slots__:
+            raise AttributeError(name)  # probes (copy, pickle) and a half-built front
         # put_many, ttl, ... : not used by FastMCP's per-call paths. Whatever they do, a rule may
         # exist afterwards, so stop answering rule reads without the store.
         self.rules_may_exist = True
