@@ -19,11 +19,12 @@ naming two different clients.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["client_address"]
+__all__ = ["client_address", "trusted_peer"]
 
 #: Hops examined from the right; more proxies than this in a chain is a misconfiguration.
 MAX_HOPS = 16
@@ -52,17 +53,32 @@ def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
     return any(address.version == net.version and address in net for net in proxies)
 
 
-def client_address(scope: Any, proxies: Sequence[IPNetwork]) -> str | None:
+@functools.lru_cache(maxsize=1024)
+def _trusted_peer_address(peer: str, proxies: tuple[IPNetwork, ...]) -> IPAddress | None:
+    address = _parse(peer)
+    return address if address is not None and _trusted(address, proxies) else None
+
+
+def trusted_peer(scope: Any, proxies: tuple[IPNetwork, ...]) -> IPAddress | None:
+    """The request's peer address if it is one of ``proxies`` (``None`` otherwise).
+
+    Checked per request by the address limit, so the answer is cached per peer address (a
+    bounded cache: peers are the server's own connections, not header text).
+    """
+    peer = scope.get("client")
+    if not peer or not proxies:
+        return None
+    return _trusted_peer_address(peer[0], proxies)
+
+
+def client_address(scope: Any, proxies: tuple[IPNetwork, ...]) -> str | None:
     """The address to limit and record a request by (``None`` when the server knows none)."""
     peer = scope.get("client")
     if not peer:
         return None
-    address: str = peer[0]
-    if not proxies:
-        return address
-    current = _parse(address)
-    if current is None or not _trusted(current, proxies):
-        return address
+    current = trusted_peer(scope, proxies)
+    if current is None:
+        return str(peer[0])
     hops: list[bytes] = []
     for name, value in scope["headers"]:
         if name == b"x-forwarded-for":

@@ -26,7 +26,6 @@ the request (:meth:`securemcp.telemetry.Telemetry.refused_at_http`).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -38,7 +37,7 @@ from typing import Any, Final
 
 from mcp.types import INTERNAL_ERROR
 
-from securemcp.auth._client_address import client_address
+from securemcp.auth._client_address import client_address, trusted_peer
 from securemcp.auth._throttle import FailureThrottle
 from securemcp.auth.base import IdentityVerifier
 from securemcp.auth.resource import (
@@ -334,19 +333,9 @@ class HTTPGuard:
 
     def _forwarded_origin(self, scope: Scope, headers: _Headers) -> str | None:
         """The origin a *trusted* proxy says the client used (only ever selects a resource)."""
-        if not self._config.trusted_proxies or headers.forwarded_host is None:
+        if headers.forwarded_host is None:
             return None
-        client = scope.get("client")
-        if not client:
-            return None
-        try:
-            address = ipaddress.ip_address(client[0])
-        except ValueError:
-            return None
-        if not any(
-            address.version == net.version and address in net
-            for net in self._config.trusted_proxies
-        ):
+        if trusted_peer(scope, self._config.trusted_proxies) is None:
             return None
         host = headers.forwarded_host.decode("latin-1").split(",")[-1].strip()
         proto = b"https"
