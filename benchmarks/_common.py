@@ -75,18 +75,22 @@ def fastmcp_with_core_savings(name: str = "bench", **kwargs: object) -> object:
     """A bare ``fastmcp.FastMCP`` given securemcp's savings in FastMCP's own path, nothing else.
 
     securemcp's server looks its components up without FastMCP's per-lookup task group
-    (``securemcp._direct_lookups``) and answers FastMCP's per-lookup read of session visibility
-    rules without the state store while no rule exists (``securemcp._session_state``), which
-    makes a call cheaper than bare FastMCP's. Measuring securemcp against this server instead
-    isolates the cost of the security layer itself.
+    (``securemcp._direct_lookups``), answers FastMCP's per-lookup read of session visibility
+    rules without the state store while no rule exists (``securemcp._session_state``) and skips
+    building FastMCP's per-call span while no OpenTelemetry SDK could record it
+    (``securemcp._unrecorded_spans``), which makes a call cheaper than bare FastMCP's.
+    Measuring securemcp against this server instead isolates the cost of the security layer
+    itself.
     """
     import fastmcp
 
     from securemcp._direct_lookups import DirectLookups
     from securemcp._session_state import SkipsAbsentVisibilityRules
+    from securemcp._unrecorded_spans import SkipsUnrecordedSpans
 
     class CoreSavingsFastMCP(  # type: ignore[misc]
         SkipsAbsentVisibilityRules,
+        SkipsUnrecordedSpans,
         fastmcp.FastMCP,  # type: ignore[type-arg]
         DirectLookups,
     ):

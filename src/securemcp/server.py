@@ -26,6 +26,7 @@ from fastmcp.tools import Tool
 
 from securemcp._direct_lookups import DirectLookups
 from securemcp._session_state import SkipsAbsentVisibilityRules
+from securemcp._unrecorded_spans import SkipsUnrecordedSpans
 from securemcp.admission import recheck_resolved, require_admission
 from securemcp.auth.resource import ProtectedResource
 from securemcp.auth.stdio import StdioIdentity
@@ -139,7 +140,9 @@ class _PipelineFirst(list[Middleware]):
         self._restore()
 
 
-class FastMCP(SkipsAbsentVisibilityRules, fastmcp.FastMCP[Any], DirectLookups):
+class FastMCP(
+    SkipsAbsentVisibilityRules, SkipsUnrecordedSpans, fastmcp.FastMCP[Any], DirectLookups
+):
     """A FastMCP server whose every tool call, resource read and prompt runs through securemcp.
 
     Takes every ``fastmcp.FastMCP`` argument, plus:
