@@ -8,6 +8,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
 os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
@@ -86,15 +87,36 @@ def fastmcp_with_core_savings(name: str = "bench", **kwargs: object) -> object:
 
     from securemcp._direct_lookups import DirectLookups
     from securemcp._session_state import SkipsAbsentVisibilityRules
-    from securemcp._unrecorded_spans import SkipsUnrecordedSpans
+    from securemcp._unrecorded_spans import quiet_core_path
 
     class CoreSavingsFastMCP(  # type: ignore[misc]
         SkipsAbsentVisibilityRules,
-        SkipsUnrecordedSpans,
         fastmcp.FastMCP,  # type: ignore[type-arg]
         DirectLookups,
     ):
-        pass
+        # securemcp.FastMCP's core-path overrides, minus the admission checks.
+        async def call_tool(
+            self,
+            name: str,
+            arguments: Any = None,
+            *,
+            version: Any = None,
+            run_middleware: bool = True,
+        ) -> Any:
+            if not run_middleware:
+                with quiet_core_path():
+                    return await super().call_tool(
+                        name, arguments, version=version, run_middleware=False
+                    )
+            return await super().call_tool(name, arguments, version=version, run_middleware=True)
+
+        async def read_resource(
+            self, uri: Any, *, version: Any = None, run_middleware: bool = True
+        ) -> Any:
+            if not run_middleware:
+                with quiet_core_path():
+                    return await super().read_resource(uri, version=version, run_middleware=False)
+            return await super().read_resource(uri, version=version, run_middleware=True)
 
     return CoreSavingsFastMCP(name, **kwargs)
 

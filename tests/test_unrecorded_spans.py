@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NoOpTracerProvider
 
 import securemcp
+import securemcp._unrecorded_spans as unrecorded_spans
 from securemcp._unrecorded_spans import spans_cannot_record
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +42,7 @@ def no_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
     had an SDK.
     """
     monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
+    monkeypatch.setattr(unrecorded_spans, "_PROVIDER_NAMED", False)
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
     monkeypatch.setattr(mcp_otel, "_tracer", trace.get_tracer("mcp-python-sdk"))
 
@@ -117,9 +119,14 @@ async def seen_inside(server: Any) -> list[Any]:
 def test_only_the_apis_default_and_no_op_providers_count_as_unrecorded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    monkeypatch.setattr(unrecorded_spans, "_PROVIDER_NAMED", False)
     assert spans_cannot_record()
+    assert trace.get_tracer_provider() is trace._PROXY_TRACER_PROVIDER  # the internal it reads
+    # OTEL_PYTHON_TRACER_PROVIDER named one at start-up: the API will load it, so may record.
+    monkeypatch.setattr(unrecorded_spans, "_PROVIDER_NAMED", True)
+    assert not spans_cannot_record()
+    monkeypatch.setattr(unrecorded_spans, "_PROVIDER_NAMED", False)
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", NoOpTracerProvider())
     assert spans_cannot_record()
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", TracerProvider())

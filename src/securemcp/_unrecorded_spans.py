@@ -14,88 +14,53 @@ FastMCP's own ``propagation_only`` telemetry mode, scoped with its public
 OpenTelemetry context without building anything: the caller's ``_meta`` trace parent (if any) is
 attached and no span is created. (Without an SDK, FastMCP's native path attaches the same parent:
 the no-op tracer returns the parent's non-recording span and makes it current.) So while no
-provider is configured, :class:`SkipsUnrecordedSpans` runs the core paths under that scope.
-The check is made on every call: once an application installs an SDK, the next call gets
-FastMCP's spans exactly as before, enriched by securemcp as usual. FastMCP's ``off`` mode is
-never changed (suppression cannot override it).
+provider is configured, ``securemcp.FastMCP`` runs its core paths under that scope
+(:func:`quiet_core_path`). The check is made on every call: once an application installs an
+SDK, the next call gets FastMCP's spans exactly as before, enriched by securemcp as usual.
+FastMCP's ``off`` mode is never changed (suppression cannot override it).
 
 Standard: OpenTelemetry API, global ``TracerProvider`` (``opentelemetry.trace``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from contextlib import AbstractContextManager, nullcontext
+from typing import Final
 
 from fastmcp.telemetry import suppress_fastmcp_telemetry
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
 
-__all__ = ["SkipsUnrecordedSpans", "spans_cannot_record"]
+__all__ = ["quiet_core_path", "spans_cannot_record"]
 
 #: Providers whose spans never record. Matched exactly: a subclass may record.
-_NON_RECORDING_PROVIDERS = frozenset({ProxyTracerProvider, NoOpTracerProvider})
+_NON_RECORDING_PROVIDERS: Final = frozenset({ProxyTracerProvider, NoOpTracerProvider})
+
+#: Whether the environment names a provider for the API to load on first use. Read once: the
+#: MCP SDK asks the API for a tracer when it is imported, which loads that provider then.
+_PROVIDER_NAMED: Final = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
+_NO_SCOPE: Final = nullcontext()
 
 
 def spans_cannot_record() -> bool:
     """Whether no tracer provider is configured, so every span would be a no-op.
 
-    ``get_tracer_provider()`` answers the API's ``ProxyTracerProvider`` only while none is set
-    (it loads the one ``OTEL_PYTHON_TRACER_PROVIDER`` names, if any); a ``NoOpTracerProvider``
-    never records. Any other provider (the SDK's, a vendor's, a subclass of those two) may
-    record, so FastMCP keeps its spans.
+    The API keeps the global provider in ``opentelemetry.trace._TRACER_PROVIDER``, set at most
+    once per process; it is read directly because the public ``get_tracer_provider()`` also
+    looks ``OTEL_PYTHON_TRACER_PROVIDER`` up in the environment on every call while no provider
+    is set (a measurable part of a call). With none set, the answer is "cannot record" unless
+    that variable named one at start-up. A ``NoOpTracerProvider`` never records. Any
+    other provider (the SDK's, a vendor's, a subclass of those two) may, so FastMCP keeps its
+    spans. ``tests/test_unrecorded_spans.py`` pins the API internal.
     """
-    return type(trace.get_tracer_provider()) in _NON_RECORDING_PROVIDERS
+    provider = trace._TRACER_PROVIDER
+    if provider is None:
+        return not _PROVIDER_NAMED
+    return type(provider) in _NON_RECORDING_PROVIDERS
 
 
-class SkipsUnrecordedSpans:
-    """Server mixin: FastMCP's core call paths skip building spans nobody can record.
-
-    Placed before ``fastmcp.FastMCP`` in the bases. Calls through the middleware chain
-    (``run_middleware=True``) are unchanged; the chain's own call of the core path gets the scope.
-    """
-
-    async def call_tool(
-        self,
-        name: str,
-        arguments: dict[str, Any] | None = None,
-        *,
-        version: Any = None,
-        run_middleware: bool = True,
-    ) -> Any:
-        if run_middleware or not spans_cannot_record():
-            return await super().call_tool(  # type: ignore[misc]
-                name, arguments, version=version, run_middleware=run_middleware
-            )
-        with suppress_fastmcp_telemetry():
-            return await super().call_tool(  # type: ignore[misc]
-                name, arguments, version=version, run_middleware=False
-            )
-
-    async def read_resource(
-        self, uri: Any, *, version: Any = None, run_middleware: bool = True
-    ) -> Any:
-        if run_middleware or not spans_cannot_record():
-            return await super().read_resource(  # type: ignore[misc]
-                uri, version=version, run_middleware=run_middleware
-            )
-        with suppress_fastmcp_telemetry():
-            return await super().read_resource(  # type: ignore[misc]
-                uri, version=version, run_middleware=False
-            )
-
-    async def render_prompt(
-        self,
-        name: str,
-        arguments: dict[str, Any] | None = None,
-        *,
-        version: Any = None,
-        run_middleware: bool = True,
-    ) -> Any:
-        if run_middleware or not spans_cannot_record():
-            return await super().render_prompt(  # type: ignore[misc]
-                name, arguments, version=version, run_middleware=run_middleware
-            )
-        with suppress_fastmcp_telemetry():
-            return await super().render_prompt(  # type: ignore[misc]
-                name, arguments, version=version, run_middleware=False
-            )
+def quiet_core_path() -> AbstractContextManager[object]:
+    """The scope to run a FastMCP core path in: suppressed while spans cannot record."""
+    return suppress_fastmcp_telemetry() if spans_cannot_record() else _NO_SCOPE

@@ -26,7 +26,7 @@ from fastmcp.tools import Tool
 
 from securemcp._direct_lookups import DirectLookups
 from securemcp._session_state import SkipsAbsentVisibilityRules
-from securemcp._unrecorded_spans import SkipsUnrecordedSpans
+from securemcp._unrecorded_spans import quiet_core_path
 from securemcp.admission import recheck_resolved, require_admission
 from securemcp.auth.resource import ProtectedResource
 from securemcp.auth.stdio import StdioIdentity
@@ -140,9 +140,7 @@ class _PipelineFirst(list[Middleware]):
         self._restore()
 
 
-class FastMCP(
-    SkipsAbsentVisibilityRules, SkipsUnrecordedSpans, fastmcp.FastMCP[Any], DirectLookups
-):
+class FastMCP(SkipsAbsentVisibilityRules, fastmcp.FastMCP[Any], DirectLookups):
     """A FastMCP server whose every tool call, resource read and prompt runs through securemcp.
 
     Takes every ``fastmcp.FastMCP`` argument, plus:
@@ -528,6 +526,7 @@ class FastMCP(
         return super().disable(*args, **kwargs)
 
     # --- core paths: only run what the pipeline admitted ----------------------------------
+    # (and skip building FastMCP's span while no SDK could record it: _unrecorded_spans)
 
     async def call_tool(
         self,
@@ -539,6 +538,10 @@ class FastMCP(
     ) -> Any:
         if not run_middleware:
             require_admission(self, "tools/call", name)
+            with quiet_core_path():
+                return await super().call_tool(
+                    name, arguments, version=version, run_middleware=False
+                )
         return await super().call_tool(
             name, arguments, version=version, run_middleware=run_middleware
         )
@@ -548,6 +551,8 @@ class FastMCP(
     ) -> Any:
         if not run_middleware:
             require_admission(self, "resources/read", str(uri))
+            with quiet_core_path():
+                return await super().read_resource(uri, version=version, run_middleware=False)
         return await super().read_resource(uri, version=version, run_middleware=run_middleware)
 
     async def render_prompt(
@@ -560,6 +565,10 @@ class FastMCP(
     ) -> Any:
         if not run_middleware:
             require_admission(self, "prompts/get", name)
+            with quiet_core_path():
+                return await super().render_prompt(
+                    name, arguments, version=version, run_middleware=False
+                )
         return await super().render_prompt(
             name, arguments, version=version, run_middleware=run_middleware
         )
