@@ -192,3 +192,59 @@ async def test_fastmcps_off_mode_is_left_off(
     assert secure == bare
     # "off" touches no context at all: the _meta parent is not attached, on either server.
     assert secure[0] == {"trace_id": None, "traceparent_trace_id": None}
+
+
+def _record(recorder: Any) -> None:
+    recorder.record(
+        None,
+        method="tools/call",
+        target="where",
+        decision="allow",
+        reason="ok",
+        error_type=None,
+        duration_s=0.001,
+        principal=None,
+        call_id="c1",
+    )
+
+
+def test_metric_attributes_are_built_only_when_a_meter_provider_could_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.metrics import _internal as metrics_api
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from securemcp import telemetry
+
+    monkeypatch.setattr(metrics_api, "_METER_PROVIDER", None)
+    monkeypatch.setattr(telemetry, "_METER_PROVIDER_NAMED", False)
+    recorder = telemetry.Telemetry()
+
+    def unexpected(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a measurement built for instruments that drop it")
+
+    monkeypatch.setattr(recorder._duration, "record", unexpected)
+    monkeypatch.setattr(recorder._decisions, "add", unexpected)
+    assert not telemetry.metrics_can_record()
+    _record(recorder)  # no provider: nothing built, nothing raised
+
+    monkeypatch.setattr(telemetry, "_METER_PROVIDER_NAMED", True)  # the API will load one
+    assert telemetry.metrics_can_record()
+    with pytest.raises(AssertionError):
+        _record(recorder)
+    monkeypatch.setattr(telemetry, "_METER_PROVIDER_NAMED", False)
+
+    # A provider given to this server always records, whatever the global state.
+    reader = InMemoryMetricReader()
+    own = telemetry.Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+    _record(own)
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {
+        metric.name
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    assert {"mcp.server.operation.duration", "securemcp.authz.decisions"} <= names

@@ -22,12 +22,14 @@ issuer and subject), and arguments, tokens, headers and query strings are never 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -130,6 +132,22 @@ _TARGET_ATTRIBUTE: Final = {
 }
 
 
+#: Whether the environment names a meter provider for the API to load on first use (read once:
+#: the API loads it the first time anything asks for a meter, as this module does).
+_METER_PROVIDER_NAMED: Final = "OTEL_PYTHON_METER_PROVIDER" in os.environ
+
+
+def metrics_can_record() -> bool:
+    """Whether a global meter provider is set (or named), so the global instruments may record.
+
+    Until one is, the API's instruments are proxies that drop every measurement: the
+    attributes are not built for them. The API keeps the provider in
+    ``opentelemetry.metrics._internal._METER_PROVIDER`` (set at most once per process), read
+    directly as ``securemcp._unrecorded_spans`` reads the tracer provider.
+    """
+    return _metrics_api._METER_PROVIDER is not None or _METER_PROVIDER_NAMED
+
+
 class Telemetry:
     """Spans and metrics for one securemcp server. Instruments are created once, here."""
 
@@ -137,6 +155,7 @@ class Telemetry:
         from securemcp import __version__
 
         meter = metrics.get_meter("securemcp", __version__, meter_provider=meter_provider)
+        self._own_meter_provider = meter_provider is not None
         self._tracer = trace.get_tracer("securemcp", __version__)
         self._duration = meter.create_histogram(
             "mcp.server.operation.duration",
@@ -185,18 +204,23 @@ class Telemetry:
         if error_type is not None and error_type not in ERROR_TYPES:
             error_type = "_OTHER"  # the documented vocabulary is closed
         target_attribute = _TARGET_ATTRIBUTE.get(method)
-        metric_attributes: dict[str, str] = {"mcp.method.name": method}
-        if target_attribute and method != "resources/read":
-            metric_attributes[target_attribute] = target
-        if error_type is not None:
-            metric_attributes["error.type"] = error_type
-        self._duration.record(duration_s, metric_attributes)
-        self._decisions.add(
-            1,
-            {"mcp.method.name": method, "securemcp.decision": decision, "securemcp.reason": reason},
-        )
-        if error_type == "rate_limited":
-            self._rate_limited.add(1, {"mcp.method.name": method})
+        if self._own_meter_provider or metrics_can_record():
+            metric_attributes: dict[str, str] = {"mcp.method.name": method}
+            if target_attribute and method != "resources/read":
+                metric_attributes[target_attribute] = target
+            if error_type is not None:
+                metric_attributes["error.type"] = error_type
+            self._duration.record(duration_s, metric_attributes)
+            self._decisions.add(
+                1,
+                {
+                    "mcp.method.name": method,
+                    "securemcp.decision": decision,
+                    "securemcp.reason": reason,
+                },
+            )
+            if error_type == "rate_limited":
+                self._rate_limited.add(1, {"mcp.method.name": method})
         if span is None:
             return
         attributes: dict[str, Any] = {

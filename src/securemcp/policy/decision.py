@@ -284,6 +284,8 @@ class Decision:
         cls, reason: str = "", *, rule: str | None = None, policy_version: str | None = None
     ) -> Decision:
         """Run the call."""
+        if cls is Decision and not reason and rule is None and policy_version is None:
+            return _ALLOW  # immutable, so one plain allow serves every call
         return cls(Effect.ALLOW, reason, rule, policy_version)
 
     @classmethod
@@ -361,3 +363,7 @@ class Decision:
         if self.detail:
             out["detail"] = self.detail
         return out
+
+
+#: The plain allow decision :meth:`Decision.allow` returns when given nothing else.
+_ALLOW: Final = Decision(Effect.ALLOW)

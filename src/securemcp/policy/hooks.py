@@ -133,6 +133,8 @@ def _start(policy: Any, request: CallRequest) -> Decision | Awaitable[Any] | Non
         result = target(request)
     except Exception as exc:
         return _raised(policy, exc)
+    if type(result) is Decision:  # the usual answer, without the Awaitable ABC check
+        return result
     if inspect.isawaitable(result):
         return result
     return _coerce(policy, result)
@@ -175,7 +177,7 @@ async def evaluate(
     """
     result = _start(policy, request)
     decision: Decision | None
-    if not inspect.isawaitable(result):
+    if result is None or type(result) is Decision or not inspect.isawaitable(result):
         decision = result
     elif timeout is None:
         decision = await _finish(policy, result)
