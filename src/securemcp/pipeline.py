@@ -448,14 +448,15 @@ class SecurityPipeline(Middleware):
                 if auditor is not None:
                     # Written before the body runs; AuditUnavailable refuses the call.
                     try:
-                        auditor.decision(
+                        auditor.log.decision(  # CallAuditor.decision, minus its frame
                             call_id=call_id,
                             method=method,
                             target=target,
-                            principal=principal,
-                            arguments=arguments,
                             result=decision if decision is not None else "allow",
+                            identity=principal,
+                            arguments=arguments,
                             trace_id=trace_id,
+                            server=auditor.server_name,
                         )
                     except Exception as exc:
                         if steps is not None:
@@ -500,15 +501,16 @@ class SecurityPipeline(Middleware):
                     if steps is not None:
                         steps.skip()  # the tool ran
                     call.outcome_recorded = True  # attempted: a failed write is not retried
-                    auditor.outcome(
+                    auditor.log.outcome(  # CallAuditor.outcome, minus its frame
                         call_id=call_id,
                         method=method,
                         target=target,
-                        principal=principal,
                         outcome="tool_error" if call.error_type else "ok",
                         duration_ms=(time.perf_counter() - started) * 1000,
+                        identity=principal,
                         error=call.error_type,
                         trace_id=trace_id,
+                        server=auditor.server_name,
                     )
                     if steps is not None:
                         steps.done("securemcp.audit.outcome")
@@ -565,8 +567,9 @@ class SecurityPipeline(Middleware):
     ) -> Any:
         """Rate limits, scopes and policy for a call to a resolved target; returns the decision."""
         request = enforcement.call_request(principal, method, target, arguments, facts, transport)
-        if enforcement.rate_limiter is not None:
-            await enforcement.rate_limit(request)
+        limiter = enforcement.rate_limiter
+        if limiter is not None:
+            (await limiter.hit(request)).raise_if_refused()  # as enforcement.rate_limit does
         self._check_scopes(method, target, principal, facts.scopes)
         if enforcement.policy is None:
             return None

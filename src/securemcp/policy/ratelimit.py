@@ -348,11 +348,18 @@ class RateLimiter:
         """Count one call against every applicable limit; stop at the first refusal."""
         tool = request.target
         degraded: RateDecision | None = None
+        memory = self._memory
         for rule in self._call_rules:
             if not rule.applies_to(tool):
                 continue
             parts = self._parts(rule, request)
             if parts is None:
+                continue
+            if memory is not None:  # in-process counters: what _hit does, without its frame
+                key = self._key(parts)
+                refused = memory.hit(self._memory_windows[rule.name], key, rule.cost)
+                if refused is not None:
+                    return RateDecision(False, refused, rule.name, key)
                 continue
             decision = await self._hit(rule, self._key(parts))
             if decision is not None:
