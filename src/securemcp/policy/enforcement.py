@@ -22,7 +22,7 @@ import anyio
 from securemcp.errors import CallTimedOut, PolicyDenied, ResultTooLarge
 from securemcp.policy.approvals import ApprovalGate, ApprovalStore, open_store
 from securemcp.policy.decision import Constraints, Decision, Effect
-from securemcp.policy.hooks import PolicyLike, evaluate, refusal
+from securemcp.policy.hooks import PolicyLike, refusal, settle, start
 from securemcp.policy.ratelimit import RateLimit, RateLimiter
 from securemcp.policy.request import CallRequest
 
@@ -186,9 +186,13 @@ class PolicyEnforcement:
             PolicyDenied / PolicyError: the policy denied the call or failed.
             ApprovalRequired / ApprovalInvalid: approval is needed, pending, denied or misused.
         """
-        if self.policy is None:
+        policy = self.policy
+        if policy is None:
             return None
-        decision = await evaluate(self.policy, request)
+        # hooks.evaluate in its two steps: a sync policy's decision needs no coroutine.
+        decision = start(policy, request)
+        if type(decision) is not Decision:
+            decision = await settle(policy, decision)
         if decision.effect is Effect.DENY:
             raise refusal(decision)
         if decision.effect is Effect.REQUIRE_APPROVAL:

@@ -58,6 +58,8 @@ __all__ = [
     "policy_name",
     "refusal",
     "risk_defaults",
+    "settle",
+    "start",
 ]
 
 logger = logging.getLogger("securemcp.policy")
@@ -175,7 +177,25 @@ async def evaluate(
         timeout: seconds an async policy may take (``None``: no limit). Sync policies run inline
             and are not timed.
     """
-    result = _start(policy, request)
+    result = start(policy, request)
+    if type(result) is Decision:
+        return result
+    return await settle(policy, result, timeout=timeout)
+
+
+#: Run ``policy`` on a request: its decision, ``None``, or the awaitable an async one returned;
+#: :func:`settle` turns anything but a decision into one (what :func:`evaluate` does in two
+#: steps, so a caller holding a sync policy's decision skips a coroutine).
+start = _start
+
+
+async def settle(
+    policy: PolicyLike,
+    result: Decision | Awaitable[Any] | None,
+    *,
+    timeout: float | None = 5.0,  # noqa: ASYNC109 - bounds the hook, applied with anyio
+) -> Decision:
+    """The decision for what :func:`start` returned (awaited within ``timeout``), failing closed."""
     decision: Decision | None
     if result is None or type(result) is Decision or not inspect.isawaitable(result):
         decision = result
