@@ -13,6 +13,7 @@ SCRIPTS = (
     "bench_calls.py",
     "bench_breakdown.py",
     "bench_http.py",
+    "bench_sdk.py",
     "bench_memory.py",
     "bench_verify.py",
     "bench_audit.py",
