@@ -279,3 +279,27 @@ async def test_memory_with_storage_options_still_uses_limits() -> None:
     assert sum(r.allowed for r in results) == 3
     await limiter.reset()
     assert (await limiter.hit(request())).allowed
+
+
+@pytest.mark.parametrize("behaviour", ["deny", "allow"])
+async def test_a_failing_in_memory_counter_is_a_storage_failure(
+    behaviour: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process counters have no I/O, but an unexpected error in them is still decided by
+    ``on_storage_error`` and reported, never an unexplained exception on the call path."""
+    failures: list[StorageFailure] = []
+    limiter = RateLimiter(
+        [RateLimit("per-user", "10/minute")],
+        on_storage_error=behaviour,  # type: ignore[arg-type]
+        on_storage_failure=failures.append,
+    )
+    assert (await limiter.hit(request())).allowed
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("counter state corrupted")
+
+    monkeypatch.setattr(limiter._memory, "hit", broken)
+    decision = await limiter.hit(request())
+    assert decision.allowed is (behaviour == "allow")
+    assert decision.storage_error and decision.limit == "per-user"
+    assert len(failures) == 1 and failures[0].behaviour == behaviour

@@ -355,13 +355,10 @@ class RateLimiter:
             parts = self._parts(rule, request)
             if parts is None:
                 continue
-            if memory is not None:  # in-process counters: what _hit does, without its frame
-                key = self._key(parts)
-                refused = memory.hit(self._memory_windows[rule.name], key, rule.cost)
-                if refused is not None:
-                    return RateDecision(False, refused, rule.name, key)
-                continue
-            decision = await self._hit(rule, self._key(parts))
+            if memory is not None:  # in-process counters: no coroutine frame per rule
+                decision = self._memory_hit(memory, rule, self._key(parts))
+            else:
+                decision = await self._hit(rule, self._key(parts))
             if decision is not None:
                 if not decision.allowed:
                     return decision
@@ -384,26 +381,38 @@ class RateLimiter:
 
     async def _hit(self, rule: RateLimit, key: str) -> RateDecision | None:
         """``None`` when allowed; a decision when refused or the storage failed."""
+        memory = self._memory
+        if memory is not None:  # in-process: no await, no task, never fails on I/O
+            return self._memory_hit(memory, rule, key)
         if self._down_until and time.monotonic() < self._down_until:
             return self._storage_failed(rule, key, "storage unavailable (circuit open)")
         try:
-            memory = self._memory
-            if memory is not None:  # in-process: no await, no task, never fails on I/O
-                refused = memory.hit(self._memory_windows[rule.name], key, rule.cost)
-                if refused is not None:  # seconds until the limit allows the call again
-                    return RateDecision(False, refused, rule.name, key)
-            else:
-                strategy = self._strategy
-                assert strategy is not None  # set whenever _memory is not
-                for item in rule.items:
-                    if not await strategy.hit(item, key, cost=rule.cost):
-                        stats = await strategy.get_window_stats(item, key)
-                        retry_after = max(0.0, stats.reset_time - time.time())
-                        return RateDecision(False, retry_after, rule.name, key)
+            strategy = self._strategy
+            assert strategy is not None  # set whenever _memory is not
+            for item in rule.items:
+                if not await strategy.hit(item, key, cost=rule.cost):
+                    stats = await strategy.get_window_stats(item, key)
+                    retry_after = max(0.0, stats.reset_time - time.time())
+                    return RateDecision(False, retry_after, rule.name, key)
         except Exception as exc:  # StorageError and anything the client library raises
             self._down_until = time.monotonic() + self._breaker
             return self._storage_failed(rule, key, f"{type(exc).__name__}: {exc}")
         self._down_until = 0.0
+        return None
+
+    def _memory_hit(self, memory: MemoryWindows, rule: RateLimit, key: str) -> RateDecision | None:
+        """:meth:`_hit` for the in-process counters, synchronously (the same failure handling:
+        an unexpected error is a storage failure, decided by the rule's ``on_storage_error``)."""
+        if self._down_until and time.monotonic() < self._down_until:
+            return self._storage_failed(rule, key, "storage unavailable (circuit open)")
+        try:
+            refused = memory.hit(self._memory_windows[rule.name], key, rule.cost)
+        except Exception as exc:
+            self._down_until = time.monotonic() + self._breaker
+            return self._storage_failed(rule, key, f"{type(exc).__name__}: {exc}")
+        self._down_until = 0.0
+        if refused is not None:  # seconds until the limit allows the call again
+            return RateDecision(False, refused, rule.name, key)
         return None
 
     def _storage_failed(self, rule: RateLimit, key: str, error: str) -> RateDecision:
