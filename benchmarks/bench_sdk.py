@@ -3,8 +3,9 @@
 ``bench_calls.py`` runs with the OpenTelemetry API only, as most deployments without a collector
 do. There, securemcp skips building FastMCP's per-call span (``securemcp._unrecorded_spans``)
 and its own metric attributes, because nothing could record them. Once an operator installs an
-SDK, both servers record FastMCP's ``SERVER`` span, and securemcp also enriches it, records its
-step spans (authenticate, authorize, audit decision, audit outcome) and its metrics. This script
+SDK, both servers record FastMCP's ``SERVER`` span, and securemcp also enriches it (with the
+durations of its steps: authenticate, authorize, audit decision, audit outcome; a step becomes a
+child span only when it refuses, fails or is slow) and records its metrics. This script
 installs a ``TracerProvider`` (every span sampled and recorded, then dropped: no exporter, so
 the figure is the instrumentation and not an exporter's I/O) and a ``MeterProvider`` with an
 in-memory reader, then measures both servers side by side as ``bench_calls.py`` does.

@@ -350,7 +350,7 @@ class SecurityPipeline(Middleware):
         started = time.perf_counter()
         current_span = trace.get_current_span()
         span = None
-        steps: StepTimer | None = None  # child spans per step, only while the span records
+        steps: StepTimer | None = None  # step timings, only while the span records
         if current_span.is_recording():
             span = current_span
             guard_span(span)
@@ -540,8 +540,6 @@ class SecurityPipeline(Middleware):
             call.error_type = call.error_type or _classify_failure(exc)
             raise
         finally:
-            if steps is not None and span is not None:
-                self._telemetry.steps(span, steps)
             self._telemetry.record(
                 span,
                 method=method,
@@ -553,6 +551,7 @@ class SecurityPipeline(Middleware):
                 principal=call.principal,
                 call_id=call.call_id,
                 policy_version=call.policy_version,
+                steps=steps,
             )
 
     async def _enforce(

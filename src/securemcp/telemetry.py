@@ -6,9 +6,15 @@ that span instead of opening a second one, and records the ``mcp.server.operatio
 histogram (seconds, the convention's bucket boundaries) plus securemcp's own counters.
 
 While a call's span is recording (an SDK is configured and the call is sampled), the pipeline
-also records what each of its steps took as ``INTERNAL`` child spans (:class:`StepTimer`):
-``securemcp.authenticate``, ``securemcp.authorize`` (rate limits, scopes, policy, approval),
-``securemcp.audit.decision`` and ``securemcp.audit.outcome``; the rest of the call is the tool.
+also times each of its steps (:class:`StepTimer`): ``securemcp.authenticate``,
+``securemcp.authorize`` (rate limits, scopes, policy, approval), ``securemcp.audit.decision`` and
+``securemcp.audit.outcome``; the rest of the call is the tool. Every step's duration becomes an
+attribute of the call's span (``securemcp.step.<step>.duration``, seconds). A step also becomes an
+``INTERNAL`` child span where that helps a reader of the trace: when it refused or failed the
+call, or took at least the slow-step threshold (1 ms by default). ``SECUREMCP_STEP_SPANS=all``
+gives every step its child span, ``off`` none; ``SECUREMCP_SLOW_STEP_MS`` moves the threshold.
+A child span per step on every call would make each call five spans to export and store, and
+cost an SDK more than the rest of securemcp's telemetry together.
 Without a recording span no step is timed.
 
 A request the HTTP guard refuses before any token is trusted (401, 400, 403 ``Origin``, 429, 503)
@@ -26,16 +32,27 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from securemcp._metrics import DURATION_BUCKETS, Instruments, for_provider, global_instruments
 from securemcp.context import Principal
 
-__all__ = ["ERROR_TYPES", "STEP_NAMES", "StepTimer", "Telemetry"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "ERROR_TYPES",
+    "STEP_NAMES",
+    "StepSpans",
+    "StepTimer",
+    "Telemetry",
+]
+
+#: Which pipeline steps become child spans: ``auto`` (refused, failed or slow steps), ``all``,
+#: ``off`` (none; the step durations stay attributes of the call's span).
+StepSpans = Literal["auto", "all", "off"]
 
 #: The child spans a recording call span gets, one per pipeline step that ran.
 STEP_NAMES: Final = (
@@ -44,6 +61,16 @@ STEP_NAMES: Final = (
     "securemcp.audit.decision",
     "securemcp.audit.outcome",
 )
+
+#: The call-span attribute holding each step's duration (seconds).
+_STEP_DURATION: Final = {
+    name: "securemcp.step." + name.removeprefix("securemcp.") + ".duration" for name in STEP_NAMES
+}
+
+_STEP_SPAN_MODES: Final = ("auto", "all", "off")
+
+#: A step at least this long gets its child span under ``auto`` (milliseconds).
+DEFAULT_SLOW_STEP_MS: Final = 1.0
 
 
 class StepTimer:
@@ -102,9 +129,6 @@ ERROR_TYPES: Final = frozenset(
     }
 )
 
-#: Recommended bucket boundaries for ``mcp.server.operation.duration`` (seconds).
-DURATION_BUCKETS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
-
 #: One propagator for every refusal (it holds no state).
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 
@@ -132,52 +156,67 @@ _TARGET_ATTRIBUTE: Final = {
 }
 
 
-#: Whether the environment names a meter provider for the API to load on first use (read once:
-#: the API loads it the first time anything asks for a meter, as this module does).
-_METER_PROVIDER_NAMED: Final = "OTEL_PYTHON_METER_PROVIDER" in os.environ
-
-
 def metrics_can_record() -> bool:
-    """Whether a global meter provider is set (or named), so the global instruments may record.
+    """Whether a global meter provider is set (or named), so the global instruments record."""
+    return global_instruments() is not None
 
-    Until one is, the API's instruments are proxies that drop every measurement: the
-    attributes are not built for them. The API keeps the provider in
-    ``opentelemetry.metrics._internal._METER_PROVIDER`` (set at most once per process), read
-    directly as ``securemcp._unrecorded_spans`` reads the tracer provider.
+
+def _step_spans_setting(
+    step_spans: StepSpans | None, slow_step_ms: float | None
+) -> tuple[str, int]:
+    """The step-span mode and slow-step threshold (ns), from the arguments or the environment.
+
+    Raises:
+        ValueError: an unknown mode or a threshold that is not a non-negative number, so a
+            typo in the deployment is reported when the server is built, not silently ignored.
     """
-    return _metrics_api._METER_PROVIDER is not None or _METER_PROVIDER_NAMED
+    mode: str = step_spans or os.environ.get("SECUREMCP_STEP_SPANS", "").strip().lower() or "auto"
+    if mode not in _STEP_SPAN_MODES:
+        raise ValueError(
+            f"SECUREMCP_STEP_SPANS / step_spans must be one of {', '.join(_STEP_SPAN_MODES)}"
+            f", not {mode!r}"
+        )
+    if slow_step_ms is None:
+        text = os.environ.get("SECUREMCP_SLOW_STEP_MS", "").strip()
+        try:
+            slow_step_ms = float(text) if text else DEFAULT_SLOW_STEP_MS
+        except ValueError:
+            raise ValueError(
+                f"SECUREMCP_SLOW_STEP_MS must be a number of milliseconds, not {text!r}"
+            ) from None
+    if not 0 <= slow_step_ms < float("inf"):
+        raise ValueError(f"the slow-step threshold must be >= 0 ms, not {slow_step_ms!r}")
+    return mode, int(slow_step_ms * 1_000_000)
 
 
 class Telemetry:
-    """Spans and metrics for one securemcp server. Instruments are created once, here."""
+    """Spans and metrics for one securemcp server.
 
-    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+    Args:
+        meter_provider: record metrics with this provider instead of the global one.
+        step_spans: which steps become child spans (default: ``SECUREMCP_STEP_SPANS``, else
+            ``auto``).
+        slow_step_ms: under ``auto``, a step at least this long gets its child span (default:
+            ``SECUREMCP_SLOW_STEP_MS``, else 1 ms).
+    """
+
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        *,
+        step_spans: StepSpans | None = None,
+        slow_step_ms: float | None = None,
+    ) -> None:
         from securemcp import __version__
 
-        meter = metrics.get_meter("securemcp", __version__, meter_provider=meter_provider)
-        self._own_meter_provider = meter_provider is not None
+        self._own_instruments = for_provider(meter_provider) if meter_provider else None
         self._tracer = trace.get_tracer("securemcp", __version__)
-        self._duration = meter.create_histogram(
-            "mcp.server.operation.duration",
-            unit="s",
-            description="Duration of MCP requests handled by the server, as seen by securemcp.",
-            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
-        )
-        self._decisions = meter.create_counter(
-            "securemcp.authz.decisions",
-            unit="{call}",
-            description="Calls by securemcp decision and reason.",
-        )
-        self._rate_limited = meter.create_counter(
-            "securemcp.ratelimit.rejections",
-            unit="{call}",
-            description="Calls refused by a rate limit.",
-        )
-        self._approvals = meter.create_counter(
-            "securemcp.approvals",
-            unit="{approval}",
-            description="Approval requests and their resolutions.",
-        )
+        self.step_spans, self._slow_step_ns = _step_spans_setting(step_spans, slow_step_ms)
+
+    def _instruments(self) -> Instruments | None:
+        """Where this server's metrics go (``None``: nowhere, no provider is set)."""
+        own = self._own_instruments
+        return own if own is not None else global_instruments()
 
     @staticmethod
     def current_span() -> Span | None:
@@ -199,28 +238,29 @@ class Telemetry:
         call_id: str | None,
         policy_version: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        steps: StepTimer | None = None,
     ) -> None:
-        """Record the outcome of one call on its span and in the metrics."""
+        """Record the outcome of one call on its span and in the metrics.
+
+        ``steps`` (only while ``span`` records) adds each step's duration to the span and the
+        step spans :attr:`step_spans` asks for.
+        """
         if error_type is not None and error_type not in ERROR_TYPES:
             error_type = "_OTHER"  # the documented vocabulary is closed
+        if reason != "ok" and reason not in ERROR_TYPES:
+            reason = "_OTHER"  # a reason is an error type or ok: the counters stay bounded
         target_attribute = _TARGET_ATTRIBUTE.get(method)
-        if self._own_meter_provider or metrics_can_record():
+        instruments = self._instruments()
+        if instruments is not None:
             metric_attributes: dict[str, str] = {"mcp.method.name": method}
             if target_attribute and method != "resources/read":
                 metric_attributes[target_attribute] = target
             if error_type is not None:
                 metric_attributes["error.type"] = error_type
-            self._duration.record(duration_s, metric_attributes)
-            self._decisions.add(
-                1,
-                {
-                    "mcp.method.name": method,
-                    "securemcp.decision": decision,
-                    "securemcp.reason": reason,
-                },
-            )
+            instruments.duration.record(duration_s, metric_attributes)
+            instruments.decisions.add((method, decision, reason))
             if error_type == "rate_limited":
-                self._rate_limited.add(1, {"mcp.method.name": method})
+                instruments.rate_limited.add((method,))
         if span is None:
             return
         attributes: dict[str, Any] = {
@@ -249,12 +289,27 @@ class Telemetry:
         if error_type is not None:
             attributes["error.type"] = error_type
             span.set_status(StatusCode.ERROR, reason)
+        if steps is not None:
+            for name, start, end, _ in steps.marks:
+                attributes[_STEP_DURATION[name]] = (end - start) / 1e9
+            if self.step_spans != "off":
+                self._step_spans(span, steps)
         span.set_attributes(attributes)
 
-    def steps(self, span: Span, timer: StepTimer) -> None:
-        """Record the steps ``timer`` marked as ``INTERNAL`` children of the call's ``span``."""
-        parent = trace.set_span_in_context(span)
+    def _step_spans(self, span: Span, timer: StepTimer) -> None:
+        """The steps that help a reader, as ``INTERNAL`` children of the call's ``span``.
+
+        Under ``auto``: a step that refused or failed the call, or took at least the slow-step
+        threshold. Under ``all``: every step.
+        """
+        every = self.step_spans == "all"
+        slow = self._slow_step_ns
+        parent = None
         for name, start, end, error_type in timer.marks:
+            if not every and error_type is None and end - start < slow:
+                continue
+            if parent is None:
+                parent = trace.set_span_in_context(span)
             child = self._tracer.start_span(
                 name, parent, SpanKind.INTERNAL, start_time=start, record_exception=False
             )
@@ -346,9 +401,11 @@ class Telemetry:
             error_type = "_OTHER"
         if _REASON_CODE.fullmatch(reason) is None:
             reason = "_OTHER"
-        self._decisions.add(1, {"securemcp.decision": "deny", "securemcp.reason": reason})
-        if error_type == "rate_limited":
-            self._rate_limited.add(1)
+        instruments = self._instruments()
+        if instruments is not None:
+            instruments.decisions.add((None, "deny", reason))
+            if error_type == "rate_limited":
+                instruments.rate_limited.add((None,))
         if isinstance(trace.get_tracer_provider(), _NO_SDK):
             return None  # no span could record: skip parsing the header and the no-op span
         parent = None
@@ -388,4 +445,6 @@ class Telemetry:
 
     def approval(self, event: str) -> None:
         """Count an approval event (``requested``, ``approved``, ``denied``, ``consumed``)."""
-        self._approvals.add(1, {"securemcp.approval.event": event})
+        instruments = self._instruments()
+        if instruments is not None:
+            instruments.approvals.add((event,))
