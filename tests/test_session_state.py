@@ -191,3 +191,60 @@ def test_attribute_probes_do_not_end_the_shortcut() -> None:
     assert not hasattr(front, "__aenter__")
     copy.copy(front)  # a half-built copy must not recurse through __getattr__
     assert not front.rules_may_exist
+
+
+@pytest.fixture
+def scope_key_computations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every computation of a session's rules key (FastMCP serializes the caller's identity)."""
+    computed: list[str] = []
+    original = Context._session_scope_key
+
+    def counting(self: Context) -> str | None:
+        key = original(self)
+        computed.append(str(key))
+        return key
+
+    monkeypatch.setattr(Context, "_session_scope_key", counting)
+    return computed
+
+
+async def test_an_authenticated_callers_identity_is_not_serialized_per_lookup(
+    scope_key_computations: list[str],
+) -> None:
+    from securemcp.testing import FakeIdentityProvider, connect
+
+    audience = "https://visibility.securemcp.test/mcp"
+    idp = FakeIdentityProvider(audience=audience)
+    server = build(securemcp.FastMCP, auth=idp.verifier(audience=audience))
+    async with connect(server, idp.token("alice")) as client:
+        for _ in range(3):
+            assert await outcome(client, "secret") == "ok: the secret"
+        assert "secret" in await visible(client)
+        assert scope_key_computations == []  # no rule can exist: key, read and transforms skipped
+        assert await outcome(client, "hide", {"name": "secret"}) == "ok: hidden"
+        scope_key_computations.clear()
+        assert await outcome(client, "secret") != "ok: the secret"  # the rule is honoured
+        assert "secret" not in await visible(client)
+        assert scope_key_computations  # from the first rule on: FastMCP's own step
+        assert all(key.startswith("user:") for key in scope_key_computations)
+
+
+async def test_bare_fastmcp_computes_the_key_on_every_lookup(
+    scope_key_computations: list[str],
+) -> None:
+    """The cost skipped is real, and bare FastMCP in the same process keeps its own step."""
+    build(securemcp.FastMCP)  # a securemcp server in the process has installed its step
+    bare = build(fastmcp.FastMCP)
+    seen = await scenario(bare)
+    assert "secret" in seen[0] and "secret" not in seen[4]  # bare's rules still apply
+    assert len(scope_key_computations) >= 3
+
+
+async def test_a_server_given_its_own_store_keeps_fastmcps_step(
+    scope_key_computations: list[str],
+) -> None:
+    server = build(securemcp.FastMCP, session_state_store=MemoryStore())
+    async with Client(server) as client:
+        for _ in range(3):
+            await outcome(client, "secret")
+    assert len(scope_key_computations) >= 3

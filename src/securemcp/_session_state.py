@@ -17,15 +17,29 @@ or write, turns the shortcut off for the rest of the server's life: from then on
 to the store, exactly as in FastMCP. A store the user passes in may be shared (Redis between
 replicas, where another process can write a rule) and is used as is.
 
-This module relies on FastMCP internals (the ``_state_store`` property and the visibility-rules
-key suffix); ``tests/test_session_state.py`` pins both.
+Before the read, FastMCP computes the rules' key: on an authenticated request that serializes
+the caller's identity (``Context._session_scope_key``), another 10-20 µs per lookup. While the
+front knows no rule can exist, :func:`install`'s ``apply_session_transforms`` answers the whole
+step (key, read, transforms) with the components unchanged, which is what FastMCP's own step
+returns when there are no rules. For any other server (bare FastMCP in the same process, a
+securemcp server with a user-given store, or once a rule may exist) it is FastMCP's function.
+
+This module relies on FastMCP internals (the ``_state_store`` property, the visibility-rules
+key suffix and ``fastmcp.server.server.apply_session_transforms``);
+``tests/test_session_state.py`` pins them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SessionStateFront", "SkipsAbsentVisibilityRules"]
+from fastmcp.server import server as _fastmcp_server
+from fastmcp.server.context import _current_context
+from fastmcp.server.transforms import visibility as _fastmcp_visibility
+
+__all__ = ["SessionStateFront", "SkipsAbsentVisibilityRules", "install"]
+
 
 #: FastMCP stores a session's rules under ``f"{scope}:_visibility_rules"``.
 VISIBILITY_RULES_SUFFIX = ":_visibility_rules"
@@ -85,3 +99,31 @@ class SkipsAbsentVisibilityRules:
                 store = SessionStateFront(store)
             self._securemcp_state_store = store
         return store
+
+
+#: FastMCP's own session-transform step, which servers that may hold rules still use.
+_fastmcp_apply_session_transforms = _fastmcp_visibility.apply_session_transforms
+
+
+async def apply_session_transforms(components: Sequence[Any]) -> Sequence[Any]:
+    """FastMCP's ``apply_session_transforms``, answered at once while no rule can exist.
+
+    The rules FastMCP would apply are read from the state store of the server handling the
+    request (``context.fastmcp``); when that store is a :class:`SessionStateFront` that has
+    never seen a rule written, there are none, so the components come back unchanged, as
+    FastMCP's own step returns them when it finds no rules.
+    """
+    context = _current_context.get()
+    if context is not None:
+        server: Any = context._fastmcp()  # the weak reference behind Context.fastmcp
+        if isinstance(server, SkipsAbsentVisibilityRules):
+            front = server._state_store
+            if type(front) is SessionStateFront and not front.rules_may_exist:
+                return components
+    return await _fastmcp_apply_session_transforms(components)
+
+
+def install() -> None:
+    """Route FastMCP's server lookups through :func:`apply_session_transforms` (idempotent)."""
+    if getattr(_fastmcp_server, "apply_session_transforms", None) is not apply_session_transforms:
+        _fastmcp_server.apply_session_transforms = apply_session_transforms  # type: ignore[attr-defined]

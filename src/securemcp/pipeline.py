@@ -32,6 +32,7 @@ from mcp import MCPError
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
+from securemcp._session_state import install as _skip_absent_session_transforms
 from securemcp._span_exceptions import guard_span
 from securemcp._span_exceptions import install as _redact_span_exceptions
 from securemcp.admission import ADMISSION, LISTING, Admission
@@ -164,6 +165,7 @@ class SecurityPipeline(Middleware):
         self._development_principal: Principal | None = None
         self._telemetry = Telemetry()
         _redact_span_exceptions()  # FastMCP's span exception events drop their messages
+        _skip_absent_session_transforms()  # no identity serialized per lookup while no rule
         # NO_CONSTRAINTS, to skip testing a decision's constraints when it has none (the policy
         # modules are only imported when a policy or rate limit is configured).
         self._no_constraints: object = None
