@@ -209,3 +209,15 @@ def test_public_names() -> None:
     assert securemcp.Server is securemcp.FastMCP
     with pytest.raises(AttributeError):
         _ = securemcp.DoesNotExist  # type: ignore[attr-defined]
+
+
+def test_the_pseudonym_is_a_stable_hash_of_issuer_and_subject_never_the_subject() -> None:
+    import hashlib
+
+    alice = Principal(subject="alice", issuer="https://idp.example")
+    expected = hashlib.sha256(b"https://idp.example\x00alice").hexdigest()[:16]
+    assert alice.pseudonym == expected == Principal("alice", "https://idp.example").pseudonym
+    assert "alice" not in alice.pseudonym
+    assert Principal("alice", "https://other.example").pseudonym != alice.pseudonym
+    # the separator keeps (issuer, subject) pairs apart that concatenate alike
+    assert Principal("c", "ab").pseudonym != Principal("bc", "a").pseudonym

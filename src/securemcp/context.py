@@ -12,6 +12,7 @@ Neither :class:`Principal` nor :class:`SecurityContext` ever holds a raw credent
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -103,8 +104,13 @@ class Principal:
     @property
     def pseudonym(self) -> str:
         """Stable pseudonymous id for telemetry: a hash of (issuer, subject), never the subject."""
-        digest = hashlib.sha256(f"{self.issuer}\x00{self.subject}".encode()).hexdigest()
-        return digest[:16]
+        return _pseudonym(self.issuer, self.subject)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pseudonym(issuer: str, subject: str) -> str:
+    """The first 16 hex digits of SHA-256(issuer NUL subject), for the callers seen recently."""
+    return hashlib.sha256(f"{issuer}\x00{subject}".encode()).hexdigest()[:16]
 
 
 _CLOSED_READABLE: Final = frozenset({"call_id", "closed"})
