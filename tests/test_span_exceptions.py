@@ -39,3 +39,24 @@ def test_an_unguarded_span_is_left_alone() -> None:
     span.end()
     (event,) = span.events
     assert SECRET in str(dict(event.attributes or {}))
+
+
+def test_a_guarded_span_is_freed_as_soon_as_it_is_dropped() -> None:
+    """Guarding makes no reference cycle: the span does not wait for the garbage collector."""
+    import gc
+    import weakref
+
+    span = TracerProvider().get_tracer("test").start_span("guarded")
+    guard_span(span)
+    span.set_status(StatusCode.ERROR, "ValueError: secret text")  # the guarded methods work
+    span.record_exception(ValueError("secret text"))
+    assert span.status.description == "ValueError"
+    assert [dict(e.attributes or {}) for e in span.events] == [{"exception.type": "ValueError"}]
+    span.end()
+    reference = weakref.ref(span)
+    gc.disable()
+    try:
+        del span
+        assert reference() is None
+    finally:
+        gc.enable()

@@ -52,28 +52,47 @@ _TYPED_MESSAGE = re.compile(r"([A-Za-z_][\w.]{0,127}): ")
 
 
 def guard_span(span: Span) -> None:
-    """Mark ``span`` (a recording span) as belonging to a call securemcp guards."""
+    """Mark ``span`` (a recording span) as belonging to a call securemcp guards.
+
+    The span's own ``record_exception`` and ``set_status`` are replaced by ones that hold it by
+    weak reference: a strong one would make every guarded span part of a reference cycle, kept
+    alive (with all its attributes) until the garbage collector runs, and make it run twice as
+    often.
+    """
     if span in _GUARDED:
         return
     _GUARDED.add(span)
+    reference = weakref.ref(span)
     try:
-        span.record_exception = partial(_record_exception, span)  # type: ignore[method-assign]
-        span.set_status = partial(_set_status, type(span).set_status, span)  # type: ignore[method-assign]
+        span.record_exception = partial(_record_exception, reference)  # type: ignore[method-assign]
+        span.set_status = partial(_set_status, type(span).set_status, reference)  # type: ignore[method-assign]
     except AttributeError:  # a span type without instance attributes: FastMCP's path only
         pass
 
 
 def _record_exception(
-    span: Span, exception: BaseException, attributes: Any = None, *args: Any, **kwargs: Any
+    reference: weakref.ref[Span],
+    exception: BaseException,
+    attributes: Any = None,
+    *args: Any,
+    **kwargs: Any,
 ) -> None:
     """``Span.record_exception`` without the message, the stack trace or extra attributes."""
-    span.add_event("exception", {"exception.type": _qualified_name(type(exception))})
+    span = reference()
+    if span is not None:
+        span.add_event("exception", {"exception.type": _qualified_name(type(exception))})
 
 
 def _set_status(
-    set_status: Any, span: Span, status: Status | StatusCode, description: str | None = None
+    set_status: Any,
+    reference: weakref.ref[Span],
+    status: Status | StatusCode,
+    description: str | None = None,
 ) -> None:
     """``Span.set_status`` keeping only an identifier as the description."""
+    span = reference()
+    if span is None:
+        return
     if isinstance(status, Status):
         status = Status(status.status_code, _identifier(status.description))
         set_status(span, status)
