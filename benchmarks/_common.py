@@ -72,6 +72,20 @@ async def side_by_side(
     return ratio
 
 
+def install_sdk() -> None:
+    """Install an OpenTelemetry SDK: a ``TracerProvider`` that samples and records every span
+    (no exporter, so the figure is the instrumentation, not an exporter's I/O) and a
+    ``MeterProvider`` with an in-memory reader. Call it before any server exists, as an
+    application configures OpenTelemetry at start-up."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
 def fastmcp_with_core_savings(name: str = "bench", **kwargs: object) -> object:
     """A bare ``fastmcp.FastMCP`` given securemcp's savings in FastMCP's own path, nothing else.
 

@@ -9,7 +9,10 @@ telemetry. A third column, the do-it-yourself FastMCP stack
 The "layer alone" line compares securemcp with the bare server given only securemcp's savings in
 FastMCP's own call path (``_common.fastmcp_with_core_savings``): the security layer by itself.
 
-    python benchmarks/bench_http.py [N] [ROUNDS]
+    python benchmarks/bench_http.py [N] [ROUNDS] [--sdk]
+
+With ``--sdk``, an OpenTelemetry SDK records every span and metric of both servers (and of the
+clients, which run in the same process), as ``bench_sdk.py`` does for (a) and (b).
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ import time
 import warnings
 from typing import Any
 
-from _common import AUDIENCE, fastmcp_with_core_savings, secure_server, side_by_side
+from _common import (
+    AUDIENCE,
+    fastmcp_with_core_savings,
+    install_sdk,
+    secure_server,
+    side_by_side,
+)
 
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
@@ -149,6 +158,10 @@ async def main(n: int, rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    arguments = [a for a in sys.argv[1:] if a != "--sdk"]
+    if "--sdk" in sys.argv[1:]:
+        install_sdk()
+        print("(OpenTelemetry SDK installed)")
+    n = int(arguments[0]) if arguments else 300
+    rounds = int(arguments[1]) if len(arguments) > 1 else 5
     asyncio.run(main(n, rounds))

@@ -9,6 +9,7 @@ child span only when it refuses, fails or is slow) and records its metrics. This
 installs a ``TracerProvider`` (every span sampled and recorded, then dropped: no exporter, so
 the figure is the instrumentation and not an exporter's I/O) and a ``MeterProvider`` with an
 in-memory reader, then measures both servers side by side as ``bench_calls.py`` does.
+For (c) and (d) with an SDK: ``python benchmarks/bench_http.py [N] [ROUNDS] --sdk``.
 
     python benchmarks/bench_sdk.py [N] [ROUNDS]
 """
@@ -20,20 +21,10 @@ import logging
 import sys
 import warnings
 
-from _common import AUDIENCE, secure_server, side_by_side
+from _common import AUDIENCE, install_sdk, secure_server, side_by_side
 
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
-
-
-def install_sdk() -> None:
-    from opentelemetry import metrics, trace
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-
-    trace.set_tracer_provider(TracerProvider())
-    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
 async def main(n: int, rounds: int) -> None:

@@ -36,7 +36,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from securemcp.context import _CURRENT
 
-__all__ = ["guard_span", "install"]
+__all__ = ["guard_span", "install", "is_guarded"]
 
 #: Spans of guarded calls (the request's seam span outlives the pipeline's frame: FastMCP
 #: records an exception on it again once the pipeline has re-raised).
@@ -49,6 +49,11 @@ _fastmcp_record = _fastmcp_telemetry.record_span_exception
 _IDENTIFIER = re.compile(r"[A-Za-z_][\w.\-]{0,127}")
 #: The SDK's ``"<type>: <message>"`` description: the type is kept.
 _TYPED_MESSAGE = re.compile(r"([A-Za-z_][\w.]{0,127}): ")
+
+
+def is_guarded(span: Span) -> bool:
+    """Whether ``span`` is already the span of a call securemcp guards."""
+    return span in _GUARDED
 
 
 def guard_span(span: Span) -> None:

@@ -32,6 +32,7 @@ from mcp import MCPError
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
+from securemcp._request_spans import needs_request_span, request_span
 from securemcp._session_state import install as _skip_absent_session_transforms
 from securemcp._span_exceptions import guard_span
 from securemcp._span_exceptions import install as _redact_span_exceptions
@@ -349,8 +350,11 @@ class SecurityPipeline(Middleware):
         context: MiddlewareContext[Any],
         call_next: CallNext[Any, Any],
     ) -> Any:
-        started = time.perf_counter()
         current_span = trace.get_current_span()
+        if needs_request_span(current_span):  # an in-process or nested call: no span of its own
+            with request_span(self._telemetry._tracer, method, target):
+                return await self._guard(method, target, context, call_next)
+        started = time.perf_counter()
         span = None
         steps: StepTimer | None = None  # step timings, only while the span records
         if current_span.is_recording():
