@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -34,3 +35,23 @@ def collecting_spans(exporter: InMemorySpanExporter) -> Iterator[None]:
     else:
         pytest.skip(f"a non-SDK global tracer provider is installed: {current!r}")
     exporter.shutdown()  # stop collecting once the caller is done
+
+
+def span_fixtures() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """A test module's span fixtures: collect while the module runs; ``spans``, cleared per test.
+
+    Use as ``_tracing, spans = span_fixtures()`` at module level.
+    """
+    exporter = InMemorySpanExporter()
+
+    @pytest.fixture(scope="module", autouse=True)
+    def _tracing() -> Iterator[None]:
+        with collecting_spans(exporter):
+            yield
+
+    @pytest.fixture
+    def spans() -> InMemorySpanExporter:
+        exporter.clear()
+        return exporter
+
+    return _tracing, spans

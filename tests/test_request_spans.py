@@ -10,7 +10,6 @@ that nothing is opened when FastMCP's spans are off or no SDK is configured.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -23,23 +22,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from otel_support import collecting_spans
+from otel_support import span_fixtures
 from securemcp import FastMCP, current
 from securemcp.policy import Decision
 
-_EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tracing() -> Iterator[None]:
-    with collecting_spans(_EXPORTER):
-        yield
-
-
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    _EXPORTER.clear()
-    return _EXPORTER
+_tracing, spans = span_fixtures()
 
 
 def server_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:

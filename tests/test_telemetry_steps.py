@@ -10,7 +10,6 @@ none. Without a recording span nothing is timed (the no-SDK hot path is unchange
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from otel_support import collecting_spans
+from otel_support import span_fixtures
 from securemcp import FastMCP
 from securemcp.audit import AuditLog
 from securemcp.policy import Decision
@@ -30,19 +29,7 @@ from securemcp.testing import FakeIdentityProvider, connect
 AUDIENCE = "https://mcp.securemcp.test/mcp"
 SECRET_ARGUMENT = "step-span-secret-argument"
 
-_EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tracing() -> Iterator[None]:
-    with collecting_spans(_EXPORTER):
-        yield
-
-
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    _EXPORTER.clear()
-    return _EXPORTER
+_tracing, spans = span_fixtures()
 
 
 @pytest.fixture

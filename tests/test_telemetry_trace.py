@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_support import collecting_spans
+from otel_support import span_fixtures
 from securemcp import FastMCP
 from securemcp.audit import AuditLog, Ed25519Signer, iter_records
 from securemcp.policy import Decision
@@ -31,19 +31,7 @@ from securemcp.testing import FakeIdentityProvider, connect, connect_http, serve
 AUDIENCE = "https://mcp.securemcp.test/mcp"
 SECRET_ARGUMENT = "hunter2-argument-value"
 
-_EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tracing() -> Iterator[None]:
-    with collecting_spans(_EXPORTER):
-        yield
-
-
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    _EXPORTER.clear()
-    return _EXPORTER
+_tracing, spans = span_fixtures()
 
 
 @pytest.fixture
