@@ -86,6 +86,18 @@ def install_sdk() -> None:
     metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
+def parse_arguments(default_n: int, default_rounds: int) -> tuple[int, int]:
+    """``[N] [ROUNDS] [--sdk]`` from the command line; ``--sdk`` installs an OpenTelemetry SDK
+    (:func:`install_sdk`) before anything else runs."""
+    arguments = [a for a in sys.argv[1:] if a != "--sdk"]
+    if "--sdk" in sys.argv[1:]:
+        install_sdk()
+        print("(OpenTelemetry SDK installed: every span sampled and recorded, metrics in memory)")
+    n = int(arguments[0]) if arguments else default_n
+    rounds = int(arguments[1]) if len(arguments) > 1 else default_rounds
+    return n, rounds
+
+
 def fastmcp_with_core_savings(name: str = "bench", **kwargs: object) -> object:
     """A bare ``fastmcp.FastMCP`` given securemcp's savings in FastMCP's own path, nothing else.
 

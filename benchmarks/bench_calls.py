@@ -7,7 +7,15 @@ securemcp runs with the whole stack on (``_common.secure_server``): a real verif
 token, verified once then served from the verified-token cache), a scoped tool, a policy hook, a
 rate limit, both audit records and telemetry, and a fresh SecurityContext per call.
 
-    python benchmarks/bench_calls.py [N] [ROUNDS]
+Without ``--sdk`` telemetry is the OpenTelemetry API alone, as in deployments without a collector:
+securemcp then skips building FastMCP's per-call span (``securemcp._unrecorded_spans``) and its
+own metric attributes, because nothing could record them. With ``--sdk`` an SDK records every
+span and metric of both servers (a ``TracerProvider`` sampling everything, no exporter, so the
+figure is the instrumentation and not an exporter's I/O; a ``MeterProvider`` with an in-memory
+reader): FastMCP's span is recorded, and securemcp enriches it (with its step durations; a step
+becomes a child span only when it refuses, fails or is slow) and records its metrics.
+
+    python benchmarks/bench_calls.py [N] [ROUNDS] [--sdk]
 """
 
 from __future__ import annotations
@@ -17,7 +25,13 @@ import logging
 import sys
 import warnings
 
-from _common import AUDIENCE, fastmcp_with_core_savings, secure_server, side_by_side
+from _common import (
+    AUDIENCE,
+    fastmcp_with_core_savings,
+    parse_arguments,
+    secure_server,
+    side_by_side,
+)
 
 warnings.simplefilter("ignore")
 logging.disable(logging.WARNING)
@@ -88,6 +102,4 @@ async def main(n: int, rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    asyncio.run(main(n, rounds))
+    asyncio.run(main(*parse_arguments(1000, 5)))

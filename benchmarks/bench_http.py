@@ -12,7 +12,7 @@ FastMCP's own call path (``_common.fastmcp_with_core_savings``): the security la
     python benchmarks/bench_http.py [N] [ROUNDS] [--sdk]
 
 With ``--sdk``, an OpenTelemetry SDK records every span and metric of both servers (and of the
-clients, which run in the same process), as ``bench_sdk.py`` does for (a) and (b).
+clients, which run in the same process), as ``bench_calls.py --sdk`` does for (a) and (b).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 from _common import (
     AUDIENCE,
     fastmcp_with_core_savings,
-    install_sdk,
+    parse_arguments,
     secure_server,
     side_by_side,
 )
@@ -158,10 +158,4 @@ async def main(n: int, rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    arguments = [a for a in sys.argv[1:] if a != "--sdk"]
-    if "--sdk" in sys.argv[1:]:
-        install_sdk()
-        print("(OpenTelemetry SDK installed)")
-    n = int(arguments[0]) if arguments else 300
-    rounds = int(arguments[1]) if len(arguments) > 1 else 5
-    asyncio.run(main(n, rounds))
+    asyncio.run(main(*parse_arguments(300, 5)))

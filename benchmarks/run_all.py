@@ -9,16 +9,17 @@ import sys
 HERE = pathlib.Path(__file__).parent
 
 SCRIPTS = (
-    "bench_import.py",
-    "bench_calls.py",
-    "bench_breakdown.py",
-    "bench_http.py",
-    "bench_sdk.py",
-    "bench_memory.py",
-    "bench_verify.py",
-    "bench_audit.py",
+    ("bench_import.py",),
+    ("bench_calls.py",),
+    ("bench_calls.py", "--sdk"),
+    ("bench_breakdown.py",),
+    ("bench_http.py",),
+    ("bench_http.py", "--sdk"),
+    ("bench_memory.py",),
+    ("bench_verify.py",),
+    ("bench_audit.py",),
 )
 
-for script in SCRIPTS:
-    print(f"== {script}", flush=True)
-    subprocess.run([sys.executable, str(HERE / script)], check=True, cwd=HERE)
+for script, *arguments in SCRIPTS:
+    print(f"== {script} {' '.join(arguments)}".rstrip(), flush=True)
+    subprocess.run([sys.executable, str(HERE / script), *arguments], check=True, cwd=HERE)

@@ -141,3 +141,26 @@ async def test_nothing_is_opened_without_an_sdk(
     result = await build().call_tool("where", {})
     assert result.structured_content["trace_id"] is None
     assert server_spans(spans) == []
+
+
+async def test_a_failing_in_process_call_exports_no_message_or_argument(
+    spans: InMemorySpanExporter,
+) -> None:
+    secret = "in-process-secret-value"
+    mcp = FastMCP("fails", audit=False, policy=lambda r: Decision.allow())
+
+    @mcp.tool
+    def explode(text: str) -> str:
+        raise ValueError(f"could not handle {text}")
+
+    with pytest.raises(Exception):
+        await mcp.call_tool("explode", {"text": secret})
+    (span,) = server_spans(spans)
+    assert dict(span.attributes or {})["error.type"] == "tool_error"
+    assert span.status.status_code == StatusCode.ERROR
+    exported = [
+        str(dict(span.attributes or {})),
+        str(span.status.description),
+        *(str(dict(event.attributes or {})) for event in span.events),
+    ]
+    assert secret not in "\n".join(exported)

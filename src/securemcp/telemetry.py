@@ -74,8 +74,9 @@ DEFAULT_SLOW_STEP_MS: Final = 1.0
 
 
 class StepTimer:
-    """Wall-clock boundaries of the pipeline's steps for one call, made into child spans at the
-    end (:meth:`Telemetry.steps`) so the steps themselves run unchanged.
+    """Wall-clock boundaries of the pipeline's steps for one call, turned into span attributes
+    (and the child spans that help a reader) at the end by :meth:`Telemetry.record`, so the
+    steps themselves run unchanged.
 
     Only created while the call's span is recording.
     """
@@ -209,7 +210,7 @@ class Telemetry:
     ) -> None:
         from securemcp import __version__
 
-        self._own_instruments = for_provider(meter_provider) if meter_provider else None
+        self._own_instruments = for_provider(meter_provider) if meter_provider is not None else None
         self._tracer = trace.get_tracer("securemcp", __version__)
         self.step_spans, self._slow_step_ns = _step_spans_setting(step_spans, slow_step_ms)
 
