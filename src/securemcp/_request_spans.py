@@ -14,27 +14,71 @@ opens the ``SERVER`` span before the pipeline runs and marks it as FastMCP's sea
 request, exactly as FastMCP's seam does (``fastmcp.server.telemetry._active_seam_span``), so
 FastMCP's core path enriches it instead of opening a second one. It is still one span per call.
 
-This module relies on a FastMCP internal (``_active_seam_span``); ``tests/test_request_spans.py``
-pins it.
+A client's request to a securemcp server gets its seam span from :class:`SeamSpans`, the same
+span FastMCP's seam opens (``fastmcp.server.telemetry.seam_span``: name, kind, parent from the
+request's ``_meta``, attributes, marker, exception recording), minus two per-request costs that
+buy nothing: FastMCP asks the tracer provider for its tracer on every request (the SDK then
+builds a scope object and resets a warnings filter before returning the tracer it already made,
+~10 µs), and checks whether a sampler dropped the span's attributes with a runtime-checkable
+``Protocol`` ``isinstance`` (~10 µs). :class:`SeamSpans` keeps the tracer per provider and makes
+the same check by reading the two properties. Servers securemcp does not build keep FastMCP's
+seam, and so do securemcp servers whenever FastMCP's spans are off or suppressed.
+
+This module relies on FastMCP internals (``_active_seam_span``, the seam middleware and its
+``_seam_span`` hook, ``_get_parent_trace_context``); ``tests/test_request_spans.py`` and
+``tests/test_seam_spans.py`` pin them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from fastmcp.server import telemetry as _fastmcp_server_telemetry
-from fastmcp.telemetry import native_spans_enabled
+from fastmcp.server.low_level import FastMCPServerMiddleware
+from fastmcp.telemetry import INSTRUMENTATION_NAME, native_spans_enabled
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 
 from securemcp._span_exceptions import is_guarded
 from securemcp._unrecorded_spans import spans_cannot_record
 
-__all__ = ["needs_request_span", "request_span"]
+__all__ = ["SeamSpans", "install_seam_spans", "needs_request_span", "request_span"]
 
 _ACTIVE_SEAM = _fastmcp_server_telemetry._active_seam_span
+_SEAM_MARKER = _fastmcp_server_telemetry.SEAM_SPAN_MARKER
+
+#: FastMCP's tracer, with the provider it came from (see :func:`fastmcp_tracer`).
+_fastmcp_tracer: tuple[TracerProvider, Tracer] | None = None
+
+
+def fastmcp_tracer() -> Tracer:
+    """The tracer ``fastmcp.telemetry.get_tracer()`` returns, asked of the provider only once.
+
+    The same tracer: an SDK provider keeps one tracer per instrumentation scope and would hand
+    this one back. A new global provider is noticed (the cache is keyed by its identity).
+    """
+    global _fastmcp_tracer
+    provider = trace.get_tracer_provider()
+    cached = _fastmcp_tracer
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    tracer = provider.get_tracer(INSTRUMENTATION_NAME, None)
+    _fastmcp_tracer = (provider, tracer)
+    return tracer
+
+
+def _restore_dropped(span: Span, attributes: Mapping[str, Any]) -> None:
+    """``fastmcp.telemetry.restore_dropped_attributes``, reading the properties directly.
+
+    A custom sampler may build the span without the attributes it was given: set them again,
+    but only when the span has none and dropped none (FastMCP's rule, documented there).
+    """
+    existing = getattr(span, "attributes", None)
+    if not existing and getattr(span, "dropped_attributes", 0) == 0:
+        span.set_attributes(attributes)
 
 
 def needs_request_span(current: Span) -> bool:
@@ -71,3 +115,55 @@ def request_span(tracer: Tracer, method: str, target: str) -> Iterator[Span]:
         _ACTIVE_SEAM.reset(seam)
         otel_context.detach(attached)
         span.end()
+
+
+class SeamSpans(FastMCPServerMiddleware):
+    """FastMCP's seam middleware, opening the request's ``SERVER`` span as FastMCP's seam does,
+    with the tracer kept and the dropped-attribute check made without a ``Protocol`` check."""
+
+    @contextmanager
+    def _seam_span(self, fastmcp: Any, ctx: Any) -> Iterator[None]:
+        if fastmcp is None or ctx.request_id is None or not native_spans_enabled():
+            with super()._seam_span(fastmcp, ctx):  # no span, or FastMCP's modes: FastMCP's own
+                yield
+            return
+        telemetry = _fastmcp_server_telemetry
+        method = ctx.method
+        attributes = {
+            _SEAM_MARKER: True,
+            "mcp.method.name": method,
+            "fastmcp.server.name": fastmcp.name,
+            **telemetry.get_protocol_span_attributes(),
+            **telemetry.get_auth_span_attributes(),
+            **telemetry.get_session_span_attributes(),
+        }
+        with fastmcp_tracer().start_as_current_span(
+            method,
+            context=telemetry._get_parent_trace_context(),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        ) as span:
+            if span.is_recording():
+                _restore_dropped(span, attributes)
+            seam = _ACTIVE_SEAM.set(span)
+            try:
+                yield
+            except Exception as exc:
+                telemetry.record_span_exception(span, exc)  # securemcp's, once installed
+                raise
+            finally:
+                _ACTIVE_SEAM.reset(seam)
+
+
+def install_seam_spans(server: Any) -> bool:
+    """Give ``server`` (a securemcp server) :class:`SeamSpans` in place of FastMCP's seam.
+
+    Returns whether FastMCP's seam middleware was found (if FastMCP stops installing it the
+    server keeps whatever it has; ``tests/test_seam_spans.py`` fails first).
+    """
+    chain = server._mcp_server.middleware
+    for index, middleware in enumerate(chain):
+        if type(middleware) is FastMCPServerMiddleware:
+            chain[index] = SeamSpans(server)
+            return True
+    return False

@@ -25,6 +25,7 @@ from fastmcp.server.middleware import Middleware
 from fastmcp.tools import Tool
 
 from securemcp._direct_lookups import DirectLookups
+from securemcp._request_spans import install_seam_spans
 from securemcp._session_state import SkipsAbsentVisibilityRules
 from securemcp._unrecorded_spans import quiet_core_path
 from securemcp.admission import recheck_resolved, require_admission
@@ -224,6 +225,7 @@ class FastMCP(SkipsAbsentVisibilityRules, fastmcp.FastMCP[Any], DirectLookups):
 
         audit_log = resolve_audit_log(audit)
         super().__init__(name, instructions, lifespan=self._wrap_lifespan(lifespan), **kwargs)
+        install_seam_spans(self)
         if audit_log is not None:
             from securemcp.auditing import CallAuditor
 

@@ -1,0 +1,213 @@
+"""A securemcp server opens each client request's SERVER span as FastMCP's seam does.
+
+``securemcp._request_spans.SeamSpans`` replaces FastMCP's seam middleware on securemcp servers so
+that FastMCP's tracer is not asked of the provider on every request and the dropped-attribute
+check needs no runtime ``Protocol`` check. These tests hold it to FastMCP's behaviour: the same
+spans with the same names, kinds and attributes as a bare FastMCP server's for the same session;
+a sampler that drops attributes gets them restored, one that supplies its own does not; a new
+global provider is used at once; FastMCP's modes without spans are FastMCP's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import fastmcp
+import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+from fastmcp.server import telemetry as fastmcp_server_telemetry
+from fastmcp.server.low_level import FastMCPServerMiddleware
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision as SamplingDecision
+from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
+
+from otel_support import span_fixtures
+from securemcp import FastMCP
+from securemcp._request_spans import SeamSpans
+
+_tracing, spans = span_fixtures()
+
+#: Attributes only securemcp's pipeline adds (it enriches the span FastMCP's seam opened).
+SECUREMCP_ADDS = ("securemcp.", "enduser.id", "gen_ai.operation.name", "error.type")
+
+
+def with_tool(server: Any) -> Any:
+    @server.tool
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    return server
+
+
+def secure_server(name: str = "seam") -> FastMCP:
+    return with_tool(FastMCP(name, audit=False))  # type: ignore[no-any-return]
+
+
+async def session(server: Any) -> None:
+    """Discover, list, call, and call an unknown tool: seam-only and enriched requests."""
+    async with Client(server) as client:
+        await client.list_tools()
+        await client.call_tool("add", {"a": 1, "b": 2})
+        with pytest.raises(ToolError):
+            await client.call_tool("nope", {})
+
+
+def server_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+
+
+def fastmcp_view(span: ReadableSpan) -> tuple[str, dict[str, Any]]:
+    """A span's name and the attributes FastMCP set (per-session ids reduced to presence)."""
+    attributes = {
+        key: ("<present>" if key == "mcp.session.id" else value)
+        for key, value in (span.attributes or {}).items()
+        if not key.startswith(SECUREMCP_ADDS)
+    }
+    return span.name, attributes
+
+
+def test_securemcp_servers_get_the_seam_and_fastmcp_servers_keep_theirs() -> None:
+    secure_chain = secure_server()._mcp_server.middleware
+    assert sum(type(m) is SeamSpans for m in secure_chain) == 1
+    assert not any(type(m) is FastMCPServerMiddleware for m in secure_chain)
+    bare_chain = fastmcp.FastMCP("bare")._mcp_server.middleware
+    assert sum(type(m) is FastMCPServerMiddleware for m in bare_chain) == 1
+    assert not any(isinstance(m, SeamSpans) for m in bare_chain)
+
+
+async def test_the_spans_are_fastmcps_spans(spans: InMemorySpanExporter) -> None:
+    await session(with_tool(fastmcp.FastMCP("seam")))
+    bare = server_spans(spans)
+    spans.clear()
+    await session(secure_server())
+    secure = server_spans(spans)
+
+    assert (
+        [s.name for s in secure]
+        == [s.name for s in bare]
+        == [
+            "server/discover",
+            "tools/list",
+            "tools/call add",
+            "tools/call nope",
+        ]
+    )
+    # FastMCP's attributes, unchanged, on every span securemcp did not refuse
+    assert [fastmcp_view(s) for s in secure[:3]] == [fastmcp_view(s) for s in bare[:3]]
+    assert secure[0].attributes is not None
+    assert secure[0].attributes[fastmcp_server_telemetry.SEAM_SPAN_MARKER] is True
+    # the seam's attributes on the refused call too (securemcp refuses before FastMCP's core)
+    seam_keys = {"fastmcp.span.seam", "mcp.method.name", "fastmcp.server.name"}
+    assert seam_keys <= set(secure[3].attributes or {})
+    assert all(s.parent is not None for s in secure)  # under the client's span, as FastMCP's
+
+
+async def test_fastmcps_tracer_is_not_asked_for_on_each_request(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[object] = []
+    original = fastmcp_server_telemetry.get_tracer
+
+    def counting_get_tracer(*args: Any, **kwargs: Any) -> Any:
+        asked.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fastmcp_server_telemetry, "get_tracer", counting_get_tracer)
+    await session(secure_server())
+    assert len(server_spans(spans)) == 4
+    assert asked == []
+    await session(with_tool(fastmcp.FastMCP("bare")))  # FastMCP's seam still asks
+    assert len(asked) >= 4
+
+
+class _SamplerWithout(Sampler):
+    """Samples everything and gives the span ``own`` as its attributes (``None``: nothing)."""
+
+    def __init__(self, own: Attributes) -> None:
+        self.own = own
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        return SamplingResult(SamplingDecision.RECORD_AND_SAMPLE, self.own)
+
+    def get_description(self) -> str:
+        return "sampler-without-attributes"
+
+
+@pytest.fixture
+def provider_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[Sampler], InMemorySpanExporter]:
+    """Install a global provider with a given sampler; yields a function returning its spans."""
+
+    def install(sampler: Sampler) -> InMemorySpanExporter:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(sampler=sampler)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+        return exporter
+
+    return install
+
+
+async def test_attributes_a_sampler_dropped_are_restored(provider_with: Any) -> None:
+    exporter = provider_with(_SamplerWithout(None))
+    await session(secure_server("dropped"))
+    listing = next(s for s in server_spans(exporter) if s.name == "tools/list")
+    attributes = dict(listing.attributes or {})
+    assert attributes["fastmcp.server.name"] == "dropped"
+    assert attributes["mcp.method.name"] == "tools/list"
+    assert attributes[fastmcp_server_telemetry.SEAM_SPAN_MARKER] is True
+
+
+async def test_attributes_a_sampler_chose_are_left_alone(provider_with: Any) -> None:
+    exporter = provider_with(_SamplerWithout({"sampler.own": "yes"}))
+    await session(secure_server("chosen"))
+    discover = next(s for s in server_spans(exporter) if s.name == "server/discover")
+    assert dict(discover.attributes or {}) == {"sampler.own": "yes"}  # FastMCP's rule
+
+
+async def test_a_new_global_provider_gets_the_next_requests_spans(provider_with: Any) -> None:
+    server = secure_server("swapped")
+    first = provider_with(_SamplerWithout(None))
+    await session(server)
+    assert len(server_spans(first)) == 4
+    second = provider_with(_SamplerWithout(None))
+    await session(server)
+    assert len(server_spans(first)) == 4
+    assert len(server_spans(second)) == 4
+
+
+@pytest.mark.parametrize("mode", ["propagation_only", "off"])
+async def test_modes_without_fastmcp_spans_open_none(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setattr(fastmcp.settings, "telemetry_mode", mode)
+    await session(secure_server())
+    assert server_spans(spans) == []
+
+
+async def test_a_suppressed_block_opens_no_seam_span(spans: InMemorySpanExporter) -> None:
+    from fastmcp.telemetry import suppress_fastmcp_telemetry
+
+    server = secure_server()
+    with suppress_fastmcp_telemetry():
+        async with Client(server) as client:
+            await client.call_tool("add", {"a": 1, "b": 2})
+    assert server_spans(spans) == []
