@@ -13,6 +13,7 @@ SCRIPTS = (
     ("bench_calls.py",),
     ("bench_calls.py", "--sdk"),
     ("bench_breakdown.py",),
+    ("bench_telemetry_cost.py",),
     ("bench_http.py",),
     ("bench_http.py", "--sdk"),
     ("bench_memory.py",),

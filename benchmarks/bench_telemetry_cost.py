@@ -1,0 +1,94 @@
+"""What securemcp's telemetry costs benchmark (b) with an OpenTelemetry SDK, piece by piece.
+
+Server-side ``call_tool`` (no client, as benchmark (b)) with an SDK recording every span and
+metric (``_common.install_sdk``). securemcp with the whole stack on is timed side by side with
+bare FastMCP, first as it is, then with one piece of its per-call telemetry record left out:
+the whole record (``Telemetry.record``), the ``mcp.server.operation.duration`` histogram only,
+the span attributes only. A diagnostic, not a configuration: securemcp always records all three.
+
+    python benchmarks/bench_telemetry_cost.py [N] [ROUNDS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from _common import AUDIENCE, install_sdk, parse_arguments, secure_server, side_by_side
+
+warnings.simplefilter("ignore")
+logging.disable(logging.WARNING)
+
+
+class _NoHistogram:
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@contextmanager
+def without(piece: str, telemetry: Any) -> Iterator[None]:
+    """Leave ``piece`` of ``telemetry``'s per-call record out while the block runs."""
+    from securemcp._metrics import global_instruments
+
+    instruments = global_instruments()
+    assert instruments is not None  # install_sdk() set a meter provider
+    histogram = instruments.duration
+    record = telemetry.record
+    if piece == "the telemetry record":
+        telemetry.record = lambda *args, **kwargs: None
+    elif piece == "the duration histogram":
+        instruments.duration = _NoHistogram()  # type: ignore[assignment]
+    elif piece == "the span attributes":
+        telemetry.record = lambda span, **kwargs: record(None, **kwargs)
+    try:
+        yield
+    finally:
+        instruments.duration = histogram
+        if "record" in vars(telemetry):
+            del telemetry.record
+
+
+async def main(n: int, rounds: int) -> None:
+    import fastmcp
+
+    from securemcp.testing import FakeIdentityProvider, connect
+
+    idp = FakeIdentityProvider(audience=AUDIENCE)
+    bare = fastmcp.FastMCP("bench")
+
+    @bare.tool
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    secure: Any = secure_server(idp)
+    telemetry = secure._securemcp_pipeline._telemetry
+    args = {"a": 1, "b": 2}
+    call_bare: Callable[[], Any] = lambda: bare.call_tool("add", args)  # noqa: E731
+    call_secure: Callable[[], Any] = lambda: secure.call_tool("add", args)  # noqa: E731
+    print(f"python {sys.version.split()[0]}  n={n} rounds={rounds}  (server-side, SDK)")
+    async with connect(secure, idp.token("alice", scopes=["calc"])):
+        await side_by_side(
+            "(b) everything on", call_bare, call_secure, n=n, rounds=rounds, warmup=300
+        )
+        for piece in ("the telemetry record", "the duration histogram", "the span attributes"):
+            with without(piece, telemetry):
+                await side_by_side(
+                    f"(b) without {piece}",
+                    call_bare,
+                    call_secure,
+                    n=n,
+                    rounds=rounds,
+                    warmup=300,
+                )
+
+
+if __name__ == "__main__":
+    arguments = parse_arguments(2000, 5)
+    if "--sdk" not in sys.argv:
+        install_sdk()
+    asyncio.run(main(*arguments))
