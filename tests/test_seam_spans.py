@@ -211,3 +211,26 @@ async def test_a_suppressed_block_opens_no_seam_span(spans: InMemorySpanExporter
         async with Client(server) as client:
             await client.call_tool("add", {"a": 1, "b": 2})
     assert server_spans(spans) == []
+
+
+async def test_a_refusal_raised_through_the_seam_keeps_securemcps_error_type(
+    spans: InMemorySpanExporter,
+) -> None:
+    """A refused ``prompts/get`` leaves the seam as an exception: the seam records it through
+    securemcp's recorder, so ``error.type`` stays the pipeline's and no message is recorded."""
+    from securemcp.policy import Decision
+
+    server = FastMCP("refusing", audit=False, policy=lambda r: Decision.deny("secret-reason"))
+
+    @server.prompt
+    def greet(name: str) -> str:  # pragma: no cover - always refused
+        return f"hi {name}"
+
+    async with Client(server) as client:
+        with pytest.raises(Exception, match="denied"):
+            await client.get_prompt("greet", {"name": "sk-live-argument"})
+    (span,) = [s for s in server_spans(spans) if s.name == "prompts/get greet"]
+    assert (span.attributes or {})["error.type"] == "policy_denied"
+    exported = repr((span.status.description, [(e.name, e.attributes) for e in span.events]))
+    assert "secret-reason" not in exported and "sk-live-argument" not in exported
+    assert span.events and all(e.name == "exception" for e in span.events)
