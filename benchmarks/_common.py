@@ -105,14 +105,19 @@ def fastmcp_with_core_savings(name: str = "bench", **kwargs: object) -> object:
     (``securemcp._direct_lookups``), answers FastMCP's per-lookup read of session visibility
     rules without the state store while no rule exists (``securemcp._session_state``), skips
     building FastMCP's per-call span while no OpenTelemetry SDK could record it
-    (``securemcp._unrecorded_spans``) and opens a client request's span without asking the
-    provider for FastMCP's tracer each time (``securemcp._request_spans.SeamSpans``), which
-    makes a call cheaper than bare FastMCP's.
+    (``securemcp._unrecorded_spans``), opens a client request's span without asking the
+    provider for FastMCP's tracer each time (``securemcp._request_spans.SeamSpans``), passes a
+    call straight past FastMCP's schema dereferencing (``securemcp._dereference_listings``) and
+    admits a component without an ``auth`` check without looking the caller's token up
+    (``securemcp._component_auth``), which makes a call cheaper than bare FastMCP's.
     Measuring securemcp against this server instead isolates the cost of the security layer
     itself.
     """
     import fastmcp
 
+    from securemcp import _dereference_listings
+    from securemcp._component_auth import AdmitsUncheckedComponents
+    from securemcp._component_auth import install as admit_unchecked_components
     from securemcp._direct_lookups import DirectLookups
     from securemcp._request_spans import install_seam_spans
     from securemcp._session_state import SkipsAbsentVisibilityRules
@@ -120,6 +125,7 @@ def fastmcp_with_core_savings(name: str = "bench", **kwargs: object) -> object:
 
     class CoreSavingsFastMCP(  # type: ignore[misc]
         SkipsAbsentVisibilityRules,
+        AdmitsUncheckedComponents,
         fastmcp.FastMCP,  # type: ignore[type-arg]
         DirectLookups,
     ):
@@ -149,6 +155,8 @@ def fastmcp_with_core_savings(name: str = "bench", **kwargs: object) -> object:
 
     server = CoreSavingsFastMCP(name, **kwargs)
     install_seam_spans(server)
+    _dereference_listings.install(server)
+    admit_unchecked_components()
     return server
 
 

@@ -930,7 +930,7 @@ def _user_labels(mcp: securemcp.FastMCP) -> list[str]:
     return [
         type(m).__name__
         for m in mcp.middleware
-        if type(m).__name__ not in ("SecurityPipeline", "DereferenceRefsMiddleware")
+        if type(m).__name__ not in ("SecurityPipeline", "DereferenceListings")
     ]
 
 

@@ -24,6 +24,9 @@ from fastmcp.decorators import get_fastmcp_meta
 from fastmcp.server.middleware import Middleware
 from fastmcp.tools import Tool
 
+from securemcp import _dereference_listings
+from securemcp._component_auth import AdmitsUncheckedComponents
+from securemcp._component_auth import install as _admit_unchecked_components
 from securemcp._direct_lookups import DirectLookups
 from securemcp._request_spans import install_seam_spans
 from securemcp._session_state import SkipsAbsentVisibilityRules
@@ -141,7 +144,9 @@ class _PipelineFirst(list[Middleware]):
         self._restore()
 
 
-class FastMCP(SkipsAbsentVisibilityRules, fastmcp.FastMCP[Any], DirectLookups):
+class FastMCP(
+    SkipsAbsentVisibilityRules, AdmitsUncheckedComponents, fastmcp.FastMCP[Any], DirectLookups
+):
     """A FastMCP server whose every tool call, resource read and prompt runs through securemcp.
 
     Takes every ``fastmcp.FastMCP`` argument, plus:
@@ -226,6 +231,8 @@ class FastMCP(SkipsAbsentVisibilityRules, fastmcp.FastMCP[Any], DirectLookups):
         audit_log = resolve_audit_log(audit)
         super().__init__(name, instructions, lifespan=self._wrap_lifespan(lifespan), **kwargs)
         install_seam_spans(self)
+        _dereference_listings.install(self)
+        _admit_unchecked_components()
         if audit_log is not None:
             from securemcp.auditing import CallAuditor
 
