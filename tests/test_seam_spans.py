@@ -18,7 +18,10 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from fastmcp.server import telemetry as fastmcp_server_telemetry
+from fastmcp.server.auth import AccessToken
 from fastmcp.server.low_level import FastMCPServerMiddleware
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -126,6 +129,54 @@ async def test_fastmcps_tracer_is_not_asked_for_on_each_request(
     assert asked == []
     await session(with_tool(fastmcp.FastMCP("bare")))  # FastMCP's seam still asks
     assert len(asked) >= 4
+
+
+async def test_a_server_side_call_carries_fastmcps_attributes(
+    spans: InMemorySpanExporter,
+) -> None:
+    # No seam: securemcp opens the span (request_span) and FastMCP's core path enriches it.
+    caller = AccessToken(token="opaque", client_id="client-7", scopes=["calc", "notes:read"])
+    reset = auth_context_var.set(AuthenticatedUser(caller))
+    try:
+        await with_tool(fastmcp.FastMCP("seam")).call_tool("add", {"a": 1, "b": 2})
+        bare = server_spans(spans)
+        spans.clear()
+        await secure_server().call_tool("add", {"a": 1, "b": 2})
+        secure = server_spans(spans)
+    finally:
+        auth_context_var.reset(reset)
+    assert len(secure) == len(bare) == 1
+    assert fastmcp_view(secure[0]) == fastmcp_view(bare[0])
+    assert fastmcp_view(secure[0])[1]["enduser.scope"] == "calc notes:read"
+    assert fastmcp_view(secure[0])[1]["gen_ai.tool.name"] == "add"
+
+
+async def test_a_guarded_request_looks_its_caller_up_once(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[int] = []
+    original = fastmcp_server_telemetry.get_auth_span_attributes
+
+    def counting() -> dict[str, str]:
+        lookups.append(1)
+        return original()
+
+    monkeypatch.setattr(fastmcp_server_telemetry, "get_auth_span_attributes", counting)
+
+    async def requests_and_lookups(server: Any) -> tuple[list[str], int]:
+        async with Client(server) as client:
+            lookups.clear()
+            spans.clear()
+            await client.call_tool("add", {"a": 1, "b": 2})  # the client then lists the tools
+            return [s.name for s in server_spans(spans)], len(lookups)
+
+    bare_requests, bare_lookups = await requests_and_lookups(with_tool(fastmcp.FastMCP("bare")))
+    secure_requests, secure_lookups = await requests_and_lookups(secure_server())
+    assert secure_requests == bare_requests == ["tools/call add", "tools/list"]
+    # FastMCP: each request when its seam opens, and again in its core path. securemcp: the
+    # guarded call only when its seam opens (the listing is FastMCP's own).
+    assert bare_lookups == 2 * len(bare_requests)
+    assert secure_lookups == bare_lookups - 1
 
 
 class _SamplerWithout(Sampler):

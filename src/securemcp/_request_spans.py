@@ -32,9 +32,10 @@ This module relies on FastMCP internals (``_active_seam_span``, the seam middlew
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from fastmcp.server import server as _fastmcp_server
 from fastmcp.server import telemetry as _fastmcp_server_telemetry
 from fastmcp.server.low_level import FastMCPServerMiddleware
 from fastmcp.telemetry import INSTRUMENTATION_NAME, native_spans_enabled
@@ -45,7 +46,14 @@ from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 from securemcp._span_exceptions import is_guarded
 from securemcp._unrecorded_spans import spans_cannot_record
 
-__all__ = ["SeamSpans", "install_seam_spans", "needs_request_span", "request_span"]
+__all__ = [
+    "SeamSpans",
+    "install_core_spans",
+    "install_seam_spans",
+    "needs_request_span",
+    "request_span",
+    "server_span",
+]
 
 _ACTIVE_SEAM = _fastmcp_server_telemetry._active_seam_span
 _SEAM_MARKER = _fastmcp_server_telemetry.SEAM_SPAN_MARKER
@@ -96,14 +104,28 @@ def needs_request_span(current: Span) -> bool:
     return native_spans_enabled()
 
 
+def _request_attributes() -> dict[str, Any]:
+    """The request's protocol, auth and session attributes, as FastMCP's seam sets them."""
+    telemetry = _fastmcp_server_telemetry
+    return {
+        **telemetry.get_protocol_span_attributes(),
+        **telemetry.get_auth_span_attributes(),
+        **telemetry.get_session_span_attributes(),
+    }
+
+
 @contextmanager
 def request_span(tracer: Tracer, method: str, target: str) -> Iterator[Span]:
-    """Open the call's ``SERVER`` span, current and marked as the request's seam span."""
+    """Open the call's ``SERVER`` span, current and marked as the request's seam span.
+
+    Like FastMCP's seam span it carries the request's protocol, auth and session attributes
+    from the start (so a guarded span always does: see :func:`server_span`).
+    """
     name = method if method == "resources/read" else f"{method} {target}"  # no URIs in names
     span = tracer.start_span(
         name,
         kind=SpanKind.SERVER,
-        attributes={"mcp.method.name": method},
+        attributes={"mcp.method.name": method, **_request_attributes()},
         record_exception=False,  # the pipeline and FastMCP record failures, redacted
         set_status_on_exception=False,
     )
@@ -133,9 +155,7 @@ class SeamSpans(FastMCPServerMiddleware):
             _SEAM_MARKER: True,
             "mcp.method.name": method,
             "fastmcp.server.name": fastmcp.name,
-            **telemetry.get_protocol_span_attributes(),
-            **telemetry.get_auth_span_attributes(),
-            **telemetry.get_session_span_attributes(),
+            **_request_attributes(),
         }
         with fastmcp_tracer().start_as_current_span(
             method,
@@ -167,3 +187,90 @@ def install_seam_spans(server: Any) -> bool:
             chain[index] = SeamSpans(server)
             return True
     return False
+
+
+#: FastMCP's core-path span (``fastmcp.server.telemetry.server_span``), for every other span.
+_fastmcp_server_span = _fastmcp_server_telemetry.server_span
+
+
+class _EnrichedSeam:
+    """The context manager :func:`server_span` returns for a guarded request span: yields it and
+    records an exception escaping the core path on it, as FastMCP's enrichment branch does."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> Span:
+        return self._span
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, Exception):
+            _fastmcp_server_telemetry.record_span_exception(self._span, exc)  # securemcp's
+
+
+def server_span(
+    name: str,
+    method: str,
+    server_name: str,
+    component_type: str,
+    component_key: str,
+    resource_uri: str | None = None,
+    tool_name: str | None = None,
+    prompt_name: str | None = None,
+) -> AbstractContextManager[Span]:
+    """``fastmcp.server.telemetry.server_span``, minus the request attributes a guarded request
+    span already carries.
+
+    FastMCP's core path (running a tool, reading a resource, rendering a prompt) enriches the
+    request's seam span with the component's attributes, and also computes the request's
+    protocol and auth attributes again (the access token among them: outside HTTP, an
+    exception raised and caught), although the seam set the same values when it opened the
+    span for the same request. For the span of a call securemcp guards (opened by FastMCP's
+    seam, :class:`SeamSpans` or :func:`request_span`, all of which set them), the name, the
+    component's attributes and the session attributes (unknown when the seam opened) are set,
+    as FastMCP sets them; the protocol and auth attributes stay as the seam set them. Any other
+    span (an unguarded seam, no seam, FastMCP's modes without spans) is FastMCP's function.
+    """
+    seam = _ACTIVE_SEAM.get()
+    if (
+        seam is None
+        or not is_guarded(seam)
+        or seam is not trace.get_current_span()
+        or not seam.is_recording()
+        or not seam.get_span_context().is_valid
+        or not native_spans_enabled()
+    ):
+        return _fastmcp_server_span(
+            name,
+            method,
+            server_name,
+            component_type,
+            component_key,
+            resource_uri,
+            tool_name,
+            prompt_name,
+        )
+    attributes = {
+        "mcp.method.name": method,
+        "fastmcp.server.name": server_name,
+        "fastmcp.component.type": component_type,
+        "fastmcp.component.key": component_key,
+        **_fastmcp_server_telemetry.get_session_span_attributes(),
+    }
+    if resource_uri is not None:
+        attributes["mcp.resource.uri"] = resource_uri
+    if tool_name is not None:
+        attributes["gen_ai.tool.name"] = tool_name
+    if prompt_name is not None:
+        attributes["gen_ai.prompt.name"] = prompt_name
+    seam.update_name(name)
+    seam.set_attributes(attributes)
+    return _EnrichedSeam(seam)
+
+
+def install_core_spans() -> None:
+    """Route FastMCP's core-path spans through :func:`server_span` (idempotent)."""
+    if getattr(_fastmcp_server, "server_span", None) is not server_span:
+        _fastmcp_server.server_span = server_span  # type: ignore[attr-defined,assignment]
