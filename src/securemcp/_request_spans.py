@@ -35,10 +35,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from fastmcp.server import dependencies as _fastmcp_dependencies
 from fastmcp.server import server as _fastmcp_server
 from fastmcp.server import telemetry as _fastmcp_server_telemetry
+from fastmcp.server.auth import AccessToken
+from fastmcp.server.http import _current_http_request
 from fastmcp.server.low_level import FastMCPServerMiddleware
 from fastmcp.telemetry import INSTRUMENTATION_NAME, native_spans_enabled
+from mcp.server.auth.middleware.auth_context import auth_context_var
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
@@ -48,6 +52,7 @@ from securemcp._unrecorded_spans import spans_cannot_record
 
 __all__ = [
     "SeamSpans",
+    "auth_attributes",
     "install_core_spans",
     "install_seam_spans",
     "needs_request_span",
@@ -104,12 +109,42 @@ def needs_request_span(current: Span) -> bool:
     return native_spans_enabled()
 
 
+def auth_attributes() -> dict[str, str]:
+    """``fastmcp.server.telemetry.get_auth_span_attributes()``, without an exception per call
+    outside HTTP.
+
+    FastMCP finds the caller's token in the HTTP request when there is one, else in the MCP
+    SDK's ``auth_context_var``; it looks for the request with ``get_http_request()``, which
+    raises (and FastMCP catches) a ``RuntimeError`` when there is none: on every in-memory or
+    server-side call. Here the same two context variables are read first: with an HTTP request,
+    or with a token of a type FastMCP converts, the answer is FastMCP's function; otherwise it
+    is built from the SDK's token as FastMCP builds it. ``tests/test_seam_spans.py`` holds the
+    two to the same answers.
+    """
+    request_context = _fastmcp_dependencies.fastmcp_request_ctx.get()
+    request = request_context.request if request_context is not None else None
+    if request is not None or _current_http_request.get() is not None:
+        return _fastmcp_server_telemetry.get_auth_span_attributes()
+    user = auth_context_var.get()
+    token = user.access_token if user is not None else None
+    if token is None:
+        return {}
+    if not isinstance(token, AccessToken):
+        return _fastmcp_server_telemetry.get_auth_span_attributes()  # converted (or refused)
+    attributes: dict[str, str] = {}
+    if token.client_id:
+        attributes["enduser.id"] = token.client_id
+    if token.scopes:
+        attributes["enduser.scope"] = " ".join(token.scopes)
+    return attributes
+
+
 def _request_attributes() -> dict[str, Any]:
     """The request's protocol, auth and session attributes, as FastMCP's seam sets them."""
     telemetry = _fastmcp_server_telemetry
     return {
         **telemetry.get_protocol_span_attributes(),
-        **telemetry.get_auth_span_attributes(),
+        **auth_attributes(),
         **telemetry.get_session_span_attributes(),
     }
 
