@@ -6,6 +6,11 @@ bare FastMCP, first as it is, then with one piece of its per-call telemetry reco
 the whole record (``Telemetry.record``), the ``mcp.server.operation.duration`` histogram only,
 the span attributes only. A diagnostic, not a configuration: securemcp always records all three.
 
+It first measures the floor any server meeting the MCP semantic conventions pays here: bare
+FastMCP against the same bare FastMCP recording only the convention's duration histogram, one
+``Histogram.record`` per call (from a FastMCP middleware, timed against an identical middleware
+that records nothing, so the line is the record alone).
+
     python benchmarks/bench_telemetry_cost.py [N] [ROUNDS]
 """
 
@@ -53,6 +58,63 @@ def without(piece: str, telemetry: Any) -> Iterator[None]:
             del telemetry.record
 
 
+def _timed_middleware(histogram: Any) -> Any:
+    """A FastMCP middleware timing each ``tools/call``; records into ``histogram`` if given."""
+    import time
+
+    from fastmcp.server.middleware import Middleware
+
+    class Timed(Middleware):
+        async def on_call_tool(self, context: Any, call_next: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await call_next(context)
+            finally:
+                attributes = {
+                    "mcp.method.name": "tools/call",
+                    "gen_ai.tool.name": context.message.name,
+                }
+                if histogram is not None:
+                    histogram.record(time.perf_counter() - started, attributes)
+
+    return Timed()
+
+
+async def the_histograms_floor(n: int, rounds: int) -> None:
+    """Bare FastMCP with and without one convention histogram record per call."""
+    import fastmcp
+    from opentelemetry import metrics
+
+    from securemcp._metrics import DURATION_BUCKETS
+
+    histogram = metrics.get_meter("floor").create_histogram(
+        "mcp.server.operation.duration",
+        unit="s",
+        explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+    )
+
+    def server(recording: Any) -> Any:
+        mcp = fastmcp.FastMCP("bench", middleware=[_timed_middleware(recording)])
+
+        @mcp.tool
+        async def add(a: int, b: int) -> int:
+            return a + b
+
+        return mcp
+
+    without, with_histogram = server(None), server(histogram)
+    args = {"a": 1, "b": 2}
+    print("floor line: 'bare' = bare FastMCP, 'securemcp' = bare FastMCP + the histogram record")
+    await side_by_side(
+        "(b) floor: bare FastMCP + the histogram",
+        lambda: without.call_tool("add", args),
+        lambda: with_histogram.call_tool("add", args),
+        n=n,
+        rounds=rounds,
+        warmup=300,
+    )
+
+
 async def main(n: int, rounds: int) -> None:
     import fastmcp
 
@@ -71,6 +133,7 @@ async def main(n: int, rounds: int) -> None:
     call_bare: Callable[[], Any] = lambda: bare.call_tool("add", args)  # noqa: E731
     call_secure: Callable[[], Any] = lambda: secure.call_tool("add", args)  # noqa: E731
     print(f"python {sys.version.split()[0]}  n={n} rounds={rounds}  (server-side, SDK)")
+    await the_histograms_floor(n, rounds)
     async with connect(secure, idp.token("alice", scopes=["calc"])):
         await side_by_side(
             "(b) everything on", call_bare, call_secure, n=n, rounds=rounds, warmup=300
