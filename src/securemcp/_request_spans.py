@@ -24,9 +24,17 @@ builds a scope object and resets a warnings filter before returning the tracer i
 the same check by reading the two properties. Servers securemcp does not build keep FastMCP's
 seam, and so do securemcp servers whenever FastMCP's spans are off or suppressed.
 
+Later in the request FastMCP's core path enriches that span with the component's attributes
+(``fastmcp.server.telemetry.server_span``) and computes the request's protocol and auth
+attributes again, looking the caller's token up a second time. :func:`server_span` does the
+same enrichment for the span of a guarded call without that second lookup, and
+:func:`auth_attributes` finds the auth attributes without the exception FastMCP raises and
+catches outside HTTP.
+
 This module relies on FastMCP internals (``_active_seam_span``, the seam middleware and its
-``_seam_span`` hook, ``_get_parent_trace_context``); ``tests/test_request_spans.py`` and
-``tests/test_seam_spans.py`` pin them.
+``_seam_span`` hook, ``_get_parent_trace_context``, the core path's ``server_span`` reference in
+``fastmcp.server.server`` and the request context variables); ``tests/test_request_spans.py``
+and ``tests/test_seam_spans.py`` pin them.
 """
 
 from __future__ import annotations
