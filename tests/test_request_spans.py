@@ -164,3 +164,40 @@ async def test_a_failing_in_process_call_exports_no_message_or_argument(
         *(str(dict(event.attributes or {})) for event in span.events),
     ]
     assert secret not in "\n".join(exported)
+
+
+async def test_a_caller_token_fastmcp_cannot_read_still_reaches_the_audited_pipeline(
+    spans: InMemorySpanExporter, tmp_path: Any
+) -> None:
+    # FastMCP raises TypeError for a token type it cannot convert. Looking the request's auth
+    # attributes up for the span must not make the call fail before anything is audited.
+    from mcp.server.auth.middleware.auth_context import auth_context_var
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+    from mcp.server.auth.provider import AccessToken as SdkAccessToken
+
+    from securemcp.audit import AuditLog, iter_records
+
+    class Unconvertible(SdkAccessToken):
+        def model_dump(self, *args: Any, **kwargs: Any) -> Any:
+            raise ValueError("cannot be dumped")
+
+    mcp = FastMCP("inproc", audit=AuditLog(tmp_path))
+
+    @mcp.tool
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    reset = auth_context_var.set(
+        AuthenticatedUser(Unconvertible(token="t", client_id="c", scopes=[]))
+    )
+    try:
+        assert (await mcp.call_tool("add", {"a": 1, "b": 2})).structured_content == {"result": 3}
+    finally:
+        auth_context_var.reset(reset)
+    assert [r["type"] for r in iter_records(tmp_path) if r["type"] != "log_open"] == [
+        "decision",
+        "outcome",
+    ]
+    (span,) = server_spans(spans)
+    assert "enduser.scope" not in (span.attributes or {})
+    assert (span.attributes or {})["securemcp.decision"] == "allow"

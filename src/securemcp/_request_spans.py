@@ -165,10 +165,14 @@ def request_span(tracer: Tracer, method: str, target: str) -> Iterator[Span]:
     from the start (so a guarded span always does: see :func:`server_span`).
     """
     name = method if method == "resources/read" else f"{method} {target}"  # no URIs in names
+    try:
+        request_attributes = _request_attributes()
+    except Exception:  # FastMCP refuses a token type it cannot convert; the span goes without
+        request_attributes = {}  # its auth attributes and the pipeline decides (and audits)
     span = tracer.start_span(
         name,
         kind=SpanKind.SERVER,
-        attributes={"mcp.method.name": method, **_request_attributes()},
+        attributes={"mcp.method.name": method, **request_attributes},
         record_exception=False,  # the pipeline and FastMCP record failures, redacted
         set_status_on_exception=False,
     )
