@@ -303,3 +303,43 @@ async def test_a_failing_in_memory_counter_is_a_storage_failure(
     assert decision.allowed is (behaviour == "allow")
     assert decision.storage_error and decision.limit == "per-user"
     assert len(failures) == 1 and failures[0].behaviour == behaviour
+
+
+@pytest.mark.parametrize("counters", ["in-process", "limits"])
+async def test_a_storage_error_message_reaches_only_the_server_log(
+    counters: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A storage's exception message can name hosts or, for a custom storage, credentials: the
+    decision, the refusal and the reported failure (all of which reach audit records) carry
+    only the exception's type name; the message is logged for the operator."""
+    secret = "redis://:hunter2-s3cret@10.0.0.7:6379"
+    failures: list[StorageFailure] = []
+    options = {"wrap_exceptions": True} if counters == "limits" else None
+    limiter = RateLimiter(
+        [RateLimit("per-user", "10/minute")],
+        storage_options=options,
+        on_storage_failure=failures.append,
+    )
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ConnectionError(f"cannot reach {secret}")
+
+    if counters == "limits":
+        assert limiter._memory is None
+        monkeypatch.setattr(limiter._strategy, "hit", broken)
+    else:
+        monkeypatch.setattr(limiter._memory, "hit", broken)
+    with caplog.at_level("ERROR", logger="securemcp"):
+        decision = await limiter.hit(request())
+    assert not decision.allowed
+    assert decision.storage_error == "ConnectionError"
+    assert [f.error for f in failures] == ["ConnectionError"]
+    with pytest.raises(RateLimited) as refused:
+        decision.raise_if_refused()
+    assert refused.value.reason == "ConnectionError"
+    assert "hunter2" not in repr(refused.value) + str(refused.value)
+    assert "hunter2-s3cret" in caplog.text  # the operator still sees what went wrong
+    # while the circuit is open the storage is not retried: reported as such
+    again = await limiter.hit(request())
+    assert not again.allowed and again.storage_error == "circuit_open"
+    assert failures[-1].error == "circuit_open"

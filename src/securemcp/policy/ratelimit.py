@@ -87,6 +87,9 @@ _STRATEGIES: Final[dict[str, type[_Strategy]]] = {
 _KEY_CACHE_LIMIT: Final = 65536
 _LOG_EVERY: Final = 10.0
 
+#: The storage error reported while the circuit is open (the storage is not retried yet).
+_CIRCUIT_OPEN: Final = "circuit_open"
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
@@ -161,7 +164,8 @@ class RateDecision:
         retry_after: seconds until the refused call may succeed (0 when allowed).
         limit: name of the limit that refused (or whose storage failed).
         key: hashed bucket key of that limit (for the audit record; not reversible).
-        storage_error: exception type name when the storage failed.
+        storage_error: when the storage failed, the exception's type name (``circuit_open``
+            while the storage is not retried after a failure); never its message.
     """
 
     allowed: bool
@@ -185,7 +189,8 @@ class StorageFailure:
 
     Attributes:
         limit: the limit being checked.
-        error: exception type and message (no credentials: the storage URI is not included).
+        error: the exception's type name (``circuit_open`` while the storage is not retried);
+            never its message, which can name hosts or credentials (it is logged instead).
         behaviour: what was done about it (``deny`` or ``allow``).
         at: POSIX time.
     """
@@ -385,7 +390,7 @@ class RateLimiter:
         if memory is not None:  # in-process: no await, no task, never fails on I/O
             return self._memory_hit(memory, rule, key)
         if self._down_until and time.monotonic() < self._down_until:
-            return self._storage_failed(rule, key, "storage unavailable (circuit open)")
+            return self._storage_failed(rule, key, None)
         try:
             strategy = self._strategy
             assert strategy is not None  # set whenever _memory is not
@@ -396,7 +401,7 @@ class RateLimiter:
                     return RateDecision(False, retry_after, rule.name, key)
         except Exception as exc:  # StorageError and anything the client library raises
             self._down_until = time.monotonic() + self._breaker
-            return self._storage_failed(rule, key, f"{type(exc).__name__}: {exc}")
+            return self._storage_failed(rule, key, exc)
         self._down_until = 0.0
         return None
 
@@ -404,25 +409,33 @@ class RateLimiter:
         """:meth:`_hit` for the in-process counters, synchronously (the same failure handling:
         an unexpected error is a storage failure, decided by the rule's ``on_storage_error``)."""
         if self._down_until and time.monotonic() < self._down_until:
-            return self._storage_failed(rule, key, "storage unavailable (circuit open)")
+            return self._storage_failed(rule, key, None)
         try:
             refused = memory.hit(self._memory_windows[rule.name], key, rule.cost)
         except Exception as exc:
             self._down_until = time.monotonic() + self._breaker
-            return self._storage_failed(rule, key, f"{type(exc).__name__}: {exc}")
+            return self._storage_failed(rule, key, exc)
         self._down_until = 0.0
         if refused is not None:  # seconds until the limit allows the call again
             return RateDecision(False, refused, rule.name, key)
         return None
 
-    def _storage_failed(self, rule: RateLimit, key: str, error: str) -> RateDecision:
+    def _storage_failed(self, rule: RateLimit, key: str, exc: Exception | None) -> RateDecision:
+        """Decide a call whose limit could not be checked (``exc``; ``None``: the circuit is
+        open) by the rule's ``on_storage_error``, and report it.
+
+        Only the exception's type name goes into the decision and the :class:`StorageFailure`
+        (and so into audit records and the refusal): a storage's message can name hosts, paths
+        or, for a custom storage, credentials. The message goes to the server's log only.
+        """
         behaviour = rule.on_storage_error or self.on_storage_error
+        error = _CIRCUIT_OPEN if exc is None else type(exc).__name__
         now = time.monotonic()
         if now - self._last_log >= _LOG_EVERY:
             self._last_log = now
             logger.error(
                 "securemcp rate-limit storage failed (%s); limit %r %s calls (fail %s)",
-                error,
+                error if exc is None else f"{error}: {exc}",
                 rule.name,
                 "refuses" if behaviour == "deny" else "allows",
                 "closed" if behaviour == "deny" else "open",
