@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from fastmcp.exceptions import FastMCPError, NotFoundError
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.server.middleware import middleware as _fastmcp_middleware
+from fastmcp.utilities.versions import VersionSpec
 from mcp import MCPError
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
@@ -106,6 +107,33 @@ def _trace_id(span: trace.Span) -> str | None:
     if not span_context.is_valid:
         return None
     return format(span_context.trace_id, "032x")
+
+
+def requested_version(context: MiddlewareContext[Any]) -> VersionSpec | None:
+    """The component version the request asks for, as FastMCP's core will resolve it.
+
+    FastMCP puts the version a caller asked for (``version=`` on a server-side call, or
+    ``_meta.fastmcp.version`` from a client) into the request's ``_meta`` under
+    ``fastmcp.version``: a string (exactly that version) or a ``gte``/``lt``/``eq`` range. The
+    pipeline must authorize that version, not the highest one: versions of one component can
+    declare different scopes.
+    """
+    meta = getattr(context.message, "meta", None)
+    if not meta or not isinstance(meta, dict):
+        return None
+    fastmcp_meta = meta.get("fastmcp")
+    if not isinstance(fastmcp_meta, dict):
+        return None
+    version = fastmcp_meta.get("version")
+    if isinstance(version, str):
+        return VersionSpec(eq=version)
+    if isinstance(version, dict):
+        bounds = {key: version.get(key) for key in ("gte", "lt", "eq")}
+        if all(value is None or isinstance(value, str) for value in bounds.values()):
+            return VersionSpec(**bounds)
+        # Not a range FastMCP could have built: authorize nothing rather than guess.
+        return VersionSpec(eq="__impossible__")
+    return None
 
 
 def _arguments(method: str, context: MiddlewareContext[Any]) -> dict[str, Any]:
@@ -283,24 +311,28 @@ class SecurityPipeline(Middleware):
         """Drop cached component facts (after any registration change)."""
         self._facts.clear()
 
-    async def _resolve(self, method: str, target: str) -> Any:
+    async def _resolve(self, method: str, target: str, version: VersionSpec | None) -> Any:
         server = self._server
         if method == "tools/call":
-            return await server.get_tool(target)
+            return await server.get_tool(target, version)
         if method == "prompts/get":
-            return await server.get_prompt(target)
-        resource: Any = await server.get_resource(target)
+            return await server.get_prompt(target, version)
+        resource: Any = await server.get_resource(target, version)
         if resource is None:
-            resource = await server.get_resource_template(target)
+            resource = await server.get_resource_template(target, version)
         return resource
 
-    async def facts(self, method: str, target: str) -> ComponentFacts | None:
-        """The target's facts, or ``None`` if no such component exists for this caller."""
+    async def facts(
+        self, method: str, target: str, version: VersionSpec | None = None
+    ) -> ComponentFacts | None:
+        """The facts of the target (of ``version``, else its highest version), or ``None`` if no
+        such component exists for this caller."""
         key = (method, target)
-        cached = self._facts.get(key)
-        if cached is not None:
-            return cached
-        component = await self._resolve(method, target)
+        if version is None:
+            cached = self._facts.get(key)
+            if cached is not None:
+                return cached
+        component = await self._resolve(method, target, version)
         if component is None:
             return None
         try:
@@ -309,15 +341,21 @@ class SecurityPipeline(Middleware):
             facts = facts_of_cached(component)
         except InvalidScopeDeclaration as exc:
             raise PolicyDenied(reason=str(exc)) from None
-        if method != "resources/read":  # resource URIs are unbounded; tools/prompts are not
+        # Resource URIs are unbounded, tools and prompts are not; a requested version is any
+        # text the caller chose, so only the highest versions are cached.
+        if method != "resources/read" and version is None:
             if len(self._facts) >= _FACTS_CACHE_LIMIT:
                 self._facts.clear()
             self._facts[key] = facts
         return facts
 
-    async def required_scopes(self, method: str, target: str) -> frozenset[str] | None:
-        """Scopes the target requires, or ``None`` if no such component exists for this caller."""
-        facts = await self.facts(method, target)
+    async def required_scopes(
+        self, method: str, target: str, version: str | None = None
+    ) -> frozenset[str] | None:
+        """Scopes the target (exactly ``version``, if given) requires, or ``None`` if no such
+        component exists for this caller."""
+        spec = VersionSpec(eq=version) if version is not None else None
+        facts = await self.facts(method, target, spec)
         return facts.scopes if facts is not None else None
 
     def _not_found(self, method: str, target: str) -> NotFoundError:
@@ -418,9 +456,10 @@ class SecurityPipeline(Middleware):
             bound = _CURRENT.set(security_context)
             try:
                 try:
-                    facts = self._facts.get((method, target))
+                    version = requested_version(context)
+                    facts = self._facts.get((method, target)) if version is None else None
                     if facts is None:
-                        facts = await self.facts(method, target)
+                        facts = await self.facts(method, target, version)
                         if facts is None:
                             raise self._not_found(method, target)
                     enforcement = self.enforcement

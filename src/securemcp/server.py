@@ -593,6 +593,17 @@ class FastMCP(
         recheck_resolved(self, "prompts/get", name, prompt)
         return prompt
 
+    async def get_resource_template(self, uri: str, version: Any = None) -> Any:
+        template = await super().get_resource_template(uri, version)
+        recheck_resolved(self, "resources/read", uri, template)
+        return template
+
+    async def _lookup_resource(self, uri: str, version: Any = None) -> tuple[Any, bool]:
+        # FastMCP's read_resource core resolves a concrete resource here, not via get_resource.
+        resource, exists = await super()._lookup_resource(uri, version)
+        recheck_resolved(self, "resources/read", uri, resource)
+        return resource, exists
+
 
 #: The same class under the name used by ``securemcp.Server(name=...)``.
 Server = FastMCP

@@ -402,8 +402,25 @@ async def test_buffer_replays_small_bodies_and_streams_large_ones() -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        (call_body(), ("tools/call", "read_note", 1)),
-        (call_body("resources/read", "notes://secret"), ("resources/read", "notes://secret", 1)),
+        (call_body(), ("tools/call", "read_note", 1, None)),
+        (
+            call_body("resources/read", "notes://secret"),
+            ("resources/read", "notes://secret", 1, None),
+        ),
+        (
+            b'{"id":3,"method":"tools/call","params":{"name":"t","_meta":'
+            b'{"fastmcp":{"version":"1"}}}}',
+            ("tools/call", "t", 3, "1"),
+        ),
+        (  # FastMCP serves a client only a version named by a string: the highest otherwise
+            b'{"id":4,"method":"tools/call","params":{"name":"t","_meta":'
+            b'{"fastmcp":{"version":{"eq":"1"}}}}}',
+            ("tools/call", "t", 4, None),
+        ),
+        (
+            b'{"id":5,"method":"tools/call","params":{"name":"t","_meta":[]}}',
+            ("tools/call", "t", 5, None),
+        ),
         (b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}', None),
         (b"[]", None),
         (b'{"method":"tools/call","params":{"name":5}}', None),

@@ -298,7 +298,7 @@ class HTTPGuard:
         """
         parsed = _call_target(body)
         assert parsed is not None  # _scope_refusal parsed this very body
-        method, target, _ = parsed
+        method, target, _, _ = parsed
         params: dict[str, Any] = json.loads(body).get("params") or {}
         meta = params.get("_meta")
         arguments = params.get("arguments")
@@ -490,9 +490,9 @@ class HTTPGuard:
         parsed = _call_target(body)
         if parsed is None:
             return None
-        method, target, request_id = parsed
+        method, target, request_id, version = parsed
         try:
-            required = await self._pipeline.required_scopes(method, target)
+            required = await self._pipeline.required_scopes(method, target, version)
         except Exception:  # unknown or broken target: the pipeline refuses it in-process
             return None
         if required is None:
@@ -606,8 +606,10 @@ def _has_query_token(query: bytes) -> bool:
     return any(key == "access_token" for key, _ in pairs)
 
 
-def _call_target(body: bytes) -> tuple[str, str, Any] | None:
-    """``(method, target, id)`` of a single JSON-RPC call that names a component, else None."""
+def _call_target(body: bytes) -> tuple[str, str, Any, str | None] | None:
+    """``(method, target, id, version)`` of a single JSON-RPC call that names a component, else
+    None. ``version`` is the component version the call asks for in ``_meta.fastmcp.version``
+    (FastMCP serves a client the version named there when it is a string, else the highest)."""
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
@@ -621,7 +623,10 @@ def _call_target(body: bytes) -> tuple[str, str, Any] | None:
     target = params.get(_TARGET_PARAM[method])
     if not isinstance(target, str):
         return None
-    return method, target, message.get("id")
+    meta = params.get("_meta")
+    fastmcp_meta = meta.get("fastmcp") if isinstance(meta, dict) else None
+    version = fastmcp_meta.get("version") if isinstance(fastmcp_meta, dict) else None
+    return method, target, message.get("id"), version if isinstance(version, str) else None
 
 
 async def _buffer(receive: Receive, limit: int) -> tuple[Receive, bytes | None]:
