@@ -127,6 +127,7 @@ class SecurityContext:
         "_call_id",
         "_method",
         "_open",
+        "_origin",
         "_parent_call_id",
         "_principal",
         "_server_name",
@@ -139,6 +140,7 @@ class SecurityContext:
     _call_id: str
     _method: str
     _open: bool
+    _origin: object
     _parent_call_id: str | None
     _principal: Principal
     _server_name: str
@@ -170,6 +172,7 @@ class SecurityContext:
         _set_trace_id(self, trace_id)
         _set_server_name(self, server_name)
         _set_parent_call_id(self, parent_call_id)
+        _set_origin(self, None)
         _set_open(self, True)
 
     @classmethod
@@ -183,11 +186,14 @@ class SecurityContext:
         trace_id: str | None,
         server_name: str,
         parent_call_id: str | None,
+        origin: object = None,
     ) -> SecurityContext:
         """The context of a call starting now (the pipeline's constructor).
 
         ``started_at`` is kept as a POSIX timestamp and becomes a ``datetime`` when first read:
-        building one per call costs more than most calls ever read it.
+        building one per call costs more than most calls ever read it. ``origin`` is the request
+        the caller's credential came with (see ``securemcp.pipeline``): a task that outlives
+        the call inherits it, and is refused the credential once the call has ended.
         """
         context = object.__new__(cls)
         _set_call_id(context, call_id)
@@ -199,6 +205,7 @@ class SecurityContext:
         _set_trace_id(context, trace_id)
         _set_server_name(context, server_name)
         _set_parent_call_id(context, parent_call_id)
+        _set_origin(context, origin)
         _set_open(context, True)
         return context
 
@@ -296,6 +303,7 @@ _set_trace_id = _slot_setter("_trace_id")
 _set_server_name = _slot_setter("_server_name")
 _set_parent_call_id = _slot_setter("_parent_call_id")
 _set_open = _slot_setter("_open")
+_set_origin = _slot_setter("_origin")
 
 
 _CURRENT: contextvars.ContextVar[SecurityContext | None] = contextvars.ContextVar(

@@ -30,6 +30,7 @@ from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.server.middleware import middleware as _fastmcp_middleware
 from fastmcp.utilities.versions import VersionSpec
 from mcp import MCPError
+from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
@@ -134,6 +135,22 @@ def requested_version(context: MiddlewareContext[Any]) -> VersionSpec | None:
         # Not a range FastMCP could have built: authorize nothing rather than guess.
         return VersionSpec(eq="__impossible__")
     return None
+
+
+def _credential_origin(context: MiddlewareContext[Any]) -> object:
+    """The request a call's credential arrives with.
+
+    FastMCP's request context (one per MCP request, over every transport), else, for a
+    server-side call made outside any request, the MCP SDK's in-memory auth carrier. A task
+    started while a call runs inherits both, so when such a task calls a component after the
+    call ended, its origin is the ended call's: the pipeline refuses it instead of acting as
+    that caller again (DESIGN guarantee 1). A genuinely new request has an origin of its own.
+    """
+    fastmcp_context = context.fastmcp_context
+    request_context = fastmcp_context.request_context if fastmcp_context is not None else None
+    if request_context is not None:
+        return request_context
+    return auth_context_var.get()
 
 
 def _arguments(method: str, context: MiddlewareContext[Any]) -> dict[str, Any]:
@@ -404,6 +421,17 @@ class SecurityPipeline(Middleware):
         call = _CallRecord(method, target, trace_id)
         try:
             try:
+                origin = _credential_origin(context)
+                inherited = _CURRENT.get()
+                if (
+                    inherited is not None
+                    and inherited._origin is origin
+                    and origin is not None
+                    and not inherited._open
+                ):
+                    # Code that outlived its call (a background task) reuses that call's
+                    # request and credential: the caller's authority ended with the call.
+                    raise Unauthenticated(reason="call_ended")
                 delegator = self._delegator()
                 if delegator is not None:
                     # Delegated from a securemcp server that mounted this one: the caller was
@@ -451,6 +479,7 @@ class SecurityPipeline(Middleware):
                 trace_id,
                 self._server.name,
                 parent_call_id,
+                origin,
             )
             arguments = _arguments(method, context)
             bound = _CURRENT.set(security_context)
