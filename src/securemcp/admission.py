@@ -25,7 +25,14 @@ from securemcp.scopes import InvalidScopeDeclaration
 if TYPE_CHECKING:
     from securemcp.server import FastMCP
 
-__all__ = ["ADMISSION", "LISTING", "Admission", "recheck_resolved", "require_admission"]
+__all__ = [
+    "ADMISSION",
+    "LISTING",
+    "Admission",
+    "forwards_to",
+    "recheck_resolved",
+    "require_admission",
+]
 
 logger = logging.getLogger("securemcp.pipeline")
 
@@ -43,6 +50,8 @@ class Admission:
     open: bool = True
     consumed: bool = False
     rechecked: bool = False
+    #: The component the core resolved and runs for this call (set by :func:`recheck_resolved`).
+    component: Any = None
 
 
 ADMISSION: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
@@ -101,6 +110,7 @@ def recheck_resolved(server: FastMCP, method: str, target: str, component: Any) 
     ):
         return
     admission.rechecked = True
+    admission.component = component
     try:
         actual = facts_of_cached(component)
     except InvalidScopeDeclaration as exc:
@@ -114,3 +124,20 @@ def recheck_resolved(server: FastMCP, method: str, target: str, component: Any) 
     if admission.policy_active:
         # Tags, annotations or risk changed after policy decided: decide again on the next call.
         raise ComponentChanged(reason=f"{method} {target!r} changed during authorization")
+
+
+def forwards_to(component: Any, server: FastMCP, target: str) -> bool:
+    """Whether ``component`` is a mount's forwarder to ``target`` on ``server``.
+
+    FastMCP's ``mount()`` serves a child's tools, resources, templates and prompts through
+    forwarding components (``fastmcp.server.providers.fastmcp_provider``) that keep the child in
+    ``_server`` and the child's own name in ``_original_name`` (``_original_uri`` for a
+    resource; a template forwards whatever URI matched it), and call the child's public
+    ``call_tool``/``read_resource``/``render_prompt`` with exactly that name.
+    """
+    if component is None or getattr(component, "_server", None) is not server:
+        return False
+    original = getattr(component, "_original_name", None)
+    if original is None:
+        original = getattr(component, "_original_uri", None)
+    return original is None or original == target

@@ -38,7 +38,7 @@ from securemcp._request_spans import needs_request_span, request_span
 from securemcp._session_state import install as _skip_absent_session_transforms
 from securemcp._span_exceptions import guard_span
 from securemcp._span_exceptions import install as _redact_span_exceptions
-from securemcp.admission import ADMISSION, LISTING, Admission
+from securemcp.admission import ADMISSION, LISTING, Admission, forwards_to
 from securemcp.auth.base import IdentityVerifier
 from securemcp.components import ComponentFacts, facts_of_cached
 from securemcp.context import _CURRENT, Principal, SecurityContext
@@ -310,14 +310,21 @@ class SecurityPipeline(Middleware):
             raise Unauthenticated(reason="no credential presented")
         return token
 
-    def _delegator(self) -> SecurityContext | None:
-        """The context of the mounting securemcp server's call this one was delegated by."""
+    def _delegator(self, target: str) -> SecurityContext | None:
+        """The context of the mounting securemcp server's call this one was delegated by.
+
+        Only the mount's own forwarding delegates: the parent admitted a call to the component
+        that forwards to ``target`` on this server, and its core is running that component.
+        Anything else the parent's call runs (a tool body calling this server directly) is a
+        call of its own, authenticated and audited here.
+        """
         outer = ADMISSION.get()
         if (
             outer is not None
             and outer.open
             and outer.consumed
             and outer.server in self._server._securemcp_parents
+            and forwards_to(outer.component, self._server, target)
         ):
             return outer.context
         return None
@@ -432,7 +439,7 @@ class SecurityPipeline(Middleware):
                     # Code that outlived its call (a background task) reuses that call's
                     # request and credential: the caller's authority ended with the call.
                     raise Unauthenticated(reason="call_ended")
-                delegator = self._delegator()
+                delegator = self._delegator(target)
                 if delegator is not None:
                     # Delegated from a securemcp server that mounted this one: the caller was
                     # verified there, for this very call. A fresh context is bound all the same.
