@@ -689,8 +689,10 @@ class AuditLog:
                 # The canonical text of _duration's value, round(duration_ms, 3), in one step:
                 # "%.3f" rounds the same way (correctly, half to even), and below 1e12 the
                 # shortest repr of that float is this decimal without trailing zeros (at most
-                # 15 significant digits); an integral one is written as an int.
-                elapsed = f"{duration_ms:.3f}".rstrip("0").rstrip(".")
+                # 15 significant digits); an integral one is written as an int. Adding 0.0 turns
+                # -0.0 (which passes the range test) into 0.0: RFC 8785 writes zero as "0",
+                # never "-0".
+                elapsed = f"{duration_ms + 0.0:.3f}".rstrip("0").rstrip(".")
             else:
                 value = _duration(duration_ms)
                 if type(value) is float:  # repr is canonical where jcs.plain_float says so
