@@ -167,13 +167,19 @@ def verify(
             records only when a key in ``keyring`` (or one rotated to) signed it.
         progress: called as ``progress(bytes_done, bytes_total)`` while records are read.
         workers: worker processes for large logs (default: one per CPU; 1 disables).
+
+    A malformed or unreadable keyring or trusted checkpoint (bad JSON, not UTF-8, a size beyond
+    64 bits) is reported as ``io_error`` (kind ``usage``), never raised.
     """
     target = Path(path)
     if target.is_file():
         target = target.parent
     report = VerificationReport("verified", 0, str(target))
     try:
-        pinned = keyring if isinstance(keyring, Keyring) else Keyring.load(keyring)
+        try:
+            pinned = keyring if isinstance(keyring, Keyring) else Keyring.load(keyring)
+        except (KeyringError, ValueError) as exc:  # ValueError: UnicodeDecodeError
+            raise _Failure("io_error", "usage", None, f"bad keyring: {exc}") from None
         external = _load_trusted_checkpoint(trusted_checkpoint)
         _Run(target, pinned, external, report, progress, workers).run()
     except _Failure as failure:
@@ -187,9 +193,20 @@ def verify(
     return report
 
 
-def _load_trusted_checkpoint(value: str | os.PathLike[str] | None) -> str | None:
+def _load_trusted_checkpoint(value: str | os.PathLike[str] | None) -> _Entry | None:
+    """Read and parse the external checkpoint; a malformed one is a usage error (exit 2)."""
     if value is None:
         return None
+    try:
+        text = _read_trusted_checkpoint(value)
+        checkpoint, note = parse_checkpoint(text)
+    except (NoteError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, not UTF-8
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _Failure("io_error", "usage", None, f"bad trusted checkpoint: {detail}") from None
+    return _Entry(0, checkpoint, note, text, [])
+
+
+def _read_trusted_checkpoint(value: str | os.PathLike[str]) -> str:
     if isinstance(value, str) and "\n" in value:
         return value
     text = Path(value).read_text(encoding="utf-8")
@@ -209,7 +226,7 @@ class _Run:
         self,
         directory: Path,
         pinned: Keyring,
-        external: str | None,
+        external: _Entry | None,
         report: VerificationReport,
         progress: Progress | None,
         workers: int | None,
@@ -221,8 +238,7 @@ class _Run:
         self.report = report
         self.progress = progress
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
-        self.external_text = external
-        self.external: _Entry | None = None
+        self.external = external
         self.entries: list[_Entry] = []
         self.segments: list[tuple[int, Path]] = []
         self.first_seq: list[int] = []
@@ -283,9 +299,6 @@ class _Run:
         if not self.segments:
             raise _Failure("io_error", "io", None, f"no audit log segments in {self.directory}")
         self.load_checkpoints()
-        if self.external_text is not None:
-            checkpoint, note = parse_checkpoint(self.external_text)
-            self.external = _Entry(0, checkpoint, note, self.external_text, [])
         self.stream()
         self.finish()
 
