@@ -89,6 +89,40 @@ def test_verify_against_a_trusted_checkpoint_file(
     assert main([*args, "--trusted-checkpoint", str(witnessed)]) == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("checkpoint", b"{not json\n", "bad trusted checkpoint: Expecting property name"),
+        ("checkpoint", b'{"note": 5}\n', "bad trusted checkpoint: the trusted checkpoint file"),
+        ("checkpoint", b"\xff\xfe\n", "bad trusted checkpoint: 'utf-8' codec"),
+        ("checkpoint", b'{"a":' + b"[" * 100_000 + b"\n", "bad trusted checkpoint: "),
+        ("checkpoint", b"o\n" + b"9" * 5000 + b"\nAA==\n\n\xe2\x80\x94 k AAAAAAA=\n", "64 bits"),
+        ("keyring", b"\xff\xfe\n", "bad keyring: 'utf-8' codec"),
+    ],
+)
+def test_malformed_inputs_are_usage_errors_not_tampering(
+    make_log: MakeLog,
+    keyring_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: bytes,
+    message: str,
+) -> None:
+    """A bad --trusted-checkpoint or --keyring file exits 2 with a one-line reason; it used to
+    raise (a traceback, exit 1: the code for a tampered log)."""
+    directory = make_log(2)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    args = ["audit", "verify", str(directory), "--keyring"]
+    args += (
+        [str(bad)] if name == "keyring" else [str(keyring_file), "--trusted-checkpoint", str(bad)]
+    )
+    assert main(args) == 2
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("IO ERROR [usage]: ") and message in first, first
+
+
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", str(tmp_path)]) == 2
     assert "--keyring" in capsys.readouterr().err

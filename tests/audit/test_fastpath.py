@@ -183,7 +183,7 @@ DURATIONS = st.one_of(
     st.floats(min_value=0, max_value=1e7),
     st.floats(),  # negative, NaN, infinite: refused by both paths
     st.integers(0, 2**64),
-    st.sampled_from([0.0, 1e-7, 0.0004, 0.0005, 0.734, 5.0, 1e15 + 0.5, 1e16, 2.0**53, 1e21]),
+    st.sampled_from([0.0, -0.0, 1e-7, 0.0004, 0.0005, 0.734, 5.0, 1e15 + 0.5, 1e16, 2.0**53, 1e21]),
 )
 
 # --- the generic path, as a reference ---------------------------------------------------------
@@ -377,6 +377,41 @@ def test_durations_at_the_edges_of_canonical_form(fast_log: tuple[AuditLog, Tail
     for bad in (-1.0, math.nan, math.inf, 1e21, 2**60):
         with pytest.raises(ValueError):
             log.outcome(call_id="c", method="m", target="t", outcome="ok", duration_ms=bad)
+
+
+NEGATIVE_ZERO_EDGES = (
+    -0.0,
+    0.0,
+    -0,
+    5e-324,
+    1e-7,
+    0.0004999,
+    0.0005,
+    999999999.9995,
+    1e9 - 1e-6,
+    1e9,
+)
+
+
+def test_negative_zero_duration_is_written_as_the_generic_canonical_zero(log_dir: Path) -> None:
+    """-0.0 passes the fast path's range test; RFC 8785 writes it "0", never "-0" (which the
+    verifier rejects as non-canonical). Fails if the fast path formats -0.0 as is."""
+    log = AuditLog(log_dir, signer=SIGNER, fsync="never").open()
+    tail = Tail(log)
+    kw: dict[str, Any] = {"call_id": "c", "method": "m", "target": "t", "outcome": "ok"}
+    for value in NEGATIVE_ZERO_EDGES:
+        appended(
+            log,
+            tail,
+            lambda value=value: log.outcome(**kw, duration_ms=value),
+            lambda value=value: outcome_record(**kw, duration_ms=value, server=log.server),
+        )
+    log.outcome(**kw, duration_ms=-0.0)
+    assert b'"duration_ms":0,' in tail.new()
+    log.close()
+    report = verify(log_dir, keyring=KEYRING)
+    assert report.status == "verified", report
+    assert report.records == 3 + len(NEGATIVE_ZERO_EDGES)
 
 
 def _reference_args_sha256(arguments: Any) -> str | None:

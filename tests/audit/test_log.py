@@ -270,6 +270,97 @@ def test_a_write_that_cannot_be_undone_disables_the_log(
     log.close()
 
 
+def test_a_full_disk_while_sealing_leaves_no_torn_checkpoint_line(
+    log_dir: Path, signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half a checkpoint line, then ENOSPC: the line is cut back, so the next checkpoint does not
+    follow a torn line (which made the intact log verify as tampered for good)."""
+    keyring = Keyring([signer.verifier_key()])
+    log = open_log(log_dir, signer)
+    write_calls(log, 2)
+    log.checkpoint()
+    cp_file = log_dir / CHECKPOINTS_FILE
+    before = cp_file.read_bytes()
+    write_calls(log, 1)
+    real_write = os.write
+
+    def full_disk(fd: int, data: Any) -> int:
+        if fd == log._cp_fd:  # half the checkpoint line reaches the disk, then it is full
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(AuditUnavailable) as info:
+        log.checkpoint()
+    assert "No space left" in (info.value.reason or "")
+    monkeypatch.setattr(os, "write", real_write)
+    assert cp_file.read_bytes() == before
+    write_calls(log, 1)  # the disk has room again: records and checkpoints continue
+    log.checkpoint()
+    live = verify(log_dir, keyring=keyring)
+    assert live.ok and live.sealed == log.size, live
+    log.close()
+    report = verify(log_dir, keyring=keyring)
+    assert report.ok and report.closed, report
+
+
+def test_a_failed_checkpoint_fsync_leaves_no_duplicate_checkpoint(
+    log_dir: Path, signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint line written but not synced is cut back too: the next checkpoint is for the
+    same size, and two lines for one size read as a duplicated checkpoint."""
+    log = open_log(log_dir, signer, fsync="always")
+    write_calls(log, 1)
+    before = (log_dir / CHECKPOINTS_FILE).read_bytes()
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if fd == log._cp_fd:
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(AuditUnavailable):
+        log.checkpoint()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert (log_dir / CHECKPOINTS_FILE).read_bytes() == before
+    log.checkpoint()
+    log.close()
+    report = verify(log_dir, keyring=Keyring([signer.verifier_key()]))
+    assert report.ok, report
+
+
+def test_a_checkpoint_write_that_cannot_be_undone_disables_the_log(
+    log_dir: Path, signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = open_log(log_dir, signer)
+    write_calls(log, 1)
+    real_write = os.write
+
+    def torn(fd: int, data: Any) -> int:
+        if fd == log._cp_fd:
+            real_write(fd, bytes(data)[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def broken(*args: Any) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "write", torn)
+    monkeypatch.setattr(os, "ftruncate", broken)
+    with pytest.raises(AuditUnavailable):
+        log.checkpoint()
+    monkeypatch.undo()
+    with pytest.raises(AuditUnavailable) as info:  # fail closed: no record after a torn line
+        log.append({"type": "decision"})
+    assert "could not be undone" in (info.value.reason or "")
+    log.close()
+    log.open()  # a new writer session quarantines the torn line and recovers
+    log.close()
+    assert verify(log_dir, keyring=Keyring([signer.verifier_key()])).ok
+
+
 def test_torn_tail_is_quarantined_and_the_log_continues(
     log_dir: Path, signer: Ed25519Signer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -105,6 +105,10 @@ def test_checkpoint_body_round_trip_and_strictness() -> None:
         "example.com/log\n1\nAAAA\n",  # root not 32 bytes
         f"\n1\n{root}\n",
         f"example.com/log\n1\n{root}",
+        f"example.com/log\n{2**64}\n{root}\n",  # beyond 64 bits
+        f"example.com/log\n{'9' * 5000}\n{root}\n",  # int() refuses 5000 digits: ValueError
     ]:
         with pytest.raises(NoteError):
             Checkpoint.parse_text(text)
+    largest = f"example.com/log\n{2**64 - 1}\n{root}\n"
+    assert Checkpoint.parse_text(largest).size == 2**64 - 1

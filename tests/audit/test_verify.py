@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from audit_helpers import (
 )
 
 from securemcp.audit import AuditLog, Ed25519Signer, Keyring, jcs, verify
+from securemcp.audit.checkpoint import Checkpoint
+from securemcp.audit.note import parse_note, sign_note
 from securemcp.audit.storage import CHECKPOINTS_FILE, list_segments
 
 MakeLog = Callable[..., Path]
@@ -197,6 +200,78 @@ def test_a_truncated_tail_is_detected_against_a_trusted_checkpoint(
     report = verify(directory, keyring=keyring, trusted_checkpoint=witnessed)
     expect(report, "tampered", "truncated", 17)
     assert report.exit_code == 1
+
+
+def _cut_at(directory: Path, size: int) -> None:
+    """Roll the log back to its first ``size`` records and the checkpoints up to that size."""
+    path = segment_path(directory)
+    write_lines(path, read_lines(path)[:size])
+    cps = directory / CHECKPOINTS_FILE
+    sizes = checkpoint_sizes(directory)
+    write_lines(cps, [line for line, n in zip(read_lines(cps), sizes, strict=True) if n <= size])
+
+
+def test_a_rollback_past_a_key_rotation_is_detected_against_a_trusted_checkpoint(
+    log_dir: Path, signer: Ed25519Signer, keyring: Keyring, tmp_path: Path
+) -> None:
+    """The witnessed checkpoint is signed by the rotated-to key only; cutting the log back
+    before the rotation also removes what taught the verifier that key. The checkpoint the
+    reviewer supplied must still prove the rollback (it was silently ignored: verified)."""
+    new = Ed25519Signer.generate("test-key-2026")
+    witnessed: list[str] = []
+    with AuditLog(log_dir, signer=signer, checkpoint_every=10**9, witness=witnessed.append) as log:
+        write_calls(log, 2)
+        log.checkpoint()
+        cut = log.size
+        log.rotate_key(new)
+        write_calls(log, 2, tool="delete_everything")
+    note = tmp_path / "witnessed.note"
+    note.write_text(witnessed[-1])
+    assert f"\u2014 {signer.key_name} " not in witnessed[-1]  # the new key only
+    assert verify(log_dir, keyring=keyring, trusted_checkpoint=note).ok
+    _cut_at(log_dir, cut)
+    assert verify(log_dir, keyring=keyring).ok  # alone, a rollback to a checkpoint looks live
+    report = verify(log_dir, keyring=keyring, trusted_checkpoint=note)
+    expect(report, "tampered", "truncated", cut)
+    assert report.exit_code == 1 and "rolled back" in report.detail
+
+
+def test_a_truncation_is_detected_against_a_checkpoint_by_an_unknown_key(
+    make_log: MakeLog, keyring: Keyring, tmp_path: Path
+) -> None:
+    """A supplied checkpoint is trusted by the reviewer whoever signed it (here a witness's
+    own key, not in the keyring): a shorter log is truncated, a different prefix forked."""
+    directory = make_log(10)
+    last = Checkpoint.parse_text(parse_note(_last_note(directory)).text)
+    witness = Ed25519Signer.generate("witness")
+    note = sign_note(last.text(), [witness])
+    other = sign_note(Checkpoint(last.origin, last.size, bytes(32)).text(), [witness])
+    expect(verify(directory, keyring=keyring, trusted_checkpoint=note), "untrusted", "unknown_key")
+    expect(verify(directory, keyring=keyring, trusted_checkpoint=other), "tampered", "forked")
+    _cut_at(directory, 17)
+    report = verify(directory, keyring=keyring, trusted_checkpoint=note)
+    expect(report, "tampered", "truncated", 17)
+    assert "not in the keyring" in report.detail
+
+
+def test_a_trusted_checkpoint_the_log_never_reaches_is_never_ignored(
+    make_log: MakeLog, keyring: Keyring, signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    """For another log (even one longer than this one), or for 0 records: never verified."""
+    directory = make_log(2)
+    longer = make_log(10, directory=tmp_path / "other")
+    report = verify(directory, keyring=keyring, trusted_checkpoint=_last_note(longer))
+    expect(report, "io_error", "usage")
+    assert "is for log" in report.detail
+    origin = Checkpoint.parse_text(parse_note(_last_note(directory)).text).origin
+    empty = sign_note(Checkpoint(origin, 0, hashlib.sha256().digest()).text(), [signer])
+    expect(verify(directory, keyring=keyring, trusted_checkpoint=empty), "io_error", "usage")
+
+
+def _last_note(directory: Path) -> str:
+    note = json.loads(read_lines(directory / CHECKPOINTS_FILE)[-1])["note"]
+    assert isinstance(note, str)
+    return note
 
 
 def test_records_resigned_with_another_key_are_untrusted(

@@ -20,9 +20,12 @@ from typing import Final
 
 from securemcp.audit.note import Note, NoteError, parse_note
 
-__all__ = ["Checkpoint", "parse_checkpoint"]
+__all__ = ["MAX_SIZE", "Checkpoint", "parse_checkpoint"]
 
 _SIZE: Final = re.compile(r"0|[1-9][0-9]*")
+#: Tree sizes are unsigned 64-bit integers (as in the Go reference implementation).
+MAX_SIZE: Final = 2**64 - 1
+_MAX_SIZE_DIGITS: Final = len(str(MAX_SIZE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,7 @@ class Checkpoint:
 
     @classmethod
     def parse_text(cls, text: str) -> Checkpoint:
-        """Parse a checkpoint body strictly."""
+        """Parse a checkpoint body strictly (a size beyond 64 bits is a :class:`NoteError`)."""
         lines = text.split("\n")
         if len(lines) < 4 or lines[-1] != "":
             raise NoteError("a checkpoint has an origin, a size and a root hash line")
@@ -50,6 +53,9 @@ class Checkpoint:
             raise NoteError("a checkpoint origin must be non-empty with no surrounding space")
         if not _SIZE.fullmatch(size):
             raise NoteError("a checkpoint size is decimal with no leading zeros")
+        # Checked on the text first: int() of thousands of digits is slow or a ValueError.
+        if len(size) > _MAX_SIZE_DIGITS or int(size) > MAX_SIZE:
+            raise NoteError("a checkpoint size must fit in 64 bits")
         try:
             root = base64.b64decode(root_b64, validate=True)
         except binascii.Error as exc:

@@ -689,8 +689,10 @@ class AuditLog:
                 # The canonical text of _duration's value, round(duration_ms, 3), in one step:
                 # "%.3f" rounds the same way (correctly, half to even), and below 1e12 the
                 # shortest repr of that float is this decimal without trailing zeros (at most
-                # 15 significant digits); an integral one is written as an int.
-                elapsed = f"{duration_ms:.3f}".rstrip("0").rstrip(".")
+                # 15 significant digits); an integral one is written as an int. Adding 0.0 turns
+                # -0.0 (which passes the range test) into 0.0: RFC 8785 writes zero as "0",
+                # never "-0".
+                elapsed = f"{duration_ms + 0.0:.3f}".rstrip("0").rstrip(".")
             else:
                 value = _duration(duration_ms)
                 if type(value) is float:  # repr is canonical where jcs.plain_float says so
@@ -806,7 +808,12 @@ class AuditLog:
 
     def checkpoint(self) -> str | None:
         """Sign a checkpoint now if records were added since the last one; returns the latest
-        signed note (``None`` before the log is opened)."""
+        signed note (``None`` before the log is opened).
+
+        Raises :class:`AuditUnavailable` if the checkpoint cannot be written or synced; the
+        partial line is then cut from ``checkpoints.jsonl`` (or, if that fails too, the log is
+        marked failed and refuses appends until reopened).
+        """
         if not self._opened:
             return None
         return self._checkpoint()
@@ -863,11 +870,17 @@ class AuditLog:
             note = sign_note(Checkpoint(origin, size, root).text(), chosen)  # type: ignore[arg-type]
             line = jcs.dumps({"note": note, "range": nodes}) + b"\n"
             try:
+                before = os.fstat(self._cp_fd).st_size
+            except OSError as exc:
+                logger.error("writing an audit checkpoint failed: %s", exc)
+                raise AuditUnavailable(reason=f"checkpoint write failed: {exc}") from exc
+            try:
                 _write_all(self._cp_fd, line)
                 if self.fsync != "never":
                     os.fsync(self._cp_fd)
             except OSError as exc:
                 logger.error("writing an audit checkpoint failed: %s", exc)
+                self._undo_partial_checkpoint(before, exc)
                 raise AuditUnavailable(reason=f"checkpoint write failed: {exc}") from exc
             with self._lock:
                 self._cp_size = size
@@ -875,6 +888,20 @@ class AuditLog:
                 self._last_note = note
             self._export_checkpoint(note)
             return note
+
+    def _undo_partial_checkpoint(self, size: int, exc: OSError) -> None:
+        """Cut ``checkpoints.jsonl`` back to ``size`` bytes after a failed checkpoint write.
+
+        A torn line (a full disk) followed by later checkpoints would make the intact log verify
+        as tampered, and a complete but unsynced line would be repeated by the next checkpoint
+        (a duplicate). If the cut itself fails, the log is marked failed: every later append is
+        refused (fail closed) until it is reopened, which quarantines a torn checkpoint line.
+        """
+        try:
+            os.ftruncate(self._cp_fd, size)
+        except OSError as undo:
+            with self._lock:
+                self._fail(f"checkpoint write failed ({exc}) and could not be undone ({undo})")
 
     def _export_checkpoint(self, note: str) -> None:
         for sink in self.sinks:

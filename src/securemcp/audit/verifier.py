@@ -11,8 +11,10 @@
    value), ``log`` never changes and ``ts`` never goes backwards;
 3. at each checkpoint's size the recomputed RFC 9162 root equals the signed root (and the stored
    compact range equals the recomputed one);
-4. no trusted checkpoint claims more records than the log holds (truncation), and a trusted
-   external checkpoint matches the prefix of its size (else the log forked or was rolled back);
+4. no trusted checkpoint claims more records than the log holds (truncation), and an external
+   checkpoint (``trusted_checkpoint``) is for this log and matches the prefix of its size (else
+   the log forked); one covering more records than the log holds means the log was truncated or
+   rolled back, whatever key signed it (the verdict is never ``verified`` while it is unmatched);
 5. every checkpoint has a trusted signature; trust follows key rotations: a ``key_rotation``
    record sealed by a checkpoint signed by a trusted key *and* the new key adds the new key.
 
@@ -158,16 +160,26 @@ def verify(
         path: the log folder (or one of its segment files).
         keyring: trusted keys: a :class:`Keyring` or a keyring file path.
         trusted_checkpoint: a signed checkpoint obtained out of band (from a witness, a SIEM):
-            the note text, or a file holding it (or a ``checkpoints.jsonl``-style line).
+            the note text, or a file holding it (or a ``checkpoints.jsonl``-style line). It is
+            trusted because the caller supplied it: if the log holds fewer records, the verdict
+            is ``tampered``/``truncated`` whoever signed it; it must be for this log (else
+            ``io_error``) and match the log's prefix of its size (else ``forked``); it seals
+            records only when a key in ``keyring`` (or one rotated to) signed it.
         progress: called as ``progress(bytes_done, bytes_total)`` while records are read.
         workers: worker processes for large logs (default: one per CPU; 1 disables).
+
+    A malformed or unreadable keyring or trusted checkpoint (bad JSON, not UTF-8, a size beyond
+    64 bits) is reported as ``io_error`` (kind ``usage``), never raised.
     """
     target = Path(path)
     if target.is_file():
         target = target.parent
     report = VerificationReport("verified", 0, str(target))
     try:
-        pinned = keyring if isinstance(keyring, Keyring) else Keyring.load(keyring)
+        try:
+            pinned = keyring if isinstance(keyring, Keyring) else Keyring.load(keyring)
+        except (KeyringError, ValueError) as exc:  # ValueError: UnicodeDecodeError
+            raise _Failure("io_error", "usage", None, f"bad keyring: {exc}") from None
         external = _load_trusted_checkpoint(trusted_checkpoint)
         _Run(target, pinned, external, report, progress, workers).run()
     except _Failure as failure:
@@ -181,9 +193,20 @@ def verify(
     return report
 
 
-def _load_trusted_checkpoint(value: str | os.PathLike[str] | None) -> str | None:
+def _load_trusted_checkpoint(value: str | os.PathLike[str] | None) -> _Entry | None:
+    """Read and parse the external checkpoint; a malformed one is a usage error (exit 2)."""
     if value is None:
         return None
+    try:
+        text = _read_trusted_checkpoint(value)
+        checkpoint, note = parse_checkpoint(text)
+    except (NoteError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, not UTF-8
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _Failure("io_error", "usage", None, f"bad trusted checkpoint: {detail}") from None
+    return _Entry(0, checkpoint, note, text, [])
+
+
+def _read_trusted_checkpoint(value: str | os.PathLike[str]) -> str:
     if isinstance(value, str) and "\n" in value:
         return value
     text = Path(value).read_text(encoding="utf-8")
@@ -203,7 +226,7 @@ class _Run:
         self,
         directory: Path,
         pinned: Keyring,
-        external: str | None,
+        external: _Entry | None,
         report: VerificationReport,
         progress: Progress | None,
         workers: int | None,
@@ -215,8 +238,7 @@ class _Run:
         self.report = report
         self.progress = progress
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
-        self.external_text = external
-        self.external: _Entry | None = None
+        self.external = external
         self.entries: list[_Entry] = []
         self.segments: list[tuple[int, Path]] = []
         self.first_seq: list[int] = []
@@ -277,9 +299,6 @@ class _Run:
         if not self.segments:
             raise _Failure("io_error", "io", None, f"no audit log segments in {self.directory}")
         self.load_checkpoints()
-        if self.external_text is not None:
-            checkpoint, note = parse_checkpoint(self.external_text)
-            self.external = _Entry(0, checkpoint, note, self.external_text, [])
         self.stream()
         self.finish()
 
@@ -440,8 +459,8 @@ class _Run:
             if key is not None and key.name not in self.report.signers:
                 self.report.signers.append(key.name)
 
-    def check_external(self, external: _Entry) -> None:
-        if external.checkpoint.origin != self.log_id:
+    def check_external_origin(self, external: _Entry) -> None:
+        if self.log_id is not None and external.checkpoint.origin != self.log_id:
             raise _Failure(
                 "io_error",
                 "usage",
@@ -449,20 +468,28 @@ class _Run:
                 f"the trusted checkpoint is for log {external.checkpoint.origin!r}, "
                 f"not {self.log_id!r}",
             )
+
+    def check_external(self, external: _Entry) -> None:
+        """The log's prefix of the external checkpoint's size must have its root.
+
+        The reviewer supplied it, so a different root is a forked log whoever signed it; it
+        seals records only if a trusted (pinned or rotated-to) key signed it.
+        """
+        self.check_external_origin(external)
         self.judge(external)
-        if not external.trusted:
-            raise _Failure(
-                "untrusted",
-                "unknown_key",
-                None,
-                "the trusted checkpoint is not signed by a key in the keyring",
-            )
         if external.checkpoint.root != self.compact.root():
             raise _tampered(
                 "forked",
                 None,
                 f"the log's first {external.checkpoint.size} records differ from the trusted "
                 "checkpoint (a forked or rewritten log)",
+            )
+        if not external.trusted:
+            raise _Failure(
+                "untrusted",
+                "unknown_key",
+                None,
+                "the trusted checkpoint is not signed by a key in the keyring",
             )
         external.matched = True
         self.report.sealed = max(self.report.sealed, external.checkpoint.size)
@@ -556,15 +583,8 @@ class _Run:
                     f"holds {self.count}",
                 )
         external = self.external
-        if external is not None and external.checkpoint.size > self.count:
-            self.judge(external)
-            if external.trusted:
-                raise _tampered(
-                    "truncated",
-                    self.count,
-                    f"the trusted checkpoint covers {external.checkpoint.size} records but the "
-                    f"log holds {self.count} (truncated or rolled back)",
-                )
+        if external is not None and not external.matched:
+            self._fail_external(external)
         if self.mismatches:
             self._fail_mismatch()
         untrusted = [entry for entry in self.entries if not entry.trusted]
@@ -601,6 +621,31 @@ class _Run:
         report.detail = (
             f"{self.count} records in {report.segments} segment(s) verified against "
             f"{report.trusted_checkpoints} signed checkpoint(s)"
+        )
+
+    def _fail_external(self, external: _Entry) -> None:
+        """A supplied checkpoint the log never reached: never ``verified``.
+
+        The reviewer trusts the checkpoint they supplied, whatever key signed it: the log may
+        have been cut back past the ``key_rotation`` record that would have taught the verifier
+        the checkpoint's key, so an unknown signer must not make the checkpoint ignorable.
+        """
+        self.check_external_origin(external)
+        size = external.checkpoint.size
+        if size > self.count:
+            self.judge(external)  # a bad signature by a trusted key is still reported as such
+            signed = "" if external.trusted else " (its signer is not in the keyring)"
+            raise _tampered(
+                "truncated",
+                self.count,
+                f"the trusted checkpoint covers {size} records but the log holds "
+                f"{self.count} (truncated or rolled back){signed}",
+            )
+        raise _Failure(  # only a checkpoint for 0 records gets here: it vouches for nothing
+            "io_error",
+            "usage",
+            None,
+            f"the trusted checkpoint (for {size} records) does not match any prefix of the log",
         )
 
     def _fail_mismatch(self) -> None:
