@@ -182,6 +182,40 @@ async def test_destructive_tools_need_an_approval_bound_to_the_call(
     assert runs["wipe"] == 1
 
 
+async def test_an_approval_is_bound_to_the_kind_of_call_it_was_granted_for(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """An approval granted for the prompt ``wipe`` cannot be spent on the tool ``wipe`` with the
+    same arguments (nor the other way round): each kind of call needs its own approval."""
+    store = open_store(tmp_path / "approvals.sqlite3")
+
+    def everything_needs_approval(request: Any) -> Decision:
+        return Decision.require_approval("needs a human")
+
+    mcp, runs = build(idp, policy=everything_needs_approval, approvals=ApprovalGate(store))
+
+    @mcp.prompt(name="wipe")
+    def explain_wipe(table: str) -> str:
+        runs["explain"] = runs.get("explain", 0) + 1
+        return f"what wiping {table} would do"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        with pytest.raises(Exception, match="approval_required") as refused:
+            await client.get_prompt("wipe", {"table": "users"})
+        prompt_approval = str(refused.value).split("approval id ")[1].split(")")[0]
+        granted = await store.approve(prompt_approval, APPROVER)
+        assert granted.tool == "prompts/get wipe"
+        # the tool of the same name, same arguments: not covered by the prompt's approval
+        ok, text = await _call(client, "wipe", {"table": "users"})
+        assert not ok and text.startswith("approval_required:")
+        assert prompt_approval not in text  # a request of its own
+        assert runs["wipe"] == 0
+        # the prompt's approval still serves the prompt it was granted for
+        rendered = await client.get_prompt("wipe", {"table": "users"})
+        assert "what wiping users would do" in rendered.messages[0].content.text
+    assert runs["explain"] == 1
+
+
 async def test_exactly_the_limit_runs_under_100_concurrent_calls(
     idp: FakeIdentityProvider,
 ) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "ApprovalStatus",
     "ApprovalStore",
     "ApproverRequirement",
+    "approval_target",
     "local_operator",
     "open_store",
     "principal_key",
@@ -84,6 +85,16 @@ def principal_key(principal: Principal) -> str:
     """SHA-256 of (tenant, issuer, subject, client id): what an approval is bound to."""
     parts = [principal.tenant, principal.issuer, principal.subject, principal.client_id]
     return hashlib.sha256(canonical_json(parts)).hexdigest()
+
+
+def approval_target(method: str, target: str) -> str:
+    """What an approval names as its ``tool``: the tool's name for ``tools/call``, else the
+    method and the target (``prompts/get summarize``, ``resources/read notes://x``).
+
+    An approval is bound to the kind of call it was granted for: one granted for a prompt can
+    never be spent on a tool of the same name (MCP tool names cannot contain a space).
+    """
+    return target if method == "tools/call" else f"{method} {target}"
 
 
 def binding_key(principal: Principal, tool: str, args_hash: str, policy_hash: str) -> str:
@@ -391,7 +402,7 @@ class ApprovalGate:
         principal = request.principal
         args_hash = request.arguments_hash()
         policy_hash = decision.policy_version or ""
-        tool = request.target
+        tool = approval_target(request.method, request.target)
         if approval_id is not None:
             return await self.store.consume(approval_id, principal, tool, args_hash, policy_hash)
         existing = await self.store.find(principal, tool, args_hash, policy_hash)
