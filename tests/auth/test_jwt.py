@@ -338,6 +338,11 @@ async def test_zero_leeway(idp: FakeIdentityProvider, clock: FakeClock) -> None:
         ({"exp": True}, "invalid_claim:exp"),
         ({"iat": "0"}, "invalid_claim:iat"),
         ({"nbf": [1]}, "invalid_claim:nbf"),
+        # NumericDates that cannot be a time: a clean refusal, not an OverflowError.
+        ({"exp": 10**400}, "invalid_claim:exp"),
+        ({"nbf": 10**400}, "invalid_claim:nbf"),
+        ({"iat": -(10**400)}, "invalid_claim:iat"),
+        ({"exp": 1e20}, "invalid_claim:exp"),
         ({"iss": None}, "missing_claim:iss"),
         ({"iss": ["https://idp.securemcp.test"]}, "invalid_claim:iss"),
         ({"aud": []}, "invalid_claim:aud"),
