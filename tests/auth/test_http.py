@@ -22,7 +22,7 @@ from auth_support import (
 
 from securemcp import FastMCP
 from securemcp.auth import ProtectedResource
-from securemcp.auth.http import HTTPGuard, _buffer, _call_target, challenge
+from securemcp.auth.http import HTTPGuard, _buffer, _call_target, _has_query_token, challenge
 from securemcp.errors import ConfigurationError
 from securemcp.testing import FakeIdentityProvider, connect_http, serve_http
 
@@ -430,6 +430,25 @@ async def test_buffer_replays_small_bodies_and_streams_large_ones() -> None:
 )
 def test_call_target(body: bytes, expected: Any) -> None:
     assert _call_target(body) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"access_token=x", True),
+        (b"a=1&access_token", True),
+        (b"access%5Ftoken=x", True),
+        (b"%61%63%63%65%73%73%5f%74%6f%6b%65%6e=x", True),
+        (b"a=1;access_token=x", True),
+        (b"q=access_token", False),  # a value, not the parameter name
+        (b"access_tokens=x", False),
+        (b"access%5Ftokens=x", False),
+        (b"access+token=x", False),
+        (b"a=%25", False),
+    ],
+)
+def test_query_token_names(query: bytes, expected: bool) -> None:
+    assert _has_query_token(query) is expected
 
 
 async def test_large_bodies_skip_the_early_check(idp: FakeIdentityProvider) -> None:

@@ -75,6 +75,7 @@ REFUSAL_ERROR_TYPES: Final = {
 
 _TARGET_PARAM: Final = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
 _B64TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1
+_QUERY_SEPARATORS: Final = re.compile(rb"[&;]")
 _INVALID_TOKEN_TEXT: Final = "The access token is missing, invalid or expired."  # noqa: S105
 _INVALID_REQUEST_TEXT: Final = "The request is malformed."
 _INSUFFICIENT_SCOPE_TEXT: Final = "The access token lacks scopes this call requires."
@@ -598,12 +599,21 @@ def _traceparent(scope: Scope) -> str | None:
 
 
 def _has_query_token(query: bytes) -> bool:
-    if b"access_token" not in query:
-        return False
-    from urllib.parse import parse_qsl
+    """Whether the query string has an ``access_token`` parameter (RFC 6750 §2.3), however its
+    name is percent-encoded (``access%5Ftoken`` and ``%61ccess_token`` are the same name, RFC 3986
+    §2.3). Parameters are split on ``&`` and ``;`` (either may be a separator to some server).
 
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-    return any(key == "access_token" for key, _ in pairs)
+    Cheap for the common case: a query without ``%`` is only searched for the plain name.
+    """
+    if b"%" not in query and b"access_token" not in query:
+        return False
+    from urllib.parse import unquote_to_bytes
+
+    for pair in _QUERY_SEPARATORS.split(query):
+        name = pair.partition(b"=")[0].replace(b"+", b" ")
+        if unquote_to_bytes(name) == b"access_token":
+            return True
+    return False
 
 
 def _call_target(body: bytes) -> tuple[str, str, Any, str | None] | None:
