@@ -333,6 +333,18 @@ REQUEST_CASES = [
         token=valid,
         query="?a=1&access_token=&b=2",
     ),
+    # The same parameter name percent-encoded (RFC 3986 §2.3): still a token in the query.
+    *(
+        RequestCase(
+            f"query_token_encoded_name:{name}",
+            400,
+            "token_in_query",
+            "invalid_request",
+            token=valid,
+            query=f"?{name}={{valid}}",
+        )
+        for name in ("access%5Ftoken", "access%5ftoken", "%61ccess_token", "a=1;access_token")
+    ),
     RequestCase(
         "two_bearer_headers",
         400,

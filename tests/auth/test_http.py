@@ -22,7 +22,14 @@ from auth_support import (
 
 from securemcp import FastMCP
 from securemcp.auth import ProtectedResource
-from securemcp.auth.http import HTTPGuard, _buffer, _call_target, challenge
+from securemcp.auth.http import (
+    HTTPGuard,
+    _buffer,
+    _call_target,
+    _has_query_token,
+    challenge,
+    get_route_path,
+)
 from securemcp.errors import ConfigurationError
 from securemcp.testing import FakeIdentityProvider, connect_http, serve_http
 
@@ -432,6 +439,25 @@ def test_call_target(body: bytes, expected: Any) -> None:
     assert _call_target(body) == expected
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"access_token=x", True),
+        (b"a=1&access_token", True),
+        (b"access%5Ftoken=x", True),
+        (b"%61%63%63%65%73%73%5f%74%6f%6b%65%6e=x", True),
+        (b"a=1;access_token=x", True),
+        (b"q=access_token", False),  # a value, not the parameter name
+        (b"access_tokens=x", False),
+        (b"access%5Ftokens=x", False),
+        (b"access+token=x", False),
+        (b"a=%25", False),
+    ],
+)
+def test_query_token_names(query: bytes, expected: bool) -> None:
+    assert _has_query_token(query) is expected
+
+
 async def test_large_bodies_skip_the_early_check(idp: FakeIdentityProvider) -> None:
     resource = ProtectedResource(max_body_bytes=1024)
     token = idp.token("alice", scopes=["notes:read"])
@@ -536,3 +562,156 @@ async def test_forged_token_flood_does_not_flood_the_audit_log(
         int(r["reason"].split("(+")[1].split(" ")[0]) for r in failures if "(+" in r["reason"]
     )
     assert counted <= 200 and (len(failures) == 1 or counted > len(failures))
+
+
+# --- mounted under a prefix (Starlette/FastAPI Mount, uvicorn --root-path) ----------------------
+
+
+def mounted_app(server: FastMCP, how: str) -> Any:
+    """``server``'s HTTP app as it runs under the prefix ``/api``.
+
+    ``mount``: a Starlette ``Mount("/api", app)`` (FastAPI's ``app.mount`` is the same), with
+    FastMCP's lifespan run by the outer app (FastMCP needs it to start its session manager).
+    ``root_path``: what uvicorn ``--root-path /api`` does behind a proxy that strips the prefix
+    (``root_path`` set and prepended to ``path``).
+    """
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    inner = server.http_app(path="/mcp", stateless_http=True)
+    if how == "mount":
+
+        @asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[None]:
+            async with inner.lifespan(app):
+                yield
+
+        return Starlette(routes=[Mount("/api", app=inner)], lifespan=lifespan)
+
+    async def root_path_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "root_path": "/api", "path": "/api" + scope["path"]}
+        await inner(scope, receive, send)
+
+    return root_path_app
+
+
+@asynccontextmanager
+async def served_mounted(
+    auth: Any, how: str
+) -> AsyncIterator[tuple[str, str, httpx.AsyncClient, Counter]]:
+    """Yield ``(mcp url, app base url, client, counter)`` for a server mounted under /api."""
+    from securemcp.testing.http import serve_asgi
+
+    counter = Counter()
+    app = mounted_app(counted_server(auth, counter), how)
+    async with serve_asgi(app) as base, httpx.AsyncClient() as client:
+        prefix = f"{base}/api" if how == "mount" else base  # the proxy strips /api itself
+        yield f"{prefix}/mcp", prefix, client, counter
+
+
+MOUNTS = ["mount", "root_path"]
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path"),
+    [
+        ("/mcp", ""),
+        ("/api/mcp", "/api"),
+        ("/api", "/api"),
+        ("/apimcp", "/api"),
+        ("/mcp", "/api"),
+        ("/api/v1/mcp", "/api/v1"),
+        ("/api//mcp", "/api/"),
+    ],
+)
+def test_route_path_is_starlettes(path: str, root_path: str) -> None:
+    from starlette.routing import get_route_path as starlettes  # type: ignore[attr-defined]
+
+    scope = {"type": "http", "path": path, "root_path": root_path}
+    assert get_route_path(scope) == starlettes(scope)
+
+
+@pytest.mark.parametrize("how", MOUNTS)
+async def test_mounted_development_mode_still_checks_origin(how: str) -> None:
+    async with served_mounted(None, how) as (url, _, client, counter):
+        hostile = await client.post(
+            url, headers=request_headers(Origin="http://evil.example"), content=call_body()
+        )
+        assert hostile.status_code == 403
+        assert counter.runs == 0
+        plain = await client.post(url, headers=request_headers(), content=call_body())
+        assert plain.status_code == 200 and counter.runs == 1
+
+
+@pytest.mark.parametrize("how", MOUNTS)
+async def test_mounted_guard_refuses_and_challenges(idp: FakeIdentityProvider, how: str) -> None:
+    token = idp.token("alice", scopes=["notes:read"])
+    async with served_mounted(idp.verifier(), how) as (url, _, client, counter):
+        query = await client.post(
+            f"{url}?access_token={token}", headers=request_headers(token), content=call_body()
+        )
+        assert query.status_code == 400
+        missing = await client.post(url, headers=request_headers(), content=call_body())
+        assert missing.status_code == 401
+        # The advertised URL is the configured one (derived from the resource), never the Host.
+        assert challenge_params(missing.headers["www-authenticate"]) == {
+            "resource_metadata": METADATA_URL
+        }
+        step_up = await client.post(
+            url, headers=request_headers(token), content=call_body(target="write_note", text="x")
+        )
+        assert step_up.status_code == 403
+        assert challenge_params(step_up.headers["www-authenticate"])["error"] == (
+            "insufficient_scope"
+        )
+        assert counter.runs == 0
+        ok = await client.post(url, headers=request_headers(token), content=call_body())
+        assert ok.status_code == 200 and counter.runs == 1
+
+
+@pytest.mark.parametrize("how", MOUNTS)
+async def test_mounted_app_serves_metadata_under_its_prefix(
+    idp: FakeIdentityProvider, how: str
+) -> None:
+    async with served_mounted(idp.verifier(), how) as (_, prefix, client, _counter):
+        response = await client.get(f"{prefix}/.well-known/oauth-protected-resource/mcp")
+    assert response.status_code == 200
+    assert response.json()["resource"] == AUDIENCE
+
+
+async def test_root_metadata_routed_to_a_mounted_app() -> None:
+    """The documented recipe: the resource is the public URL (with the prefix) and the outer app
+    routes its advertised metadata URL, at the host root, to the mounted app."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+
+    from securemcp.testing.http import serve_asgi
+
+    public = "https://mcp.example.test/api/mcp"
+    idp = FakeIdentityProvider(audience=public)
+    inner = counted_server(idp.verifier(), Counter()).http_app(path="/mcp", stateless_http=True)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with inner.lifespan(app):
+            yield
+
+    outer = Starlette(
+        routes=[
+            Route("/.well-known/oauth-protected-resource/api/mcp", endpoint=inner),
+            Mount("/api", app=inner),
+        ],
+        lifespan=lifespan,
+    )
+    metadata_url = "https://mcp.example.test/.well-known/oauth-protected-resource/api/mcp"
+    async with serve_asgi(outer) as base, httpx.AsyncClient() as client:
+        missing = await client.post(
+            f"{base}/api/mcp", headers=request_headers(), content=call_body()
+        )
+        response = await client.get(f"{base}/.well-known/oauth-protected-resource/api/mcp")
+    assert challenge_params(missing.headers["www-authenticate"]) == {
+        "resource_metadata": metadata_url
+    }
+    assert response.status_code == 200
+    assert response.json()["resource"] == public

@@ -84,6 +84,8 @@ async def test_usable_as_fastmcp_verifier(endpoint: FakeIntrospection) -> None:
         ({"exp": None}, "missing_claim:exp"),
         ({"exp": int(time.time()) - 3600}, "expired"),
         ({"exp": "soon"}, "invalid_claim:exp"),
+        ({"exp": 10**400}, "invalid_claim:exp"),
+        ({"iat": 10**400}, "invalid_claim:iat"),
         ({"nbf": int(time.time()) + 3600}, "nbf_in_future"),
         ({"iat": int(time.time()) + 3600}, "iat_in_future"),
         ({"sub": None}, "missing_claim:sub"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from fastmcp.server.auth import AccessToken, TokenVerifier
 
 from securemcp.auth import IdentityVerifier, JWTVerifier
 from securemcp.auth import _algorithms as algorithms_module
+from securemcp.auth.jwks import keys_from_jwks
 from securemcp.context import Actor, Principal
 from securemcp.errors import ConfigurationError, InvalidCredential
 from securemcp.testing.idp import BAD_TOKEN_KINDS, Algorithm, FakeIdentityProvider
@@ -338,6 +340,11 @@ async def test_zero_leeway(idp: FakeIdentityProvider, clock: FakeClock) -> None:
         ({"exp": True}, "invalid_claim:exp"),
         ({"iat": "0"}, "invalid_claim:iat"),
         ({"nbf": [1]}, "invalid_claim:nbf"),
+        # NumericDates that cannot be a time: a clean refusal, not an OverflowError.
+        ({"exp": 10**400}, "invalid_claim:exp"),
+        ({"nbf": 10**400}, "invalid_claim:nbf"),
+        ({"iat": -(10**400)}, "invalid_claim:iat"),
+        ({"exp": 1e20}, "invalid_claim:exp"),
         ({"iss": None}, "missing_claim:iss"),
         ({"iss": ["https://idp.securemcp.test"]}, "invalid_claim:iss"),
         ({"aud": []}, "invalid_claim:aud"),
@@ -970,6 +977,115 @@ async def test_jwks_ignores_private_weak_and_foreign_keys(idp: FakeIdentityProvi
     for kid in ("with-private", "for-encryption", "hmac", "weak"):
         token = idp.sign(header(idp, kid=kid), idp.claims("alice"))
         assert await reason(verifier, token) == "unknown_kid"
+
+
+MALFORMED_ENTRIES: list[dict[str, Any]] = [
+    {"kty": "RSA", "kid": "alg-list", "alg": ["RS256"], "n": "AQAB", "e": "AQAB"},
+    {"kty": "RSA", "kid": "alg-object", "alg": {"RS256": 1}, "n": "AQAB", "e": "AQAB"},
+    {"kty": "EC", "kid": "crv-list", "crv": ["P-256"], "x": "AA", "y": "AA"},
+    {"kty": "OKP", "kid": "okp-crv-list", "crv": ["Ed25519"], "x": "AA"},
+    {"kty": "RSA", "kid": "use-list", "use": ["sig"], "n": "AQAB", "e": "AQAB"},
+    {"kty": ["RSA"], "kid": "kty-list"},
+    {"kty": "RSA", "kid": ["k"], "n": "AQAB", "e": "AQAB"},
+]
+
+
+@pytest.mark.parametrize("bad", MALFORMED_ENTRIES, ids=lambda e: str(e["kid"]))
+def test_malformed_jwks_entry_is_skipped(idp: FakeIdentityProvider, bad: dict[str, Any]) -> None:
+    good = idp.jwks["keys"][0]
+    for extra in (bad, {**good, **{k: v for k, v in bad.items() if k not in ("n", "e")}}):
+        keys = keys_from_jwks({"keys": [extra, good]})
+        assert [k.kid for k in keys] == [good["kid"]]
+
+
+@pytest.mark.parametrize("bad", MALFORMED_ENTRIES, ids=lambda e: str(e["kid"]))
+def test_parse_jwk_refuses_non_string_members_with_value_error(
+    idp: FakeIdentityProvider, bad: dict[str, Any]
+) -> None:
+    good = idp.jwks["keys"][0]
+    entry = {**good, **{k: v for k, v in bad.items() if k not in ("n", "e")}}
+    with pytest.raises(ValueError):
+        algorithms_module.parse_jwk(entry)
+
+
+def test_any_exception_parsing_an_entry_skips_only_that_entry(
+    idp: FakeIdentityProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import securemcp.auth.jwks as jwks_module
+
+    real = jwks_module.parse_jwk
+
+    def buggy(entry: Any) -> Any:
+        if entry.get("kid") == "buggy":
+            raise TypeError("a parser bug")
+        return real(entry)
+
+    monkeypatch.setattr(jwks_module, "parse_jwk", buggy)
+    good = idp.jwks["keys"][0]
+    keys = keys_from_jwks({"keys": [{**good, "kid": "buggy"}, good]})
+    assert [k.kid for k in keys] == [good["kid"]]
+
+
+class CountingJWKS:
+    """A JWKS endpoint (over httpx.MockTransport) whose answer can be changed, counting fetches."""
+
+    def __init__(self, idp: FakeIdentityProvider) -> None:
+        self.idp = idp
+        self.fetches = 0
+        self.extra: list[dict[str, Any]] = []
+        self.crash: Exception | None = None
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.fetches += 1
+        if self.crash is not None:
+            raise self.crash
+        return httpx.Response(200, json={"keys": [*self.idp.jwks["keys"], *self.extra]})
+
+    def verifier(self, clock: FakeClock) -> JWTVerifier:
+        return JWTVerifier(
+            issuer=self.idp.issuer,
+            audience=AUDIENCE,
+            jwks_uri="https://idp.securemcp.test/jwks",
+            http_client=httpx.AsyncClient(transport=httpx.MockTransport(self.handler)),
+            clock=clock,
+            jwks_cache_ttl=60,
+        )
+
+
+@pytest.mark.parametrize("bad", MALFORMED_ENTRIES, ids=lambda e: str(e["kid"]))
+async def test_one_malformed_jwks_entry_locks_nobody_out(
+    idp: FakeIdentityProvider, clock: FakeClock, bad: dict[str, Any]
+) -> None:
+    jwks = CountingJWKS(idp)
+    verifier = jwks.verifier(clock)
+    token = idp.token("alice")
+    assert (await verifier.authenticate(token)).subject == "alice"
+    jwks.extra = [bad]  # the issuer publishes one malformed entry next to its real key
+    clock.advance(61)  # TTL elapsed: the next calls refresh once
+    for _ in range(10):
+        assert (await verifier.authenticate(token)).subject == "alice"
+        assert (await verifier.authenticate(idp.token("bob"))).subject == "bob"
+    assert jwks.fetches == 2  # one refresh, not one per request
+
+
+async def test_unexpected_refresh_failure_keeps_cached_keys_and_backs_off(
+    idp: FakeIdentityProvider, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    jwks = CountingJWKS(idp)
+    verifier = jwks.verifier(clock)
+    assert (await verifier.authenticate(idp.token("alice"))).subject == "alice"
+    jwks.crash = RuntimeError("jwks endpoint bug")  # not an httpx error: not a FetchError
+    clock.advance(61)
+    with caplog.at_level(logging.WARNING, logger="securemcp.auth.jwks"):
+        for n in range(10):
+            assert (await verifier.authenticate(idp.token(f"user{n}"))).subject == f"user{n}"
+    assert jwks.fetches == 2  # tried once, failed, kept the keys and backed off
+    assert "failed unexpectedly (keeping cached keys): RuntimeError" in caplog.text
+    assert "jwks endpoint bug" not in caplog.text
+    jwks.crash = None
+    clock.advance(6)  # past the backoff: refreshed again
+    assert (await verifier.authenticate(idp.token("dave"))).subject == "dave"
+    assert jwks.fetches == 3
 
 
 async def test_timeout_fetching_jwks(idp: FakeIdentityProvider) -> None:

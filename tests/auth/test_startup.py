@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 import pytest
 from auth_support import AUDIENCE
 
 from securemcp import FastMCP
-from securemcp.auth import JWTVerifier, StdioIdentity, check_stdio_startup
-from securemcp.errors import ConfigurationError
+from securemcp.auth import CustomVerifier, JWTVerifier, StdioIdentity, check_stdio_startup
+from securemcp.context import Principal
+from securemcp.errors import ConfigurationError, InvalidCredential
 from securemcp.testing import FakeIdentityProvider
 
 ISSUER = "https://as.example.test"
@@ -128,3 +130,58 @@ async def test_meta_tokens_from_a_trusted_host(
 
 async def test_nothing_to_check_without_a_verifier() -> None:
     await check_stdio_startup(FastMCP("dev"))
+
+
+# --- a custom verifier at stdio start-up: never the credential in the error (guarantee 5) -----
+
+OPAQUE_KEY = "sk-live-0123456789abcdefSECRET"  # an opaque API key, as a CustomVerifier would take
+
+
+class _StartupVerifier(CustomVerifier):
+    """Refuses by quoting the key, fails with a plain exception quoting it, or accepts it."""
+
+    def __init__(self, mode: str, expires_at: float | None = None) -> None:
+        super().__init__(audience=AUDIENCE, issuer=ISSUER)
+        self.mode = mode
+        self.expires_at = expires_at
+
+    async def authenticate(self, token: str) -> Principal:
+        if self.mode == "reason":
+            raise InvalidCredential(reason=f"key {token} is not on the allow list")
+        if self.mode == "exception":
+            raise ValueError(f"could not parse {token!r}")
+        return Principal(subject="alice", issuer=ISSUER, client_id=None, expires_at=self.expires_at)
+
+
+def custom_stdio_server(verifier: _StartupVerifier) -> FastMCP:
+    server = FastMCP("stdio-check", auth=verifier, audit=False)
+    server._securemcp_stdio = StdioIdentity()
+    server._securemcp_stdio._token = OPAQUE_KEY
+    return server
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("reason", "key [REDACTED] is not on the allow list"), ("exception", "verifier_error")],
+)
+async def test_custom_verifier_refusal_never_quotes_the_credential(
+    caplog: pytest.LogCaptureFixture, mode: str, reason: str
+) -> None:
+    with caplog.at_level(logging.DEBUG), pytest.raises(ConfigurationError) as info:
+        await check_stdio_startup(custom_stdio_server(_StartupVerifier(mode)))
+    message = str(info.value)
+    assert "refuses to start" in message and reason in message
+    assert OPAQUE_KEY not in message
+    assert OPAQUE_KEY not in caplog.text
+    # Nothing chained that a traceback would print.
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert OPAQUE_KEY not in "".join(traceback.format_exception(info.value))
+
+
+@pytest.mark.parametrize("expires_at", [1e20, float("inf"), float("nan"), 2.0**64])
+async def test_unrepresentable_expiry_does_not_crash_start_up(
+    caplog: pytest.LogCaptureFixture, expires_at: float
+) -> None:
+    with caplog.at_level(logging.INFO, logger="securemcp.auth"):
+        await check_stdio_startup(custom_stdio_server(_StartupVerifier("ok", expires_at)))
+    assert "not a representable time" in caplog.text

@@ -121,7 +121,8 @@ def parse_jwk(jwk: Mapping[str, Any]) -> PublicJWK:
 
     Unusable: private or symmetric keys, ``use`` other than ``sig``, ``key_ops`` without
     ``verify``, unknown ``kty``/``crv``, RSA under 2048 bits, off-curve EC points, an ``alg``
-    that is not a supported asymmetric algorithm, or an over-long ``kid``.
+    that is not a supported asymmetric algorithm, an over-long ``kid``, or a ``kty``, ``alg``,
+    ``crv``, ``use`` or ``kid`` that is not a JSON string.
     """
     kty = jwk.get("kty")
     if not isinstance(kty, str):
@@ -137,6 +138,9 @@ def parse_jwk(jwk: Mapping[str, Any]) -> PublicJWK:
     kid = jwk.get("kid")
     if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_KID_LENGTH):
         raise ValueError("JWK kid not a bounded string")
+    for member in ("alg", "crv", "use"):
+        if jwk.get(member) is not None and not isinstance(jwk[member], str):
+            raise ValueError(f"JWK member {member!r} is not a string")
     alg = jwk.get("alg")
     if alg is not None and (alg not in _SPECS or _SPECS[alg].kty != kty):
         raise ValueError("JWK alg unsupported or does not fit its kty")

@@ -40,6 +40,10 @@ __all__ = [
 #: Longest RFC 8693 actor chain accepted.
 MAX_ACT_DEPTH: Final = 8
 
+#: Largest magnitude accepted for a NumericDate (``exp``, ``nbf``, ``iat``): 9999-12-31T23:59:59Z,
+#: the last second a :class:`datetime.datetime` can represent. Anything larger cannot be a time.
+MAX_NUMERIC_DATE: Final = 253_402_300_799
+
 _SCOPE_TOKEN: Final = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")  # RFC 6749 §3.3 scope-token
 
 
@@ -71,10 +75,18 @@ def _string(claims: Mapping[str, Any], name: str, *, required: bool) -> str | No
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate claim (RFC 7519 §2) as a float; ``None`` when absent.
+
+    Refuses (``invalid_claim:<name>``) anything but a JSON number, and numbers that cannot be a
+    time: non-finite or beyond :data:`MAX_NUMERIC_DATE` either way (a 400-digit integer would
+    otherwise overflow ``float``). Compared before conversion, so no exception escapes.
+    """
     if name not in claims:
         return None
     value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
+        _refuse(f"invalid_claim:{name}")
+    if not -MAX_NUMERIC_DATE <= value <= MAX_NUMERIC_DATE:  # also False for NaN
         _refuse(f"invalid_claim:{name}")
     return float(value)
 

@@ -16,8 +16,12 @@ middleware, outermost of FastMCP's own, that for the MCP endpoint:
    (RFC 6750 §3.1, MCP "Scope Challenge Handling") so the client can step up in one go.
 
 It also serves RFC 9728 protected resource metadata (:mod:`securemcp.auth.resource`) and adds
-``resource_metadata`` to any challenge FastMCP itself emits. The client never learns which check
-failed; the specific reason is logged at INFO on the ``securemcp.auth`` logger.
+``resource_metadata`` to any challenge FastMCP itself emits. Paths are matched as Starlette's
+router matches them (``scope["root_path"]`` stripped), so the guard also runs when the app is
+mounted under a prefix (a Starlette/FastAPI ``Mount``, uvicorn ``--root-path``); the advertised
+``resource_metadata`` URL stays the one derived from the configured resource, whatever the
+prefix. The client never learns which check failed; the specific reason is logged at INFO on the
+``securemcp.auth`` logger.
 
 Every refusal is traced and counted: the 403 step-up as the call it refuses, the others (1-3 and
 the per-address 429, before any token work) as an HTTP ``SERVER`` span, since FastMCP never sees
@@ -75,6 +79,7 @@ REFUSAL_ERROR_TYPES: Final = {
 
 _TARGET_PARAM: Final = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
 _B64TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1
+_QUERY_SEPARATORS: Final = re.compile(rb"[&;]")
 _INVALID_TOKEN_TEXT: Final = "The access token is missing, invalid or expired."  # noqa: S105
 _INVALID_REQUEST_TEXT: Final = "The request is malformed."
 _INSUFFICIENT_SCOPE_TEXT: Final = "The access token lacks scopes this call requires."
@@ -218,11 +223,14 @@ class HTTPGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
+        # The path within this app, as Starlette's router matches it: under a prefix (a Starlette
+        # or FastAPI ``Mount``, uvicorn ``--root-path``) ``path`` keeps the prefix and
+        # ``root_path`` names it, so comparing ``path`` itself would let every request through.
+        path = get_route_path(scope)
         if path in self._paths or path.startswith(self._prefixes or ("\0",)):
             await self._guard(scope, receive, send)
         elif path.startswith(WELL_KNOWN_PREFIX) and path in self.state().metadata_paths:
-            await self._metadata(scope, send)
+            await self._metadata(scope, send, path)
         else:
             await self.app(scope, receive, send)
 
@@ -275,7 +283,7 @@ class HTTPGuard:
         own span covers it). ``reason`` is a stable code for telemetry; ``log_reason``, if given,
         replaces it in the log and the audit record.
         """
-        path = scope["path"]
+        path = get_route_path(scope)
         trace_id = self._pipeline._telemetry.refused_at_http(
             http_method=scope.get("method") or "",
             status_code=status,
@@ -534,7 +542,7 @@ class HTTPGuard:
         }
         await _respond(send, 403, json.dumps(body).encode(), [(b"www-authenticate", header)])
 
-    async def _metadata(self, scope: Scope, send: Send) -> None:
+    async def _metadata(self, scope: Scope, send: Send, path: str) -> None:
         state = self.state()
         method = scope.get("method")
         cors = [(b"access-control-allow-origin", b"*")]
@@ -552,7 +560,7 @@ class HTTPGuard:
             await _respond(send, 405, _oauth_body("invalid_request", "Method not allowed."))
             return
         forwarded = self._forwarded_origin(scope, _read_headers(scope))
-        resource = state.resolved.select(forwarded, scope["path"])
+        resource = state.resolved.select(forwarded, path)
         document = state.resolved.document(resource, await self._declared_scopes())
         await _respond(
             send,
@@ -586,6 +594,23 @@ class HTTPGuard:
         return scopes
 
 
+def get_route_path(scope: Scope) -> str:
+    """The request path within this app: ``path`` without the ``root_path`` prefix (ASGI).
+
+    The same rule as Starlette's router (``starlette._utils.get_route_path``, pinned by a test),
+    so the guard sees exactly the path the router dispatches on, mounted or not.
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    if path[len(root_path)] == "/":
+        return path[len(root_path) :]
+    return path
+
+
 def _traceparent(scope: Scope) -> str | None:
     """The request's ``traceparent`` header if it has exactly one (W3C Trace Context)."""
     found: bytes | None = None
@@ -598,12 +623,21 @@ def _traceparent(scope: Scope) -> str | None:
 
 
 def _has_query_token(query: bytes) -> bool:
-    if b"access_token" not in query:
-        return False
-    from urllib.parse import parse_qsl
+    """Whether the query string has an ``access_token`` parameter (RFC 6750 §2.3), however its
+    name is percent-encoded (``access%5Ftoken`` and ``%61ccess_token`` are the same name, RFC 3986
+    §2.3). Parameters are split on ``&`` and ``;`` (either may be a separator to some server).
 
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-    return any(key == "access_token" for key, _ in pairs)
+    Cheap for the common case: a query without ``%`` is only searched for the plain name.
+    """
+    if b"%" not in query and b"access_token" not in query:
+        return False
+    from urllib.parse import unquote_to_bytes
+
+    for pair in _QUERY_SEPARATORS.split(query):
+        name = pair.partition(b"=")[0].replace(b"+", b" ")
+        if unquote_to_bytes(name) == b"access_token":
+            return True
+    return False
 
 
 def _call_target(body: bytes) -> tuple[str, str, Any, str | None] | None:

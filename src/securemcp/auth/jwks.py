@@ -9,7 +9,8 @@ headers (``jku``, ``x5u``, ``jwk`` and ``x5c`` are refused before this module is
 * The key set is cached for a TTL. An unknown ``kid`` triggers at most one refresh per cooldown,
   and concurrent callers share one in-flight fetch (single flight), so a flood of tokens with
   random ``kid`` values cannot turn into a flood of requests to the IdP.
-* A failed refresh keeps the cached keys (CVE-2026-48524) and is not retried for a short backoff.
+* A failed refresh (whatever the failure, including an unexpected exception) keeps the cached keys
+  (CVE-2026-48524) and is not retried for a short backoff.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from securemcp.auth._algorithms import PublicJWK, key_fits_algorithm, parse_jwk
+from securemcp.auth._algorithms import (
+    MAX_KID_LENGTH,
+    PublicJWK,
+    key_fits_algorithm,
+    parse_jwk,
+)
 from securemcp.auth._http import (
     DEFAULT_MAX_BYTES,
     DEFAULT_POLICY,
@@ -56,6 +62,9 @@ def discovery_urls(issuer: str) -> tuple[str, ...]:
 def keys_from_jwks(document: Mapping[str, Any]) -> tuple[PublicJWK, ...]:
     """The usable public keys of a JWKS document (RFC 7517 §5). Unusable entries are skipped.
 
+    An entry is skipped whatever goes wrong parsing it (logged at DEBUG with its ``kid`` and the
+    reason, never its key material), so one malformed key cannot hide the issuer's other keys.
+
     Raises:
         ValueError: the document is not a JWKS (no ``keys`` array).
     """
@@ -69,8 +78,18 @@ def keys_from_jwks(document: Mapping[str, Any]) -> tuple[PublicJWK, ...]:
         try:
             keys.append(parse_jwk(entry))
         except ValueError as exc:
-            logger.debug("skipping unusable JWKS entry (kid=%r): %s", entry.get("kid"), exc)
+            logger.debug("skipping unusable JWKS entry (kid=%r): %s", _kid_of(entry), exc)
+        except Exception as exc:  # parse_jwk should raise only ValueError; never trust that
+            logger.debug(
+                "skipping unusable JWKS entry (kid=%r): %s", _kid_of(entry), type(exc).__name__
+            )
     return tuple(keys)
+
+
+def _kid_of(entry: Mapping[str, Any]) -> str | None:
+    """The entry's ``kid`` for a log line: a bounded string, else ``None``."""
+    kid = entry.get("kid")
+    return kid if isinstance(kid, str) and len(kid) <= MAX_KID_LENGTH else None
 
 
 class JWKSCache:
@@ -220,10 +239,19 @@ class JWKSCache:
                 return
             try:
                 keys = await self._fetch()
-            except FetchError as exc:
+            except Exception as exc:  # any failure: keep the cached keys and back off
                 self._retry_after = self._clock() + self._backoff
                 kept = "keeping cached keys" if self._keys is not None else "no keys cached"
-                logger.warning("JWKS refresh for %s failed (%s): %s", self._issuer, kept, exc)
+                if isinstance(exc, FetchError):
+                    logger.warning("JWKS refresh for %s failed (%s): %s", self._issuer, kept, exc)
+                else:  # a bug or an unforeseen document shape: the type, not the text
+                    logger.warning(
+                        "JWKS refresh for %s failed unexpectedly (%s): %s",
+                        self._issuer,
+                        kept,
+                        type(exc).__name__,
+                    )
+                    logger.debug("JWKS refresh failure", exc_info=True)
             else:
                 self._install(keys)
                 self._fetched_at = self._clock()

@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from securemcp.auth._env import is_production
-from securemcp.errors import ConfigurationError, InvalidCredential
+from securemcp.errors import ConfigurationError
+from securemcp.identity import failed_verification
 
 __all__ = ["DEFAULT_ENV_VAR", "META_TOKEN_KEY", "StdioIdentity", "check_stdio_startup"]
 
@@ -60,6 +61,16 @@ class StdioIdentity:
         return self._token
 
 
+def _when(timestamp: float | None) -> str:
+    """``timestamp`` as an ISO 8601 UTC time for a log line; never raises."""
+    if timestamp is None:
+        return "never"
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):  # beyond what datetime can represent, or NaN
+        return f"at {timestamp!r} (not a representable time)"
+
+
 async def check_stdio_startup(server: Any) -> None:
     """Verify a stdio server's environment credential before it serves anything.
 
@@ -69,8 +80,10 @@ async def check_stdio_startup(server: Any) -> None:
 
     Raises:
         ConfigurationError: the environment token is refused by the verifier (expired, wrong
-            audience, ...), or there is no credential at all and ``SECUREMCP_ENV=production``
-            (unless per-request ``_meta`` tokens from a trusted host are enabled).
+            audience, ..., or the verifier itself failed: ``verifier_error``), named by its
+            reason with the credential cut out and no chained exception; or there is no
+            credential at all and ``SECUREMCP_ENV=production`` (unless per-request ``_meta``
+            tokens from a trusted host are enabled).
     """
     verifier = server._securemcp_pipeline.verifier()
     if verifier is None:
@@ -96,20 +109,21 @@ async def check_stdio_startup(server: Any) -> None:
             raise ConfigurationError(message + " SECUREMCP_ENV=production refuses to start.")
         logger.warning("%s Every call will be refused until it is set.", message)
         return
+    reason: str | None = None
     try:
         principal = await verifier.authenticate(token)
-    except InvalidCredential as exc:
+    except Exception as exc:  # a refusal, or a verifier fault: either way, do not start
+        # The credential is cut out of the reason (a custom verifier may quote what it refused);
+        # another exception is logged with its traceback, credential cut out, as verifier_error.
+        reason = failed_verification(exc, token).reason or "invalid_token"
+    if reason is not None:  # raised outside the handler: the original exception is not chained
         raise ConfigurationError(
             f"securemcp stdio server {name!r} refuses to start: the access token in "
-            f"{identity.env_var} was rejected ({exc.reason}). Obtain a new token from the "
+            f"{identity.env_var} was rejected ({reason}). Obtain a new token from the "
             f"authorization server for this server's audience "
             f"{list(getattr(verifier, 'audiences', ()))!r} and set {identity.env_var} to it."
-        ) from None
-    expires = (
-        datetime.fromtimestamp(principal.expires_at, UTC).isoformat(timespec="seconds")
-        if principal.expires_at is not None
-        else "never"
-    )
+        )
+    expires = _when(principal.expires_at)
     logger.info(
         "stdio server %r runs as %s (issuer %s); credential expires %s",
         name,
