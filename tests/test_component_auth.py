@@ -52,20 +52,26 @@ def build(idp: FakeIdentityProvider) -> FastMCP:
 @pytest.fixture
 def token_lookups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts FastMCP's token lookups for component auth checks."""
+    from securemcp import _component_auth
+
+    _component_auth.install()  # securemcp's stdio-aware front, which asks FastMCP's function
     calls: list[int] = []
-    original = fastmcp_server._get_auth_context
+    original = _component_auth._fastmcp_get_auth_context
 
     def counting() -> tuple[bool, Any]:
         calls.append(1)
         return original()
 
-    monkeypatch.setattr(fastmcp_server, "_get_auth_context", counting)
+    monkeypatch.setattr(_component_auth, "_fastmcp_get_auth_context", counting)
     return calls
 
 
 def test_a_securemcp_server_routes_fastmcps_check_through_securemcp() -> None:
+    from securemcp._component_auth import get_auth_context
+
     FastMCP("installs", audit=False)
     assert fastmcp_server._component_auth_allows is component_auth_allows
+    assert fastmcp_server._get_auth_context is get_auth_context
 
 
 async def test_a_component_check_still_refuses_a_caller_without_its_scope(

@@ -17,8 +17,18 @@ FastMCP's own answer differs is a token of a foreign type FastMCP cannot convert
 ``TypeError`` there); on a securemcp server the pipeline has already verified the caller before
 any component is resolved for a call.
 
-This module relies on FastMCP internals (``_component_auth_allows``, ``_current_context`` and
-the context's server reference); ``tests/test_component_auth.py`` pins them.
+**On stdio FastMCP skips every component check** (``_get_auth_context`` answers "skip": it
+trusts the local process), so a tool declared with ``auth=require_scopes("admin")`` would run
+for any stdio caller. securemcp verifies the stdio caller's credential like any other
+(DESIGN guarantee 6: one model for every transport), so :func:`get_auth_context` gives the
+checks of a securemcp server on stdio the verified caller instead: the principal of the call
+(or listing) the pipeline is serving, as FastMCP's ``AccessToken`` (its ``token`` text is left
+empty: the credential itself is never handed to component code). Without a verified caller (a
+development server with no verifier) FastMCP's own answer stands.
+
+This module relies on FastMCP internals (``_component_auth_allows``, ``_get_auth_context``,
+``_current_context`` and the context's server reference); ``tests/test_component_auth.py`` and
+``tests/auth/test_stdio.py`` pin them.
 """
 
 from __future__ import annotations
@@ -28,10 +38,16 @@ from typing import Any
 from fastmcp.server import server as _fastmcp_server
 from fastmcp.server.context import _current_context
 
-__all__ = ["AdmitsUncheckedComponents", "component_auth_allows", "install"]
+from securemcp.admission import LISTING
+from securemcp.context import _CURRENT, Principal
+
+__all__ = ["AdmitsUncheckedComponents", "component_auth_allows", "get_auth_context", "install"]
 
 #: FastMCP's own check, used for every component with an ``auth`` check and every other server.
 _fastmcp_component_auth_allows = _fastmcp_server._component_auth_allows
+
+#: FastMCP's "skip checks on stdio, else the request's token", used for every other case.
+_fastmcp_get_auth_context = _fastmcp_server._get_auth_context
 
 
 class AdmitsUncheckedComponents:
@@ -48,8 +64,42 @@ async def component_auth_allows(component: Any) -> bool:
     return await _fastmcp_component_auth_allows(component)
 
 
+def get_auth_context() -> tuple[bool, Any]:
+    """FastMCP's ``_get_auth_context``, except on stdio for a securemcp server: its component
+    checks run against the caller the pipeline verified (see the module docstring)."""
+    skip, token = _fastmcp_get_auth_context()
+    if not skip:
+        return skip, token
+    context = _current_context.get()
+    server: Any = context._fastmcp() if context is not None else None
+    if not isinstance(server, AdmitsUncheckedComponents):
+        return skip, token
+    principal = _verified_caller(server)
+    if principal is None:
+        return skip, token  # a development server: nothing was verified, FastMCP's answer
+    from securemcp.auth._fastmcp import access_token_for
+
+    verifier = server._securemcp_pipeline.verifier()  # type: ignore[attr-defined]
+    return False, access_token_for(principal, "", getattr(verifier, "audiences", ()))
+
+
+def _verified_caller(server: Any) -> Principal | None:
+    """The verified principal of the call or listing ``server``'s pipeline is serving."""
+    bound = _CURRENT.get()
+    if bound is not None and not bound.closed:
+        principal: Principal = bound.principal
+    else:
+        listing = LISTING.get()
+        if listing is None or listing[0] is not server:
+            return None
+        principal = listing[1]
+    return principal if principal.verified else None
+
+
 def install() -> None:
-    """Route FastMCP's component ``auth`` checks through :func:`component_auth_allows`
-    (idempotent)."""
+    """Route FastMCP's component ``auth`` checks through :func:`component_auth_allows` and
+    :func:`get_auth_context` (idempotent)."""
     if getattr(_fastmcp_server, "_component_auth_allows", None) is not component_auth_allows:
         _fastmcp_server._component_auth_allows = component_auth_allows
+    if getattr(_fastmcp_server, "_get_auth_context", None) is not get_auth_context:
+        _fastmcp_server._get_auth_context = get_auth_context

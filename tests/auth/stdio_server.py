@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from fastmcp.server.auth import require_scopes
+
 from securemcp import FastMCP, current
 from securemcp.auth import JWTVerifier, check_stdio_startup
 
@@ -36,6 +38,13 @@ mcp = FastMCP("stdio-auth", auth=verifier, lifespan=lifespan)
 
 @mcp.tool(scopes=["notes:read"])
 def whoami() -> str:
+    with open(os.environ["AUTH_TEST_MARKER"], "a") as marker:
+        marker.write("ran\n")
+    return current().principal.subject
+
+
+@mcp.tool(auth=require_scopes("notes:admin"))  # FastMCP's own per-component check
+def purge() -> str:
     with open(os.environ["AUTH_TEST_MARKER"], "a") as marker:
         marker.write("ran\n")
     return current().principal.subject

@@ -130,3 +130,23 @@ async def test_valid_token_passes_the_startup_check(
     token = idp.token("carol", scopes=["notes:read"])
     async with Client(transport(idp, tmp_path, token, AUTH_TEST_CHECK_STARTUP="1")) as client:
         assert (await call(client)).data == "carol"
+
+
+async def test_fastmcp_component_checks_apply_on_stdio(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """FastMCP skips a component's own ``auth=`` check on stdio; a securemcp server applies it
+    to the verified caller, as over HTTP and in memory (one model for every transport)."""
+    reader = idp.token("mallory", scopes=["notes:read"])
+    async with Client(transport(idp, tmp_path, reader)) as client:
+        listed = [tool.name for tool in await client.list_tools()]
+        refused = await client.call_tool("purge", {}, raise_on_error=False)
+    assert "purge" not in listed and "whoami" in listed
+    assert refused.is_error
+    assert runs(tmp_path) == 0
+    admin = idp.token("ada", scopes=["notes:admin"])
+    async with Client(transport(idp, tmp_path, admin)) as client:
+        assert "purge" in [tool.name for tool in await client.list_tools()]
+        result = await client.call_tool("purge", {}, raise_on_error=False)
+    assert not result.is_error and result.data == "ada"
+    assert runs(tmp_path) == 1
