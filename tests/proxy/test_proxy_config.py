@@ -74,6 +74,14 @@ expose_unlisted = "read-only"
         (upstream(tools={"search": {"scopes": "vendor:read"}}), "array of strings"),
         (upstream(tools={"search": {"scopes": ["two words"]}}), "scopes"),
         (upstream(tools={"search": {"approval": "yes"}}), "true or false"),
+        (
+            upstream(resources={"docs://a": {"arguments": {"x": {"max": 1}}}}),
+            "apply to tools and prompts",
+        ),
+        (
+            upstream(templates={"notes://{t}": {"arguments": {"t": {"max": 1}}}}),
+            "apply to tools and prompts",
+        ),
         (upstream(timeout_seconds=0), "positive"),
         (upstream(expose_unlisted="all"), "expose_unlisted"),
         (upstream(env={"TOKEN": 5}), "secrets go in auth"),

@@ -326,6 +326,45 @@ async def test_approval_configured_per_tool_stops_the_call_before_the_upstream(
         assert upstream_app.RECEIVED == []
 
 
+async def test_resource_and_template_rules_are_enforced(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """``approval`` and ``max_result_bytes`` configured for a resource or a resource template
+    apply to reads through the proxy, as they do to tools and prompts (a template's rule to
+    every URI it matches); a read the configuration does not constrain is served."""
+    async with http_upstream() as (url, _):
+        cfg = await locked(
+            config(
+                tmp_path,
+                {
+                    "vendor": {
+                        "url": url,
+                        "tools": OPEN_TOOLS,
+                        "resources": {"docs://readme": {"max_result_bytes": 1}},
+                        "templates": {"notes://{topic}": {"approval": True}},
+                    }
+                },
+            )
+        )
+        proxy, audit_dir = audited_proxy(
+            cfg, idp, tmp_path, approvals=str(tmp_path / "approvals.db")
+        )
+        upstream_app.RECEIVED.clear()
+        async with connect(proxy, idp.token("alice")) as client:
+            with pytest.raises(Exception, match="result_too_large"):
+                await client.read_resource("docs://readme")
+            with pytest.raises(Exception, match="approval_required"):
+                await client.read_resource("notes://deploys")
+        decisions = {
+            r["target"]: (r["decision"]["result"], r["decision"].get("reason"))
+            for r in records(audit_dir)
+            if r["type"] == "decision"
+        }
+    assert decisions["docs://readme"][0] == "constrain"
+    assert decisions["notes://deploys"] == ("deny", "approval_required")
+    assert "notes" not in [r["tool"] for r in upstream_app.RECEIVED]  # never reached upstream
+
+
 async def test_expose_unlisted_read_only_is_an_explicit_opt_in(
     idp: FakeIdentityProvider, tmp_path: Path
 ) -> None:

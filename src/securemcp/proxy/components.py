@@ -41,7 +41,7 @@ from securemcp.proxy.pinning import PinnedDefinition
 from securemcp.proxy.upstream import Upstream, tool_result
 from securemcp.scopes import RISK_META_KEY, SCOPES_META_KEY
 
-__all__ = ["Exposure", "UpstreamProvider", "exposure_of"]
+__all__ = ["Exposure", "UpstreamProvider", "exposure_of", "namespaced_uri"]
 
 _FORBIDDEN_TASKS = TaskConfig(mode="forbidden")
 
@@ -85,7 +85,7 @@ def _namespaced_name(namespace: str, name: str) -> str:
     return f"{namespace}_{name}" if namespace else name
 
 
-def _namespaced_uri(namespace: str, uri: str) -> str:
+def namespaced_uri(namespace: str, uri: str) -> str:
     """FastMCP's convention for mounted resources: ``scheme://namespace/rest``."""
     if not namespace:
         return uri
@@ -261,7 +261,7 @@ class UpstreamProvider(Provider):
             catalog.tools[tool.name] = _bind(tool, upstream, pin.key)
         elif pin.kind == "resource":
             resource = UpstreamResource(
-                uri=AnyUrl(_namespaced_uri(ns, pin.key)),
+                uri=AnyUrl(namespaced_uri(ns, pin.key)),
                 name=d.get("name") or pin.key,
                 mime_type=d.get("mimeType") or "text/plain",
                 **common,
@@ -269,7 +269,7 @@ class UpstreamProvider(Provider):
             catalog.resources[str(resource.uri)] = _bind(resource, upstream, pin.key)
         elif pin.kind == "template":
             template = UpstreamTemplate(
-                uri_template=_namespaced_uri(ns, pin.key),
+                uri_template=namespaced_uri(ns, pin.key),
                 name=d.get("name") or pin.key,
                 mime_type=d.get("mimeType") or "text/plain",
                 parameters={},

@@ -312,9 +312,15 @@ def _upstream(name: str, table: Mapping[str, Any], base: Path) -> UpstreamConfig
     rules: dict[tuple[str, str], ComponentRule] = {}
     for section, kind in _KINDS.items():
         for key, spec in _table(table.get(section, {}), f"{where}.{section}").items():
-            rules[(kind, key)] = _rule(
-                _table(spec, f"{where}.{section}.{key}"), f"{where}.{section}.{key}"
-            )
+            rule_table = _table(spec, f"{where}.{section}.{key}")
+            if kind in ("resource", "template") and "arguments" in rule_table:
+                # A read has no arguments (a template's parameters are in the URI): a bound
+                # here would never be checked, so it is refused rather than ignored.
+                raise ProxyConfigError(
+                    f"{where}.{section}.{key}.arguments: argument bounds apply to tools and "
+                    "prompts, not to resources or templates"
+                )
+            rules[(kind, key)] = _rule(rule_table, f"{where}.{section}.{key}")
     command = table.get("command")
     args: tuple[str, ...] = ()
     if isinstance(command, list):

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+
+from fastmcp.resources.template import match_uri_template
 
 from securemcp.errors import ConfigurationError
 from securemcp.policy.decision import Decision
 from securemcp.policy.request import CallRequest
-from securemcp.proxy.components import UpstreamProvider, exposure_of
+from securemcp.proxy.components import UpstreamProvider, exposure_of, namespaced_uri
 from securemcp.proxy.config import ComponentRule, ProxyConfig, load_config
 from securemcp.proxy.credentials import UpstreamAuth, auth_from_config
 from securemcp.proxy.pinstate import PinState
@@ -48,11 +50,27 @@ class ConfiguredRules:
 
     name = "proxy-config"
 
-    def __init__(self, rules: Mapping[tuple[str, str], ComponentRule]) -> None:
+    def __init__(
+        self,
+        rules: Mapping[tuple[str, str], ComponentRule],
+        templates: Sequence[tuple[str, ComponentRule]] = (),
+    ) -> None:
         self._rules = dict(rules)
+        self._templates = tuple(templates)
+
+    def _rule(self, request: CallRequest) -> ComponentRule | None:
+        """The rule for this call: its component's, or for a read of a URI no resource rule
+        names, the rule of the first configured template the URI matches (a concrete resource
+        shadows templates, as in FastMCP)."""
+        rule = self._rules.get((request.method, request.target))
+        if rule is None and request.method == "resources/read":
+            for template, template_rule in self._templates:
+                if match_uri_template(request.target, template) is not None:
+                    return template_rule
+        return rule
 
     def evaluate(self, request: CallRequest) -> Decision:
-        rule = self._rules.get((request.method, request.target))
+        rule = self._rule(request)
         label = f"proxy-config:{request.target}"
         if rule is None:
             return Decision.allow(rule=label)
@@ -124,6 +142,7 @@ def create_proxy(
     if not isinstance(config, ProxyConfig):
         config = load_config(config)
     rules: dict[tuple[str, str], ComponentRule] = {}
+    templates: list[tuple[str, ComponentRule]] = []
     policies: list[Any] = []
     if config.policy is not None:
         from securemcp.policy.rules import RulesPolicy
@@ -149,13 +168,19 @@ def create_proxy(
     for upstream_config in config.upstreams:
         namespace = config.namespace_of(upstream_config)
         for (kind, key), rule in upstream_config.rules.items():
-            method = _METHOD_OF_KIND.get(kind)
-            if method is not None and rule.has_policy:
+            if not rule.has_policy:
+                continue
+            if kind == "resource":
+                rules[("resources/read", namespaced_uri(namespace, key))] = rule
+            elif kind == "template":
+                templates.append((namespaced_uri(namespace, key), rule))
+            else:
+                method = _METHOD_OF_KIND[kind]
                 rules[(method, f"{namespace}_{key}" if namespace else key)] = rule
     server = FastMCP(
         config.name,
         config.instructions,
-        policy=all_of(ConfiguredRules(rules), *policies, name="proxy"),
+        policy=all_of(ConfiguredRules(rules, templates), *policies, name="proxy"),
         lifespan=close_upstreams,
         **server_kwargs,
     )
