@@ -141,3 +141,34 @@ async def test_no_context_is_fastmcps_answer(token_lookups: list[int]) -> None:
 
     assert await component_auth_allows(Component()) is True
     assert token_lookups == [1]  # FastMCP's function ran (no server to ask)
+
+
+async def test_on_stdio_checks_see_the_verified_caller_and_never_skip(
+    idp: FakeIdentityProvider,
+) -> None:
+    """FastMCP answers "skip every check" on stdio. On a securemcp server with a verifier the
+    checks get the caller the pipeline verified, and outside any call no token at all (so a
+    check refuses); a development server (no verifier) keeps FastMCP's answer."""
+    from fastmcp.server.context import Context, _current_transport
+
+    from securemcp._component_auth import get_auth_context
+    from securemcp.context import Principal, SecurityContext, bind
+
+    verified = FastMCP("stdio-checks", auth=idp.verifier(audience=AUDIENCE), audit=False)
+    development = FastMCP("stdio-dev", audit=False)
+    caller = Principal(subject="ada", issuer=idp.issuer, scopes=["admin"])
+    call = SecurityContext._begin(
+        "c1", "tools/call", "t", caller, "stdio", None, "stdio-checks", None
+    )
+    transport = _current_transport.set("stdio")
+    try:
+        async with Context(fastmcp=verified):
+            assert get_auth_context() == (False, None)  # outside a call: nothing to admit
+            with bind(call):
+                skip, token = get_auth_context()
+            assert skip is False and token.subject == "ada" and token.scopes == ["admin"]
+            assert token.token == ""  # the credential itself never reaches component code
+        async with Context(fastmcp=development):
+            assert get_auth_context() == (True, None)
+    finally:
+        _current_transport.reset(transport)

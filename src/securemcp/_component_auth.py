@@ -23,8 +23,9 @@ for any stdio caller. securemcp verifies the stdio caller's credential like any 
 (DESIGN guarantee 6: one model for every transport), so :func:`get_auth_context` gives the
 checks of a securemcp server on stdio the verified caller instead: the principal of the call
 (or listing) the pipeline is serving, as FastMCP's ``AccessToken`` (its ``token`` text is left
-empty: the credential itself is never handed to component code). Without a verified caller (a
-development server with no verifier) FastMCP's own answer stands.
+empty: the credential itself is never handed to component code). A check made outside any
+call or listing gets no token (a check then refuses); a development server (no verifier) keeps
+FastMCP's own answer.
 
 This module relies on FastMCP internals (``_component_auth_allows``, ``_get_auth_context``,
 ``_current_context`` and the context's server reference); ``tests/test_component_auth.py`` and
@@ -74,25 +75,27 @@ def get_auth_context() -> tuple[bool, Any]:
     server: Any = context._fastmcp() if context is not None else None
     if not isinstance(server, AdmitsUncheckedComponents):
         return skip, token
+    verifier = server._securemcp_pipeline.verifier()  # type: ignore[attr-defined]
+    if verifier is None:
+        return skip, token  # a development server: nothing is verified, FastMCP's answer
     principal = _verified_caller(server)
     if principal is None:
-        return skip, token  # a development server: nothing was verified, FastMCP's answer
+        return False, None  # no verified caller here (a check outside any call): no token
     from securemcp.auth._fastmcp import access_token_for
 
-    verifier = server._securemcp_pipeline.verifier()  # type: ignore[attr-defined]
     return False, access_token_for(principal, "", getattr(verifier, "audiences", ()))
 
 
 def _verified_caller(server: Any) -> Principal | None:
-    """The verified principal of the call or listing ``server``'s pipeline is serving."""
-    bound = _CURRENT.get()
-    if bound is not None and not bound.closed:
-        principal: Principal = bound.principal
+    """The verified principal of the listing or call ``server``'s pipeline is serving."""
+    listing = LISTING.get()
+    if listing is not None and listing[0] is server:
+        principal: Principal = listing[1]
     else:
-        listing = LISTING.get()
-        if listing is None or listing[0] is not server:
+        bound = _CURRENT.get()
+        if bound is None or bound.closed:
             return None
-        principal = listing[1]
+        principal = bound.principal
     return principal if principal.verified else None
 
 
