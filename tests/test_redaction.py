@@ -26,8 +26,12 @@ def test_known_secrets_are_cut_out_whatever_their_shape() -> None:
     assert redact_secrets("bad key opaque-secret-42!", ("opaque-secret-42",)) == (
         f"bad key {REDACTED}!"
     )
-    # too short to cut safely: a 3-letter "secret" would cut ordinary words
-    assert redact_secrets("the cat sat", ("cat",)) == "the cat sat"
+    # a short credential is cut out where it stands alone, never out of longer words
+    assert redact_secrets("the cat sat", ("cat",)) == f"the {REDACTED} sat"
+    assert redact_secrets("unknown key 'k3y9'", ("k3y9",)) == f"unknown key '{REDACTED}'"
+    assert redact_secrets("concatenate k3y9x", ("cat", "k3y9")) == "concatenate k3y9x"
+    assert redact_secrets("a+b a.b", ("a+b",)) == f"{REDACTED} a.b"  # not a pattern
+    assert redact_secrets("nothing", ("",)) == "nothing"
 
 
 def test_exception_text_keeps_the_traceback_but_not_the_credential() -> None:

@@ -36,19 +36,37 @@ _SCHEME: Final = (
     r"(?i)(?<![a-z])(?:bearer|dpop)\s+(?=[A-Za-z0-9._~+/-]*[0-9])[A-Za-z0-9._~+/-]{16,}"
 )
 AUTH_VALUE: Final = re.compile(_SCHEME)
-AUTH_VALUE_BYTES: Final = re.compile(_SCHEME.encode())
+
+#: Below this length a known secret is cut out only where it stands alone (see redact_secrets).
+_SHORT: Final = 8
+#: Characters of a bearer token (RFC 6750 ``b64token``) and of a JWT.
+_TOKEN_CHARS: Final = r"A-Za-z0-9._~+/=-"  # noqa: S105 (a character class)
+#: The same credential inside JSON-encoded text, where the whitespace after the scheme may be
+#: an escape (``Bearer\\t...`` is how a JSON encoder writes ``Bearer<TAB>...``; RFC 8259 §7).
+AUTH_VALUE_BYTES: Final = re.compile(
+    rb"(?i)(?<![a-z])(?:bearer|dpop)(?:\s|\\[tnrfb]|\\u00[0-9a-f]{2})+"
+    rb"(?=[A-Za-z0-9._~+/-]*[0-9])[A-Za-z0-9._~+/-]{16,}"
+)
 
 
 def redact_secrets(text: str, secrets: tuple[str, ...] = ()) -> str:
     """``text`` with JWT-shaped strings, ``Bearer``/``DPoP`` credentials and ``secrets`` cut out.
 
     ``secrets`` are exact values known to be secret (the credential being verified, say), cut
-    out wherever they appear, shaped like a JWT or not; values shorter than 8 characters are
-    ignored (they would cut out ordinary words).
+    out wherever they appear, shaped like a JWT or not. A value shorter than 8 characters is cut
+    out where it stands as a token of its own (not inside a longer run of token characters), so
+    a short credential is cut out of "unknown key k3y9" without cutting every word that
+    contains its letters.
     """
     for secret in secrets:
-        if len(secret) >= 8 and secret in text:
+        if not secret or secret not in text:
+            continue
+        if len(secret) >= _SHORT:
             text = text.replace(secret, REDACTED)
+        else:
+            text = re.sub(
+                rf"(?<![{_TOKEN_CHARS}]){re.escape(secret)}(?![{_TOKEN_CHARS}])", REDACTED, text
+            )
     if "eyJ" in text:
         text = JWT.sub(REDACTED, text)
     return AUTH_VALUE.sub(REDACTED, text)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import hashlib
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -84,6 +85,12 @@ class Principal:
     expires_at: float | None = None
 
     def __post_init__(self) -> None:
+        expires_at: object = self.expires_at
+        if expires_at is not None and (
+            type(expires_at) not in (int, float) or not math.isfinite(expires_at)  # type: ignore[arg-type]
+        ):
+            # NaN would never compare as past, infinity cannot become FastMCP's integer expiry
+            raise ValueError(f"expires_at must be a finite POSIX time or None, not {expires_at!r}")
         scopes: object = self.scopes  # callers may pass any iterable of strings
         if not isinstance(scopes, frozenset):
             object.__setattr__(self, "scopes", frozenset(self.scopes))

@@ -46,7 +46,15 @@ HEADER = {**HEADER, "prev": "0" * 64}
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
 BEARER = "Bearer abcdefghij0123456789xyz"
-SECRETS = (JWT, BEARER, f"x {JWT} y", f"header: {BEARER.lower()}", "DPoP Zm9vYmFyYmF6cXV4MTIzNDU2")
+SECRETS = (
+    JWT,
+    BEARER,
+    f"x {JWT} y",
+    f"header: {BEARER.lower()}",
+    "DPoP Zm9vYmFyYmF6cXV4MTIzNDU2",
+    BEARER.replace(" ", "\t"),  # written "Bearer\\t..." in JSON: no space on the line
+    BEARER.replace(" ", "\n\x0b"),
+)
 
 # --- strategies ---------------------------------------------------------------------------
 

@@ -37,6 +37,15 @@ UNSECURED = f"{b64url({'alg': 'none'})}.{b64url({'sub': 'x'})}."
         {"type": "config_change", "details": {"access_token": "opaque"}},
         {"type": "config_change", "details": {"passwords": ["a", "b"]}},
         {"type": "config_change", "details": {"set-cookie": "sid=1"}},
+        # below a key that names a secret, every string is one, whatever its own key
+        {"type": "config_change", "details": {"credentials": {"user": "u", "value": "s3cr3t"}}},
+        {"type": "config_change", "details": {"secrets": [{"name": "db", "value": "s3cr3t"}]}},
+        {"type": "config_change", "details": {"token": {"a": [{"b": {"c": "s3cr3t"}}]}}},
+        # the whitespace after the scheme, escaped by the JSON encoder
+        {"type": "auth_failure", "reason": "Bearer\t8f3e2a1b9c7d6e5f4a3b2c1d"},
+        {"type": "auth_failure", "reason": "got bearer\n8f3e2a1b9c7d6e5f4a3b2c1d"},
+        {"type": "auth_failure", "reason": "DPoP\x0b8f3e2a1b9c7d6e5f4a3b2c1d"},
+        {"type": "auth_failure", "reason": "Bearer \t 8f3e2a1b9c7d6e5f4a3b2c1d"},
     ],
 )
 def test_records_with_secrets_are_refused(
@@ -59,6 +68,8 @@ def test_records_with_secrets_are_refused(
         {"type": "config_change", "details": {"api_key": REDACTED, "secret": ""}},
         {"type": "config_change", "details": {"token_hash": "ab" * 32}},
         {"type": "config_change", "details": {"note": "eyJ is how JSON looks in base64"}},
+        {"type": "config_change", "details": {"credential": {"kid_sha256": "ab" * 32, "n": 1}}},
+        {"type": "config_change", "details": {"note": "Bearer\ttokens expire"}},
     ],
 )
 def test_harmless_records_are_accepted(

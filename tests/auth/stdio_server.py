@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -48,6 +50,18 @@ def purge() -> str:
     with open(os.environ["AUTH_TEST_MARKER"], "a") as marker:
         marker.write("ran\n")
     return current().principal.subject
+
+
+@mcp.tool(scopes=["notes:read"])
+def environment_seen() -> str:
+    """What this process, and a process it launches, find in SECUREMCP_ACCESS_TOKEN."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('SECUREMCP_ACCESS_TOKEN'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return f"{os.environ.get('SECUREMCP_ACCESS_TOKEN')} {child.stdout.strip()}"
 
 
 if __name__ == "__main__":

@@ -109,3 +109,56 @@ def test_audience_and_issuer_are_required_urls(audience: object, issuer: object)
 def test_localhost_http_is_allowed_for_development() -> None:
     verifier = ApiKeyVerifier(audience="http://127.0.0.1:8000/mcp", issuer="http://localhost:9000")
     assert verifier.audiences == ("http://127.0.0.1:8000/mcp",)
+
+
+class ExpiringKeyVerifier(CustomVerifier):
+    """Issues alice's principal with whatever expiry the test gives it."""
+
+    def __init__(self, expires_at: object) -> None:
+        super().__init__(audience=AUDIENCE, issuer=ISSUER)
+        self.expires_at = expires_at
+
+    async def authenticate(self, token: str) -> Principal:
+        return Principal(
+            subject="alice",
+            issuer=self.issuers[0],
+            scopes={"notes:read"},
+            expires_at=self.expires_at,  # type: ignore[arg-type]
+        )
+
+
+@pytest.mark.http
+@pytest.mark.parametrize("expires_at", [float("nan"), float("inf"), float("-inf"), "2030", True])
+async def test_a_principal_with_an_impossible_expiry_is_refused(
+    tmp_path: Path, expires_at: object
+) -> None:
+    """NaN never compares as past (the credential would never expire) and infinity cannot
+    become FastMCP's integer expiry (the HTTP request crashed with a 500): both are refused as
+    a verifier fault, in memory and over HTTP, and the tool never runs."""
+    ran: list[str] = []
+    server = FastMCP(
+        "notes", auth=ExpiringKeyVerifier(expires_at), audit=AuditLog(tmp_path / "audit")
+    )
+
+    @server.tool(scopes=["notes:read"])
+    def whoami() -> str:
+        ran.append("ran")
+        return "alice"
+
+    async with connect(server, "key-alice-0123456789") as client:
+        with pytest.raises(ToolError, match="invalid_token"):
+            await client.call_tool("whoami", {})
+    async with serve_http(server) as url, httpx.AsyncClient() as raw:
+        response = await raw.post(
+            url, headers=request_headers("key-alice-0123456789"), content=call_body()
+        )
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert ran == []
+    reasons = [r["reason"] for r in iter_records(tmp_path / "audit") if r["type"] == "auth_failure"]
+    assert reasons and all("verifier_error" in r for r in reasons)
+
+
+def test_a_finite_expiry_is_kept() -> None:
+    assert Principal("alice", ISSUER, expires_at=1_900_000_000).expires_at == 1_900_000_000
+    assert Principal("alice", ISSUER, expires_at=1.5e9).expires_at == 1.5e9

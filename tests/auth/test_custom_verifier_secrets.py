@@ -70,16 +70,24 @@ def _assert_nowhere(secret: str, caplog: pytest.LogCaptureFixture, audit_dir: Pa
 
 #: An opaque token (RFC 7662 style): not recognisable by its shape, only by its value.
 OPAQUE = "opaque-0f9e8d7c6b5a4f3e2d1c"
+#: A short API key: too short to cut out wherever its letters occur, still a credential.
+SHORT = "k3y9"
+
+
+def _token(kind: str) -> str:
+    if kind == "jwt":
+        return FakeIdentityProvider().token("alice")
+    return OPAQUE if kind == "opaque" else SHORT
 
 
 @pytest.mark.parametrize("mode", ["reason", "exception"])
-@pytest.mark.parametrize("kind", ["jwt", "opaque"])
+@pytest.mark.parametrize("kind", ["jwt", "opaque", "short"])
 async def test_in_memory_refusal_never_quotes_the_token(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str, kind: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server, audit_dir = _server(tmp_path, mode)
-    token = FakeIdentityProvider().token("alice") if kind == "jwt" else OPAQUE
+    token = _token(kind)
     async with connect(server, token) as client:
         with pytest.raises(ToolError, match="invalid_token") as refused:
             await client.call_tool("echo", {})
@@ -89,13 +97,13 @@ async def test_in_memory_refusal_never_quotes_the_token(
 
 
 @pytest.mark.parametrize("mode", ["reason", "exception"])
-@pytest.mark.parametrize("kind", ["jwt", "opaque"])
+@pytest.mark.parametrize("kind", ["jwt", "opaque", "short"])
 async def test_http_refusal_never_quotes_the_token(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str, kind: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server, audit_dir = _server(tmp_path, mode)
-    token = FakeIdentityProvider().token("alice") if kind == "jwt" else OPAQUE
+    token = _token(kind)
     async with serve_http(server, stateless_http=True) as url, httpx.AsyncClient() as client:
         response = await client.post(
             url, headers=request_headers(token), content=call_body(target="echo")

@@ -178,10 +178,18 @@ async def test_custom_verifier_refusal_never_quotes_the_credential(
     assert OPAQUE_KEY not in "".join(traceback.format_exception(info.value))
 
 
-@pytest.mark.parametrize("expires_at", [1e20, float("inf"), float("nan"), 2.0**64])
+@pytest.mark.parametrize("expires_at", [1e20, 2.0**64])
 async def test_unrepresentable_expiry_does_not_crash_start_up(
     caplog: pytest.LogCaptureFixture, expires_at: float
 ) -> None:
     with caplog.at_level(logging.INFO, logger="securemcp.auth"):
         await check_stdio_startup(custom_stdio_server(_StartupVerifier("ok", expires_at)))
     assert "not a representable time" in caplog.text
+
+
+@pytest.mark.parametrize("expires_at", [float("inf"), float("nan")])
+async def test_an_expiry_that_is_no_time_refuses_start_up(expires_at: float) -> None:
+    """A principal cannot carry a NaN or infinite expiry (NaN would never expire): the
+    verifier that builds one has failed, and the server does not start."""
+    with pytest.raises(ConfigurationError, match="verifier_error"):
+        await check_stdio_startup(custom_stdio_server(_StartupVerifier("ok", expires_at)))

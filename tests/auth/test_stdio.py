@@ -150,3 +150,18 @@ async def test_fastmcp_component_checks_apply_on_stdio(
         result = await client.call_tool("purge", {}, raise_on_error=False)
     assert not result.is_error and result.data == "ada"
     assert runs(tmp_path) == 1
+
+
+async def test_tools_launch_processes_without_the_credential(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """The credential leaves the environment when the server starts on stdio: a process a tool
+    launches inherits ``os.environ`` and must not receive the caller's token (guarantee 2).
+    The server keeps it, so every call is still verified."""
+    token = idp.token("alice", scopes=["notes:read"])
+    async with Client(transport(idp, tmp_path, token)) as client:
+        seen = await client.call_tool("environment_seen", {})
+        again = await call(client)
+    assert seen.data == "None None"
+    assert token not in seen.data
+    assert again.data == "alice"

@@ -8,8 +8,9 @@ DESIGN.md guarantee 5. Before a record is written, :func:`screen` walks it and
   ``eyJ``, i.e. a JSON header) — this covers bearer JWTs and DPoP proofs;
 * an ``Authorization``-style value (``Bearer <token>`` / ``DPoP <token>``);
 * a string value under a key that names a secret (``authorization``, ``token``, ``secret``,
-  ``password``, ``cookie``, ``dpop``, ``api_key``, ``private_key``, ``credential``...), unless it
-  is the redaction marker; keys ending in ``_sha256`` or ``_hash`` hold digests and are allowed.
+  ``password``, ``cookie``, ``dpop``, ``api_key``, ``private_key``, ``credential``...), at any
+  depth below it (``{"token": {"value": ...}}`` too), unless it is the redaction marker; keys
+  ending in ``_sha256`` or ``_hash`` hold digests and are allowed.
 
 :func:`redact` prepares caller data (tool arguments) for a record: it replaces such values with
 :data:`REDACTED` instead of refusing them.
@@ -66,6 +67,7 @@ _AUTH_VALUE_BYTES: Final = AUTH_VALUE_BYTES
 # fast path needs ASCII names). Records reuse a small set of names, so this stays small.
 _SENSITIVE: Final = 1
 _NOT_ASCII: Final = 2
+_DIGEST: Final = 4  # names a digest (``*_sha256``, ``*_hash``): allowed at any depth
 _name_flags: dict[str, int] = {}
 
 
@@ -85,6 +87,8 @@ def _flags(name: Any) -> int:
     if type(name) is not str:
         raise TypeError("audit record member names must be strings")
     flags = (_SENSITIVE if sensitive_key(name) else 0) | (0 if name.isascii() else _NOT_ASCII)
+    if _normalise(name).endswith(_DIGEST_SUFFIXES):
+        flags |= _DIGEST
     if len(_name_flags) < 4096:
         _name_flags[name] = flags
     return flags
@@ -105,13 +109,17 @@ def screen(record: Mapping[str, Any]) -> bool:
     return _screen_object(record if type(record) is dict else dict(record))
 
 
-def _screen_object(value: dict[Any, Any]) -> bool:
+def _screen_object(value: dict[Any, Any], inherited: int = 0) -> bool:
+    """``inherited`` is ``_SENSITIVE`` below a key that names a secret: every string under it,
+    at any depth and whatever its own key, is then refused."""
     plain = True
     known = _name_flags
     for name, item in value.items():
         flags = known.get(name)
         if flags is None:
             flags = _flags(name)
+        if inherited and not flags & _DIGEST:
+            flags |= inherited
         if flags & _NOT_ASCII:
             plain = False
         kind = type(item)
@@ -123,7 +131,7 @@ def _screen_object(value: dict[Any, Any]) -> bool:
         elif item is None or kind is bool:
             pass
         elif kind is dict:
-            plain = _screen_object(item) and plain
+            plain = _screen_object(item, flags & _SENSITIVE) and plain
         elif kind is list or kind is tuple:
             plain = _screen_items(item, name, flags) and plain
         else:
@@ -143,7 +151,7 @@ def _screen_items(items: Iterable[Any], name: str, flags: int) -> bool:
         elif item is None or kind is bool:
             pass
         elif kind is dict:
-            plain = _screen_object(item) and plain
+            plain = _screen_object(item, flags & _SENSITIVE) and plain
         elif kind is list or kind is tuple:
             plain = _screen_items(item, name, flags) and plain
         else:
@@ -158,7 +166,7 @@ def _screen_scalar(item: Any, name: str, flags: int) -> bool:
     if kind is float:
         return plain_float(item)
     if isinstance(item, Mapping):
-        _screen_object(dict(item))
+        _screen_object(dict(item), flags & _SENSITIVE)
     elif isinstance(item, str):
         _screen_items([str(item)], name, flags)
     elif isinstance(item, list | tuple):
@@ -174,11 +182,12 @@ def check_encoded(line: bytes) -> None:
     """
     if b"eyJ" in line and _JWT_BYTES.search(line):
         raise SecretInRecord("refused an audit record: it contains a JWT-shaped string")
-    # "<scheme> <token>" needs a space, and canonical JSON has none outside strings (control
-    # characters inside strings are escaped), so most records skip the regular expression.
-    if b" " in line:
+    # "<scheme> <token>" needs whitespace: a space, or an escape (canonical JSON escapes control
+    # characters inside strings and has neither outside them), so most records skip the
+    # regular expression.
+    if b" " in line or b"\\" in line:
         lowered = line.lower()
-        if (b"bearer " in lowered or b"dpop " in lowered) and _AUTH_VALUE_BYTES.search(line):
+        if (b"bearer" in lowered or b"dpop" in lowered) and _AUTH_VALUE_BYTES.search(line):
             raise SecretInRecord("refused an audit record: it contains an Authorization value")
 
 

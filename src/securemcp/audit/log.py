@@ -459,9 +459,9 @@ class AuditLog:
                 if origin_json is None:
                     raise ValueError("the log id is not a valid JSON string")
                 caller += origin_json
-            # check_encoded looks for "eyJ" and " " first; an ASCII text (no surrogates, and
-            # its UTF-8 is itself) holding neither passes it, so skip the encoding and the call.
-            if not caller.isascii() or "eyJ" in caller or " " in caller:
+            # check_encoded looks for "eyJ", " " and "\\" first; an ASCII text (no surrogates,
+            # and its UTF-8 is itself) holding none passes it, so skip the encoding and the call.
+            if not caller.isascii() or "eyJ" in caller or " " in caller or "\\" in caller:
                 try:
                     encoded = caller.encode("utf-8")
                 except UnicodeEncodeError as exc:

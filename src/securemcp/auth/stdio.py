@@ -52,6 +52,20 @@ class StdioIdentity:
         """``True`` when a token was found in the environment."""
         return self._token is not None
 
+    def withdraw_from_environment(self) -> bool:
+        """Remove the credential from this process's environment; keep it here.
+
+        Called when the server starts serving on stdio, so that processes its tools launch
+        (``subprocess``, ``os.system``: they inherit ``os.environ``) never receive the caller's
+        credential (guarantee 2: it is never forwarded to anything downstream). The variable is
+        removed only while it still holds the value read at construction. Returns whether it
+        was removed.
+        """
+        if self._token is None or os.environ.get(self.env_var) != self._token:
+            return False
+        del os.environ[self.env_var]
+        return True
+
     def credential(self, meta: Mapping[str, Any] | None) -> str | None:
         """The raw credential for one stdio request (never trusted until verified)."""
         if self.allow_meta_tokens and meta:
@@ -75,8 +89,10 @@ async def check_stdio_startup(server: Any) -> None:
     """Verify a stdio server's environment credential before it serves anything.
 
     Call it at start-up of a stdio server (e.g. in the server lifespan when the transport is
-    ``"stdio"``). With no verifier configured it does nothing (development mode is handled by the
-    server's own start-up check).
+    ``"stdio"``); ``securemcp.FastMCP`` calls it before serving stdio. It first removes the
+    credential from the process environment (:meth:`StdioIdentity.withdraw_from_environment`),
+    so the processes tools launch do not inherit it. With no verifier configured it does nothing
+    more (development mode is handled by the server's own start-up check).
 
     Raises:
         ConfigurationError: the environment token is refused by the verifier (expired, wrong
@@ -85,10 +101,11 @@ async def check_stdio_startup(server: Any) -> None:
             credential at all and ``SECUREMCP_ENV=production`` (unless per-request ``_meta``
             tokens from a trusted host are enabled).
     """
+    identity: StdioIdentity = server._securemcp_stdio
+    identity.withdraw_from_environment()
     verifier = server._securemcp_pipeline.verifier()
     if verifier is None:
         return
-    identity: StdioIdentity = server._securemcp_stdio
     name = getattr(server, "name", "?")
     token = identity.credential(None)
     if token is None:
