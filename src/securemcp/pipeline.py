@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from fastmcp.exceptions import FastMCPError, NotFoundError
+from fastmcp.exceptions import FastMCPError, NotFoundError, PromptError
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.server.middleware import middleware as _fastmcp_middleware
 from fastmcp.utilities.versions import VersionSpec
@@ -605,6 +605,8 @@ class SecurityPipeline(Middleware):
                     steps.done("securemcp.audit.outcome", getattr(exc, "code", "_OTHER"))
                 if call.allowed and auditor is not None and not call.outcome_recorded:
                     self._record_failure(auditor, call, principal, exc, started)
+                if method == "prompts/get" and (masked := self._masked_prompt_error(exc)):
+                    raise masked from exc.__cause__
                 raise
             finally:
                 _CURRENT.reset(bound)
@@ -634,6 +636,25 @@ class SecurityPipeline(Middleware):
                 policy_version=call.policy_version,
                 steps=steps,
             )
+
+    def _masked_prompt_error(self, exc: BaseException) -> PromptError | None:
+        """The masked form of a prompt's own exception, when this server masks error details.
+
+        FastMCP 4.1.2's ``FunctionPrompt`` wraps any exception a prompt function raises in a
+        ``PromptError`` quoting its text, before the server's ``mask_error_details`` handling
+        could mask it (tools and resources are masked by the server). Only that wrapper is
+        replaced: a ``PromptError`` raised on purpose has no foreign exception as its cause.
+        """
+        cause = exc.__cause__
+        if (
+            type(exc) is not PromptError
+            or cause is None
+            or isinstance(cause, FastMCPError)
+            or not self._server._mask_error_details
+        ):
+            return None
+        name = str(exc).partition(": ")[0]  # "Error rendering prompt 'name'"
+        return PromptError(name if name.startswith("Error rendering prompt ") else "Error")
 
     async def _enforce(
         self,

@@ -229,7 +229,11 @@ class FastMCP(
         from securemcp.auditing import resolve_audit_log
 
         audit_log = resolve_audit_log(audit)
+        mask = kwargs.get("mask_error_details")
+        if mask is None and "mask_error_details" in fastmcp.settings.model_fields_set:
+            mask = fastmcp.settings.mask_error_details  # the operator's FASTMCP_ setting
         super().__init__(name, instructions, lifespan=self._wrap_lifespan(lifespan), **kwargs)
+        self.__dict__["_securemcp_mask_error_details"] = mask
         install_seam_spans(self)
         install_core_spans()
         _dereference_listings.install(self)
@@ -242,6 +246,28 @@ class FastMCP(
                 enforcement.connect_audit(audit_log)
         for item in tools or ():
             self.add_tool(item)
+
+    # --- error details ------------------------------------------------------------------
+
+    @property
+    def _mask_error_details(self) -> bool:
+        """Whether the text of a component's exception is kept from the client.
+
+        FastMCP relays it (``Error calling tool 'x': <message>``) unless told to mask it. Unless
+        the author (``mask_error_details=``) or the operator (``FASTMCP_MASK_ERROR_DETAILS``)
+        chose, a server with verified callers or under ``SECUREMCP_ENV=production`` masks it
+        (guarantee 3: internal details never reach the client); a development server, whose
+        only client is its developer, shows it. ``ToolError``/``ResourceError``/``PromptError``
+        messages, raised on purpose, reach the client either way.
+        """
+        chosen: bool | None = self.__dict__.get("_securemcp_mask_error_details")
+        if chosen is not None:
+            return chosen
+        return self._securemcp_pipeline.verifier() is not None or is_production()
+
+    @_mask_error_details.setter
+    def _mask_error_details(self, value: bool) -> None:
+        self.__dict__["_securemcp_mask_error_details"] = value
 
     # --- the middleware list: pipeline always first ----------------------------------------
 
