@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 from audit_helpers import records
 
-from securemcp.audit import REDACTED, AuditLog, Ed25519Signer, SecretInRecord
+from securemcp.audit import REDACTED, AuditLog, Ed25519Signer, SecretInRecord, jcs
 from securemcp.audit.guard import looks_like_secret, redact, screen, sensitive_key
+from securemcp.audit.records import decision_record
 
 
 def b64url(data: dict[str, Any]) -> str:
@@ -99,6 +101,41 @@ def test_arguments_are_hashed_by_default(log_dir: Path, signer: Ed25519Signer) -
     decision = records(log_dir)[1]
     assert "args" not in decision and len(decision["args_sha256"]) == 64
     assert "hunter2" not in json.dumps(records(log_dir))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "same_as"),
+    [
+        ({"user": "bob", "otp_password": "482913"}, {"user": "bob", "otp_password": REDACTED}),
+        ({"db": {"host": "h", "password": "pw"}}, {"db": {"host": "h", "password": REDACTED}}),
+        ({"items": [{"token": "t1"}, {"n": 1}]}, {"items": [{"token": REDACTED}, {"n": 1}]}),
+        ({"password": None, "a": 1}, {"password": None, "a": 1}),
+        ({"pin": "1234", "a": 1}, {"pin": REDACTED, "a": 1}),  # an extra redact_keys entry
+    ],
+)
+def test_the_arguments_hash_never_covers_a_secret(
+    log_dir: Path, signer: Ed25519Signer, arguments: dict[str, Any], same_as: dict[str, Any]
+) -> None:
+    """A plain hash of a low-entropy secret (a PIN, a one-time code) is reversed by hashing
+    candidates, so values under secret names are hashed as the redaction marker: the digest is
+    the same whatever the secret was, on the fast path and the generic one alike."""
+    expected = hashlib.sha256(jcs.dumps(same_as)).hexdigest()
+    with AuditLog(log_dir, signer=signer, redact_keys=("pin",)) as log:
+        log.decision(
+            call_id="c", method="tools/call", target="t", result="allow", arguments=arguments
+        )
+        built = decision_record(
+            call_id="c",
+            method="tools/call",
+            target="t",
+            result="allow",
+            arguments=arguments,
+            redact_keys=("pin",),
+        )
+    digests = [r["args_sha256"] for r in records(log_dir) if r["type"] == "decision"]
+    assert digests == [expected] == [built["args_sha256"]]
+    if same_as != arguments:
+        assert expected != hashlib.sha256(jcs.dumps(arguments)).hexdigest()
 
 
 def test_recorded_arguments_are_redacted(log_dir: Path, signer: Ed25519Signer) -> None:

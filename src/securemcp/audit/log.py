@@ -647,7 +647,7 @@ class AuditLog:
             )
             if fragment is None:  # unusual values: screen all of the generic record
                 return self._append_body(body, screen(body))
-        digest = args_sha256(arguments) if body is None else body["args_sha256"]
+        digest = args_sha256(arguments, self.redact_keys) if body is None else body["args_sha256"]
         hashed = "null" if digest is None else f'"{digest}"'
         decided, decided_vetted = fragment
         caller = call + trace

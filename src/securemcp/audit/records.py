@@ -20,6 +20,7 @@ Builders never copy a credential: identity comes from a principal's public attri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from securemcp.audit import jcs
-from securemcp.audit.guard import DEFAULT_SENSITIVE_KEYS, redact
+from securemcp.audit.guard import DEFAULT_SENSITIVE_KEYS, REDACTED, redact, sensitive_key
 from securemcp.audit.jcs import _C_ENCODER
 
 __all__ = [
@@ -179,31 +180,113 @@ _MAX_SAFE: Final = jcs.MAX_SAFE_INTEGER
 _sha256: Final = hashlib.sha256
 
 
-def args_sha256(arguments: Mapping[str, Any] | None) -> str | None:
+#: Names already judged by :func:`_names_a_secret`, per set of key fragments (bounded).
+_secret_names: dict[tuple[str, ...], dict[str, bool]] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _fragments(keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k.lower().replace("-", "_") for k in keys))
+
+
+_DEFAULT_FRAGMENTS: Final = _fragments(tuple(DEFAULT_SENSITIVE_KEYS))
+
+
+def _names_a_secret(name: Any, fragments: tuple[str, ...], known: dict[str, bool]) -> bool:
+    if type(name) is not str:
+        return sensitive_key(str(name), fragments)
+    found = known.get(name)
+    if found is None:
+        found = sensitive_key(name, fragments)
+        if len(known) < 4096:
+            known[name] = found
+    return found
+
+
+def _holds_secret_name(value: Any, fragments: tuple[str, ...], known: dict[str, bool]) -> bool:
+    """Whether a key naming a secret occurs anywhere in ``value`` (with a value under it)."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            if item is not None and _names_a_secret(name, fragments, known):
+                return True
+            if isinstance(item, Mapping | list | tuple) and _holds_secret_name(
+                item, fragments, known
+            ):
+                return True
+    elif isinstance(value, list | tuple):
+        return any(
+            isinstance(item, Mapping | list | tuple) and _holds_secret_name(item, fragments, known)
+            for item in value
+        )
+    return False
+
+
+def _secrets_masked(value: Any, fragments: tuple[str, ...], known: dict[str, bool]) -> Any:
+    """``value`` with every value under a key naming a secret replaced by ``[REDACTED]``."""
+    if isinstance(value, Mapping):
+        return {
+            name: REDACTED
+            if item is not None and _names_a_secret(name, fragments, known)
+            else _secrets_masked(item, fragments, known)
+            for name, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_secrets_masked(item, fragments, known) for item in value]
+    return value
+
+
+def args_sha256(arguments: Mapping[str, Any] | None, secret_keys: Iterable[str] = ()) -> str | None:
     """Hex SHA-256 of the RFC 8785 canonical JSON of ``arguments`` (``None`` when absent).
 
-    Arguments that are not I-JSON (integers beyond ±2**53-1, non-JSON objects) are hashed over
-    a sorted, compact ``json.dumps`` instead, so an odd argument never blocks a call.
+    Every value under a key naming a secret (the secrets guard's fragments, ``password``,
+    ``token``, ``secret``, ..., plus ``secret_keys``; at any depth; ``None`` kept) is hashed as
+    ``"[REDACTED]"``. The digest lets a reviewer holding the arguments prove what was called;
+    without the masking, anyone reading the log could recover a low-entropy secret (a PIN, a
+    one-time code, a short password) by hashing candidates. Arguments that are not I-JSON
+    (integers beyond ±2**53-1, non-JSON objects) are hashed over a sorted, compact
+    ``json.dumps`` instead, so an odd argument never blocks a call.
     """
     if arguments is None:
         return None
-    # The common case first, a dict of plain values: what jcs.dumps does, minus its walk
-    # (the loop is jcs.is_plain for a dict, with the usual members checked inline).
+    fragments = (
+        _DEFAULT_FRAGMENTS
+        if not secret_keys or secret_keys is DEFAULT_SENSITIVE_KEYS
+        else _fragments((*DEFAULT_SENSITIVE_KEYS, *secret_keys))
+    )
+    known = _secret_names.get(fragments)
+    if known is None:
+        if len(_secret_names) >= 16:
+            _secret_names.clear()
+        known = _secret_names[fragments] = {}
+    # The common case first, a dict of plain values with no secret names: what jcs.dumps does,
+    # minus its walk (the loop is jcs.is_plain for a dict, with the usual members inline).
     if type(arguments) is dict and _C_ENCODER is not None:
         for name, item in arguments.items():
             if type(name) is not str or not name.isascii():
+                break
+            secret = known.get(name)
+            if secret is None:
+                secret = _names_a_secret(name, fragments, known)
+            if secret and item is not None:
                 break
             kind = type(item)
             if kind is int:
                 if not -_MAX_SAFE <= item <= _MAX_SAFE:
                     break
-            elif not (kind is str or item is None or kind is bool or jcs.is_plain(item)):
+            elif not (
+                kind is str
+                or item is None
+                or kind is bool
+                or (jcs.is_plain(item) and not _holds_secret_name(item, fragments, known))
+            ):
                 break
         else:
             try:
                 return _sha256("".join(_C_ENCODER(arguments, 0)).encode()).hexdigest()
             except UnicodeEncodeError:
                 pass  # a lone surrogate: not I-JSON, hashed below like any other
+    if _holds_secret_name(arguments, fragments, known):
+        arguments = _secrets_masked(arguments, fragments, known)
     try:
         data = jcs.dumps(arguments)
     except (TypeError, ValueError):
@@ -268,7 +351,7 @@ def decision_record(
         "identity": identity_fields(identity),
         "method": method,
         "target": target,
-        "args_sha256": args_sha256(arguments),
+        "args_sha256": args_sha256(arguments, redact_keys),
         "decision": _decision_fields(result, reason, rule, policy_version),
         "trace_id": trace_id,
     }
