@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import os
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -302,6 +303,7 @@ class FastMCP(
         self._check_audit_startup()
         verifier = self._securemcp_pipeline.verifier()
         if verifier is not None:
+            self._check_test_identity(verifier)
             return
         if is_production():
             raise ConfigurationError(
@@ -320,6 +322,28 @@ class FastMCP(
             principal.subject,
             " ".join(sorted(principal.scopes)),
             "!" * 78,
+        )
+
+    def _check_test_identity(self, verifier: Any) -> None:
+        """Refuse to serve production traffic trusting a ``FakeIdentityProvider``.
+
+        Its tokens are signed by keys created in this process for tests. Under
+        ``SECUREMCP_ENV=production`` such a server starts only inside a pytest test (which is
+        how ``securemcp.testing``'s ``production_mode`` fixture tests production behaviour).
+        """
+        if not getattr(verifier, "_securemcp_test_identity", False) or not is_production():
+            return
+        if "PYTEST_CURRENT_TEST" in os.environ:
+            logger.warning(
+                "securemcp server %r trusts a FakeIdentityProvider under SECUREMCP_ENV=production "
+                "(allowed inside a test only)",
+                self.name,
+            )
+            return
+        raise ConfigurationError(
+            f"securemcp server {self.name!r} trusts a securemcp.testing.FakeIdentityProvider "
+            "(test identity) and SECUREMCP_ENV=production: refusing to start. Configure "
+            "auth=securemcp.auth.JWTVerifier(issuer=..., audience=...) for your identity provider."
         )
 
     async def run_stdio_async(self, *args: Any, **kwargs: Any) -> None:

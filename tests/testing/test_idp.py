@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from securemcp import FastMCP
 from securemcp.auth import JWTVerifier
 from securemcp.errors import InvalidCredential
+from securemcp.testing import connect
 from securemcp.testing.idp import (
     BAD_TOKEN_KINDS,
     DEFAULT_AUDIENCE,
@@ -307,3 +313,59 @@ async def test_serve_http_with_fixed_issuer() -> None:
 def test_over_http_requires_serving(idp: FakeIdentityProvider) -> None:
     with pytest.raises(RuntimeError, match="serve_http"):
         idp.verifier(over_http=True)
+
+
+_SERVE_WITH_FAKE_IDP = """
+import asyncio
+from securemcp import FastMCP
+from securemcp.testing import FakeIdentityProvider, connect
+idp = FakeIdentityProvider()
+server = FastMCP("x", auth=idp.verifier(), audit=False)
+@server.tool
+def who() -> str:
+    return "ran"
+async def main() -> None:
+    try:
+        async with connect(server, idp.token("alice")) as client:
+            print((await client.call_tool("who", {})).data)
+    except Exception as exc:
+        print("REFUSED", exc)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("env", ["production", "development"])
+def test_a_server_trusting_the_fake_idp_refuses_production(tmp_path: Path, env: str) -> None:
+    """Test identity (keys made in this process) must never serve production traffic: under
+    SECUREMCP_ENV=production, outside a test, such a server refuses to start."""
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITH_FAKE_IDP],
+        env={"SECUREMCP_ENV": env, "PATH": os.environ.get("PATH", "/usr/bin")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    if env == "production":
+        assert "REFUSED" in result.stdout and "refusing to start" in result.stdout
+        assert "ran" not in result.stdout.split()
+    else:
+        assert result.stdout.split()[-1] == "ran"
+
+
+async def test_inside_a_test_production_mode_still_works(
+    production_mode: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """securemcp.testing's production_mode fixture tests production behaviour with the fake
+    IdP: allowed inside pytest, with a warning."""
+    idp = FakeIdentityProvider()
+    server = FastMCP("x", auth=idp.verifier(), audit=False)
+
+    @server.tool
+    def who() -> str:
+        return "ran"
+
+    async with connect(server, idp.token("alice")) as client:
+        assert (await client.call_tool("who", {})).data == "ran"
+    assert "trusts a FakeIdentityProvider" in caplog.text

@@ -746,11 +746,14 @@ class FakeIdentityProvider:
                 kwargs.setdefault("jwks_uri", f"{self._served_url}/jwks")
         else:
             kwargs.setdefault("http_client", self.http_client())
-        return JWTVerifier(
+        verifier = JWTVerifier(
             issuer=self.issuer,
             audience=audience if audience is not None else self.default_audience,
             **kwargs,
         )
+        # A server trusting it refuses to start under SECUREMCP_ENV=production outside a test.
+        verifier._securemcp_test_identity = True  # type: ignore[attr-defined]
+        return verifier
 
     # --- serving -----------------------------------------------------------------------------
 
