@@ -119,8 +119,9 @@ def test_malformed_inputs_are_usage_errors_not_tampering(
         [str(bad)] if name == "keyring" else [str(keyring_file), "--trusted-checkpoint", str(bad)]
     )
     assert main(args) == 2
-    first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("IO ERROR [usage]: ") and message in first, first
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("IO ERROR [usage]: ") and message in printed[0], printed[0]
+    assert not any("0 verified" in line for line in printed)  # nothing read: no zero summary
 
 
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -166,12 +166,13 @@ def _print_report(report: VerificationReport, out: TextIO) -> None:
         print(f"{title}{where}{kind}: {report.detail}", file=out)
     if report.log_id:
         print(f"  log:         {report.log_id}", file=out)
-    print(
-        f"  records:     {report.records} verified, {report.sealed} sealed by "
-        f"{report.trusted_checkpoints}/{report.checkpoints} trusted checkpoint(s), "
-        f"{report.segments} segment(s)",
-        file=out,
-    )
+    if report.status != "io_error" or report.records:  # nothing was read: no zero counts
+        print(
+            f"  records:     {report.records} verified, {report.sealed} sealed by "
+            f"{report.trusted_checkpoints}/{report.checkpoints} trusted checkpoint(s), "
+            f"{report.segments} segment(s)",
+            file=out,
+        )
     if report.signers:
         print(f"  signed by:   {', '.join(report.signers)}", file=out)
     for warning in report.warnings:
