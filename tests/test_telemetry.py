@@ -104,10 +104,16 @@ async def test_invalid_token_is_recorded(spans: InMemorySpanExporter) -> None:
     idp = FakeIdentityProvider(audience=AUDIENCE)
     async with connect(build(idp), idp.bad_token("expired")) as client:
         await client.call_tool("echo", {"text": "x"}, raise_on_error=False)
-    (span,) = _call_spans(spans, "echo")
+    # Named by its method alone: an unauthenticated caller's target is its own text.
+    (span,) = [
+        s
+        for s in spans.get_finished_spans()
+        if s.kind == trace.SpanKind.SERVER and s.name == "tools/call"
+    ]
     assert span.attributes is not None
     assert span.attributes["error.type"] == "invalid_token"
     assert span.attributes["securemcp.decision"] == "deny"
+    assert "gen_ai.tool.name" not in span.attributes
 
 
 def _metric_points(name: str) -> list[Any]:

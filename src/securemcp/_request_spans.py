@@ -16,13 +16,16 @@ FastMCP's core path enriches it instead of opening a second one. It is still one
 
 A client's request to a securemcp server gets its seam span from :class:`SeamSpans`, the same
 span FastMCP's seam opens (``fastmcp.server.telemetry.seam_span``: name, kind, parent from the
-request's ``_meta``, attributes, marker, exception recording), minus two per-request costs that
-buy nothing: FastMCP asks the tracer provider for its tracer on every request (the SDK then
-builds a scope object and resets a warnings filter before returning the tracer it already made,
-~10 µs), and checks whether a sampler dropped the span's attributes with a runtime-checkable
-``Protocol`` ``isinstance`` (~10 µs). :class:`SeamSpans` keeps the tracer per provider and makes
-the same check by reading the two properties. Servers securemcp does not build keep FastMCP's
-seam, and so do securemcp servers whenever FastMCP's spans are off or suppressed.
+request's ``_meta``, attributes, marker), except that exceptions are recorded without their
+messages from the moment it opens (``securemcp._span_exceptions.redact_span``: a request can
+fail before the pipeline guards it, such as ``tools/call`` params that do not validate, with a
+message quoting the arguments), minus two per-request costs that buy nothing: FastMCP asks the
+tracer provider for its tracer on every request (the SDK then builds a scope object and resets a
+warnings filter before returning the tracer it already made, ~10 µs), and checks whether a
+sampler dropped the span's attributes with a runtime-checkable ``Protocol`` ``isinstance``
+(~10 µs). :class:`SeamSpans` keeps the tracer per provider and makes the same check by reading the
+two properties. Servers securemcp does not build keep FastMCP's seam, and so do securemcp
+servers whenever FastMCP's spans are off or suppressed.
 
 Later in the request FastMCP's core path enriches that span with the component's attributes
 (``fastmcp.server.telemetry.server_span``) and computes the request's protocol and auth
@@ -49,20 +52,23 @@ from fastmcp.server import telemetry as _fastmcp_server_telemetry
 from fastmcp.server.auth import AccessToken
 from fastmcp.server.http import _current_http_request
 from fastmcp.server.low_level import FastMCPServerMiddleware
-from fastmcp.telemetry import INSTRUMENTATION_NAME, native_spans_enabled
+from fastmcp.telemetry import INSTRUMENTATION_NAME, extract_trace_context, native_spans_enabled
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 
-from securemcp._span_exceptions import is_guarded
+from securemcp._span_exceptions import is_guarded, redact_span
 from securemcp._unrecorded_spans import spans_cannot_record
+from securemcp.telemetry import usable_trace_meta
 
 __all__ = [
     "SeamSpans",
     "auth_attributes",
     "install_core_spans",
     "install_seam_spans",
+    "install_trace_meta",
     "needs_request_span",
     "request_span",
     "server_span",
@@ -162,9 +168,12 @@ def request_span(tracer: Tracer, method: str, target: str) -> Iterator[Span]:
     """Open the call's ``SERVER`` span, current and marked as the request's seam span.
 
     Like FastMCP's seam span it carries the request's protocol, auth and session attributes
-    from the start (so a guarded span always does: see :func:`server_span`).
+    from the start (so a guarded span always does: see :func:`server_span`), and is named by
+    ``method`` alone: ``target`` names it only once the pipeline has found it registered.
     """
-    name = method if method == "resources/read" else f"{method} {target}"  # no URIs in names
+    # Named by the method alone until the pipeline finds the target registered (it then names
+    # the span as FastMCP does): a target that is not registered stays out of span names.
+    name = method
     try:
         request_attributes = _request_attributes()
     except Exception:  # FastMCP refuses a token type it cannot convert; the span goes without
@@ -209,9 +218,14 @@ class SeamSpans(FastMCPServerMiddleware):
             context=telemetry._get_parent_trace_context(),
             kind=SpanKind.SERVER,
             attributes=attributes,
+            record_exception=False,  # the SDK's record has the message: securemcp's, below
+            set_status_on_exception=False,
         ) as span:
             if span.is_recording():
                 _restore_dropped(span, attributes)
+                # Before anything can fail: params that do not validate fail before the
+                # pipeline guards the call, with a message quoting the arguments.
+                redact_span(span)
             seam = _ACTIVE_SEAM.set(span)
             try:
                 yield
@@ -321,3 +335,34 @@ def install_core_spans() -> None:
     """Route FastMCP's core-path spans through :func:`server_span` (idempotent)."""
     if getattr(_fastmcp_server, "server_span", None) is not server_span:
         _fastmcp_server.server_span = server_span  # type: ignore[attr-defined,assignment]
+
+
+def parent_trace_context() -> Context | None:
+    """``fastmcp.server.telemetry._get_parent_trace_context()``: the parent context from the
+    request ``_meta``, without a ``traceparent`` or ``tracestate`` the propagator would only
+    log a warning about (:func:`securemcp.telemetry.usable_trace_meta`).
+
+    An over-long ``traceparent`` (above 512 characters) or ``tracestate``, or a malformed
+    ``tracestate`` member, makes OpenTelemetry log a ``WARNING`` (quoting the member) on every
+    request that carries one: a caller could flood the server log. Such a value is ignored
+    anyway, so it is left out of the extraction, as securemcp does with the HTTP header.
+    """
+    request_context = _fastmcp_dependencies.fastmcp_request_ctx.get()
+    if request_context is None:
+        return None
+    meta = request_context.meta
+    if not meta:
+        return None
+    return extract_trace_context(usable_trace_meta(meta))
+
+
+def install_trace_meta() -> None:
+    """Route FastMCP's ``_meta`` trace extraction (its seam, its ``propagation_only`` mode and
+    its core-path span without a seam) through :func:`parent_trace_context` (idempotent).
+
+    Process-wide, like FastMCP's recorder: for a server securemcp does not build this changes
+    nothing but the warning, since the values it leaves out are ignored by the propagator.
+    """
+    telemetry = _fastmcp_server_telemetry
+    if getattr(telemetry, "_get_parent_trace_context", None) is not parent_trace_context:
+        telemetry._get_parent_trace_context = parent_trace_context

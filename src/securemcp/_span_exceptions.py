@@ -13,12 +13,20 @@ The OpenTelemetry SDK then records the escaping exception once more when FastMCP
 manager exits (``use_span``: an event with message and stack trace, and the status description
 ``"<type>: <message>"``).
 
-For every span of a call securemcp guards, this module keeps what an operator needs to find the
-failure (``error.type``, an ``exception`` event with ``exception.type`` only, ``ERROR`` status
-with an identifier-only description) and drops messages and stack traces: it swaps FastMCP's
-recorder for one that does this, and gives each guarded span its own ``record_exception`` and
-``set_status`` that do the same for whoever calls them (the SDK included). The audit log and the
-server log keep the details. Spans of servers securemcp does not guard are untouched.
+For every span of a call securemcp guards, and every request span of a securemcp server from
+the moment it opens (a request can fail before any call is guarded: ``tools/call`` params that
+do not validate, such as ``arguments`` sent as a JSON string, fail with a pydantic message
+quoting them), this module keeps what an operator needs to find the failure (``error.type``, an
+``exception`` event with ``exception.type`` only, ``ERROR`` status with an identifier-only
+description) and drops messages and stack traces: it swaps FastMCP's recorder for one that does
+this, and gives each such span its own ``record_exception`` and ``set_status`` that do the same
+for whoever calls them (the SDK included). The audit log and the server log keep the details.
+Spans of servers securemcp does not guard are untouched.
+
+Once the pipeline has recorded its decision on a span (``securemcp.decision``), the span's status
+and ``error.type`` are the pipeline's (a reason code from the documented vocabulary): FastMCP's
+recorder then leaves the span alone, instead of adding ``exception`` events for the ``MCPError``
+a refusal becomes and replacing the reason code with ``MCPError``.
 
 This is one of the few modules that touch FastMCP internals (``fastmcp.server.telemetry``).
 """
@@ -36,11 +44,14 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from securemcp.context import _CURRENT
 
-__all__ = ["guard_span", "install", "is_guarded"]
+__all__ = ["guard_span", "install", "is_guarded", "redact_span"]
 
 #: Spans of guarded calls (the request's seam span outlives the pipeline's frame: FastMCP
 #: records an exception on it again once the pipeline has re-raised).
 _GUARDED: weakref.WeakSet[Any] = weakref.WeakSet()
+#: Spans whose exceptions are recorded without messages: every guarded span, and every request
+#: span of a securemcp server from the moment it opens (:func:`redact_span`).
+_REDACTED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 _fastmcp_record = _fastmcp_telemetry.record_span_exception
 
@@ -57,16 +68,26 @@ def is_guarded(span: Span) -> bool:
 
 
 def guard_span(span: Span) -> None:
-    """Mark ``span`` (a recording span) as belonging to a call securemcp guards.
-
-    The span's own ``record_exception`` and ``set_status`` are replaced by ones that hold it by
-    weak reference: a strong one would make every guarded span part of a reference cycle, kept
-    alive (with all its attributes) until the garbage collector runs, and make it run twice as
-    often.
-    """
+    """Mark ``span`` (a recording span) as belonging to a call securemcp guards, and redact the
+    exceptions recorded on it (:func:`redact_span`)."""
     if span in _GUARDED:
         return
     _GUARDED.add(span)
+    redact_span(span)
+
+
+def redact_span(span: Span) -> None:
+    """Record exceptions on ``span`` (a recording span) without their messages or stack traces,
+    whoever records them, without claiming it for a call (:func:`is_guarded` stays false).
+
+    The span's own ``record_exception`` and ``set_status`` are replaced by ones that hold it by
+    weak reference: a strong one would make every such span part of a reference cycle, kept
+    alive (with all its attributes) until the garbage collector runs, and make it run twice as
+    often.
+    """
+    if span in _REDACTED:
+        return
+    _REDACTED.add(span)
     reference = weakref.ref(span)
     try:
         span.record_exception = partial(_record_exception, reference)  # type: ignore[method-assign]
@@ -113,18 +134,22 @@ def _identifier(description: str | None) -> str | None:
 
 
 def record_span_exception(span: Span, e: Exception) -> None:
-    """FastMCP's recorder, minus the exception message and stack trace on guarded calls."""
-    if span not in _GUARDED:
+    """FastMCP's recorder, minus the exception message and stack trace on redacted spans, and a
+    no-op once the pipeline has recorded its decision on the span."""
+    if span not in _REDACTED:
         if _CURRENT.get() is None or not span.is_recording():
             _fastmcp_record(span, e)
             return
         guard_span(span)  # a span FastMCP opened inside a guarded call
     if not span.is_recording():
         return
-    error_type = "tool_error" if isinstance(e, ToolError) else type(e).__qualname__
     attributes = getattr(span, "attributes", None) or {}
-    if "securemcp.decision" not in attributes:  # never overwrite the pipeline's vocabulary
-        span.set_attribute("error.type", error_type)
+    if "securemcp.decision" in attributes:
+        # The pipeline recorded the call: its error.type and status (the reason code) stand, and
+        # the exception is the refusal's MCPError or one already recorded where it was raised.
+        return
+    error_type = "tool_error" if isinstance(e, ToolError) else type(e).__qualname__
+    span.set_attribute("error.type", error_type)
     span.record_exception(e)
     span.set_status(Status(StatusCode.ERROR, error_type))
 

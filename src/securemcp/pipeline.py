@@ -171,6 +171,7 @@ class _CallRecord:
         "outcome_recorded",
         "policy_version",
         "principal",
+        "resolved",
         "target",
         "trace_id",
     )
@@ -185,6 +186,7 @@ class _CallRecord:
         self.error_type: str | None = None
         self.policy_version: str | None = None
         self.outcome_recorded = False
+        self.resolved = False  # the target is a registered component (telemetry may name it)
 
 
 class SecurityPipeline(Middleware):
@@ -498,6 +500,7 @@ class SecurityPipeline(Middleware):
                         facts = await self.facts(method, target, version)
                         if facts is None:
                             raise self._not_found(method, target)
+                    call.resolved = True
                     enforcement = self.enforcement
                     if enforcement is None or not enforcement.active:
                         self._check_scopes(method, target, principal, facts.scopes)
@@ -635,6 +638,7 @@ class SecurityPipeline(Middleware):
                 call_id=call.call_id,
                 policy_version=call.policy_version,
                 steps=steps,
+                resolved=call.resolved,
             )
 
     def _masked_prompt_error(self, exc: BaseException) -> PromptError | None:

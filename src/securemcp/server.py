@@ -29,7 +29,7 @@ from securemcp import _dereference_listings
 from securemcp._component_auth import AdmitsUncheckedComponents
 from securemcp._component_auth import install as _admit_unchecked_components
 from securemcp._direct_lookups import DirectLookups
-from securemcp._request_spans import install_core_spans, install_seam_spans
+from securemcp._request_spans import install_core_spans, install_seam_spans, install_trace_meta
 from securemcp._session_state import SkipsAbsentVisibilityRules
 from securemcp._unrecorded_spans import quiet_core_path
 from securemcp.admission import recheck_resolved, require_admission
@@ -237,6 +237,7 @@ class FastMCP(
         self.__dict__["_securemcp_mask_error_details"] = mask
         install_seam_spans(self)
         install_core_spans()
+        install_trace_meta()
         _dereference_listings.install(self)
         _admit_unchecked_components()
         if audit_log is not None:

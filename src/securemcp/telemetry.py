@@ -137,6 +137,17 @@ _PROPAGATOR: Final = TraceContextTextMapPropagator()
 #: the propagator itself logs a warning above 512, which an attacker could use to flood the log).
 _MAX_TRACEPARENT: Final = 256
 
+#: A ``tracestate`` longer than this is ignored (the propagator's own limit, with a warning).
+_MAX_TRACESTATE: Final = 8192
+#: At most this many ``tracestate`` members (more: the propagator logs a warning, keeps none).
+_MAX_TRACESTATE_MEMBERS: Final = 32
+#: One ``tracestate`` list member (W3C Trace Context, "tracestate Header Field Values"; the
+#: pattern the OpenTelemetry API checks each member against, logging the member when it fails).
+_TRACESTATE_MEMBER: Final = re.compile(
+    r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+
 #: The API's own tracer providers: with either in force no span records (no SDK configured).
 _NO_SDK: Final = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
@@ -155,6 +166,46 @@ _TARGET_ATTRIBUTE: Final = {
     "prompts/get": "gen_ai.prompt.name",
     "resources/read": "mcp.resource.uri",
 }
+
+
+def usable_traceparent(value: object) -> str | None:
+    """``value`` if it is a ``traceparent`` worth parsing: a string of at most 256 characters.
+
+    Anything else is ignored by the propagator anyway; above 512 characters it also logs a
+    ``WARNING`` each time, which a caller could use to flood the server log.
+    """
+    return value if isinstance(value, str) and len(value) <= _MAX_TRACEPARENT else None
+
+
+def _usable_tracestate(value: object) -> bool:
+    """Whether the propagator would take ``value`` as a ``tracestate`` without logging: a string
+    of at most 8192 characters and 32 members, each well-formed (empty members are allowed)."""
+    if not isinstance(value, str) or len(value) > _MAX_TRACESTATE:
+        return False
+    members = [member for member in (m.strip(" \t") for m in value.split(",")) if member]
+    return len(members) <= _MAX_TRACESTATE_MEMBERS and all(
+        _TRACESTATE_MEMBER.fullmatch(member) for member in members
+    )
+
+
+def usable_trace_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A request ``_meta`` without a ``traceparent`` or ``tracestate`` the OpenTelemetry
+    propagator would ignore with a logged warning (over-long, malformed ``tracestate``
+    members) or FastMCP would turn into text with ``str()`` (not a string).
+
+    ``meta`` itself when both are usable or absent (the common case, nothing is copied).
+    """
+    drop_parent = "traceparent" in meta and usable_traceparent(meta["traceparent"]) is None
+    drop_state = "tracestate" in meta and not _usable_tracestate(meta["tracestate"])
+    if not (drop_parent or drop_state):
+        return meta
+    usable = dict(meta)
+    if drop_parent:
+        del usable["traceparent"]
+        usable.pop("tracestate", None)  # a tracestate means nothing without its traceparent
+    if drop_state:
+        usable.pop("tracestate", None)
+    return usable
 
 
 def metrics_can_record() -> bool:
@@ -240,17 +291,25 @@ class Telemetry:
         policy_version: str | None = None,
         extra: Mapping[str, Any] | None = None,
         steps: StepTimer | None = None,
+        resolved: bool = False,
     ) -> None:
         """Record the outcome of one call on its span and in the metrics.
 
         ``steps`` (only while ``span`` records) adds each step's duration to the span and the
         step spans :attr:`step_spans` asks for.
+
+        ``resolved`` says the call's target is a registered component (the pipeline found it).
+        Only then is ``target`` recorded: as the span's name and attribute and as the metrics'
+        tool or prompt name. An unresolved target (a caller that did not authenticate, a name
+        that does not exist) is text the caller chose: it would let anyone create metric
+        series without bound and write into span names, so such a call is recorded by its
+        method alone.
         """
         if error_type is not None and error_type not in ERROR_TYPES:
             error_type = "_OTHER"  # the documented vocabulary is closed
         if reason != "ok" and reason not in ERROR_TYPES:
             reason = "_OTHER"  # a reason is an error type or ok: the counters stay bounded
-        target_attribute = _TARGET_ATTRIBUTE.get(method)
+        target_attribute = _TARGET_ATTRIBUTE.get(method) if resolved else None
         instruments = self._instruments()
         if instruments is not None:
             metric_attributes: dict[str, str] = {"mcp.method.name": method}
@@ -340,11 +399,15 @@ class Telemetry:
         Returns:
             The trace id to put in the audit record (``None`` without a valid trace context).
         """
-        carrier = {"traceparent": traceparent} if isinstance(traceparent, str) else {}
-        parent = _PROPAGATOR.extract(carrier) if carrier else None
+        usable = usable_traceparent(traceparent)
+        parent = _PROPAGATOR.extract({"traceparent": usable}) if usable is not None else None
         name = method if method == "resources/read" else f"{method} {target}"
         with self._tracer.start_as_current_span(
-            name, context=parent, kind=trace.SpanKind.SERVER, record_exception=False
+            name,
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             self.record(
                 span if span.is_recording() else None,
@@ -356,6 +419,7 @@ class Telemetry:
                 duration_s=0.0,
                 principal=principal,
                 call_id=call_id,
+                resolved=True,  # the step-up refusal names the scopes of an existing target
             )
             context = span.get_span_context()
         if context.is_valid:
@@ -412,7 +476,7 @@ class Telemetry:
         parent = None
         if (
             traceparent
-            and len(traceparent) <= _MAX_TRACEPARENT
+            and usable_traceparent(traceparent) is not None
             and not trace.get_current_span().get_span_context().is_valid  # an ambient span wins
         ):
             parent = _PROPAGATOR.extract({"traceparent": traceparent})
