@@ -28,6 +28,7 @@ __all__ = [
     "ContextError",
     "DefinitionChanged",
     "InsufficientScope",
+    "InvalidArguments",
     "InvalidCredential",
     "NoActiveCall",
     "PipelineBypassed",
@@ -157,6 +158,14 @@ class PolicyDenied(CallRefused):
 
     code = "policy_denied"
     default_message = "The server's policy does not allow this call."
+
+
+class InvalidArguments(CallRefused):
+    """The arguments do not match what the component's input schema (or, for a proxied
+    component, its pinned definition) allows; the component never ran."""
+
+    code = "invalid_arguments"
+    default_message = "The arguments do not match the definition of this tool or prompt."
 
 
 class PipelineBypassed(CallRefused):

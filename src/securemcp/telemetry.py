@@ -126,6 +126,7 @@ ERROR_TYPES: Final = frozenset(
         "upstream_auth_failed",
         "upstream_output_rejected",
         "tool_definition_changed",
+        "invalid_arguments",
         "_OTHER",
     }
 )

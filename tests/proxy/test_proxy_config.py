@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from securemcp.errors import ConfigurationError
 from securemcp.policy.request import RiskClass
 from securemcp.proxy.components import exposure_of
 from securemcp.proxy.config import ProxyConfigError, load_config, parse_config
@@ -153,23 +152,50 @@ def test_deny_rule_hides_even_with_opt_in() -> None:
     assert exposure_of(cfg.upstreams[0], READ_TOOL) is None
 
 
-def test_colliding_names_across_upstreams_are_refused(tmp_path: Path) -> None:
-    from securemcp.proxy.pinning import Lockfile, UpstreamLock
-    from securemcp.proxy.server import create_proxy
-
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("", ""),  # two upstreams without a namespace: any two equal names collide
+        ("", "b"),  # an empty namespace next to another could collide with anything
+        ("a", "a_b"),  # a + b_c and a_b + c are both a_b_c
+        ("Docs", "docs"),  # URI hosts ignore case: scheme://Docs/x is scheme://docs/x
+        ("same", "same"),
+    ],
+)
+def test_namespaces_that_could_collide_are_refused(first: str, second: str) -> None:
+    """Refused at load, for every upstream whether or not anything is pinned yet, so no lockfile
+    change can later make two upstreams expose (and share the rules of) one name."""
     data = {
-        "proxy": {"lockfile": str(tmp_path / "lock.json")},
         "upstreams": {
-            "a": {"url": "https://a.example/mcp", "namespace": "", "tools": {"write": {}}},
-            "b": {"url": "https://b.example/mcp", "namespace": "", "tools": {"write": {}}},
+            "a": {"url": "https://a.example/mcp", "namespace": first, "tools": {"b_c": {}}},
+            "a_b": {"url": "https://b.example/mcp", "namespace": second, "tools": {"c": {}}},
         },
     }
-    lock = Lockfile.empty()
-    for name in ("a", "b"):
-        lock = lock.with_upstream(UpstreamLock.create(name, [WRITE_TOOL]))
-    lock.save(tmp_path / "lock.json")
-    with pytest.raises(ConfigurationError, match="both expose tool 'write'"):
-        create_proxy(parse_config(data), audit=False)
+    with pytest.raises(ProxyConfigError, match="namespace"):
+        parse_config(data)
+
+
+@pytest.mark.parametrize("namespace", ["a/b", "a b", "x://y", "_a"])
+def test_a_namespace_is_a_plain_name(namespace: str) -> None:
+    with pytest.raises(ProxyConfigError, match="namespace"):
+        parse_config(upstream(namespace=namespace))
+
+
+def test_distinct_namespaces_and_one_unnamespaced_upstream_are_fine() -> None:
+    data = {
+        "upstreams": {
+            "a": {"url": "https://a.example/mcp", "tools": {"b_c": {}}},
+            "ab": {"url": "https://b.example/mcp", "namespace": "a-b", "tools": {"c": {}}},
+        },
+    }
+    cfg = parse_config(data)
+    assert [cfg.namespace_of(u) for u in cfg.upstreams] == ["a", "a-b"]
+    assert (
+        parse_config(upstream(namespace="")).namespace_of(
+            parse_config(upstream(namespace="")).upstreams[0]
+        )
+        == ""
+    )
 
 
 def test_the_documented_example_configuration_is_valid() -> None:

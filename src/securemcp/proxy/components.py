@@ -18,30 +18,44 @@ internals.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import mcp_types
 from fastmcp.prompts import Message, Prompt, PromptResult
 from fastmcp.prompts.base import PromptArgument
 from fastmcp.resources import Resource, ResourceTemplate
 from fastmcp.resources.base import ResourceContent, ResourceResult
-from fastmcp.resources.template import forward_uri
+from fastmcp.resources.template import forward_uri, match_uri_template
 from fastmcp.server.providers.base import Provider
 from fastmcp.tools import Tool, ToolResult
 from fastmcp.utilities.tasks import TaskConfig
 from fastmcp.utilities.versions import VersionSpec
 from pydantic import AnyUrl, PrivateAttr
 
-from securemcp.errors import UpstreamError
+from securemcp.errors import InvalidArguments, PolicyDenied, UpstreamError
+from securemcp.policy.decision import ArgumentBound
 from securemcp.policy.request import RiskClass
-from securemcp.proxy.config import UpstreamConfig
+from securemcp.proxy.config import ComponentRule, UpstreamConfig, namespaced_uri
 from securemcp.proxy.pinning import PinnedDefinition
 from securemcp.proxy.upstream import Upstream, tool_result
 from securemcp.scopes import RISK_META_KEY, SCOPES_META_KEY
 
-__all__ = ["Exposure", "UpstreamProvider", "exposure_of", "namespaced_uri"]
+__all__ = [
+    "Exposure",
+    "ProxyCatalog",
+    "RuleSet",
+    "UpstreamProvider",
+    "exposure_of",
+    "namespaced_uri",
+]
+
+logger = logging.getLogger("securemcp.proxy")
 
 _FORBIDDEN_TASKS = TaskConfig(mode="forbidden")
 
@@ -85,14 +99,67 @@ def _namespaced_name(namespace: str, name: str) -> str:
     return f"{namespace}_{name}" if namespace else name
 
 
-def namespaced_uri(namespace: str, uri: str) -> str:
-    """FastMCP's convention for mounted resources: ``scheme://namespace/rest``."""
-    if not namespace:
-        return uri
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return f"{namespace}/{uri}"
-    return f"{scheme}://{namespace}/{rest}"
+@functools.lru_cache(maxsize=4096)
+def uri_keys(uri: str) -> frozenset[str]:
+    """Every spelling under which ``uri`` may name the same upstream resource, case-folded.
+
+    Used to decide which configured rule and which pinned resource a read reaches, so it errs
+    on the side of "the same": the URI with and without its fragment and query, percent-decoded
+    (repeatedly), ``AnyUrl``-normalised, without a trailing ``/``. A rule may then apply to a
+    read it need not apply to; it never misses one it must apply to.
+    """
+    keys: set[str] = set()
+    for start in (uri, uri.partition("#")[0], uri.partition("#")[0].partition("?")[0]):
+        text = start
+        for _ in range(4):
+            keys.add(text)
+            with contextlib.suppress(ValueError):
+                keys.add(str(AnyUrl(text)))
+            decoded = unquote(text)
+            if decoded == text:
+                break
+            text = decoded
+    return frozenset(k.rstrip("/").casefold() for k in keys)
+
+
+@dataclass(slots=True)
+class RuleSet:
+    """Every configured rule that applies to one call, combined strictest-wins.
+
+    ``deny`` wins; otherwise ``approval`` if any rule asks for it; the constraints are merged,
+    the tighter of each (smallest ``max_result_bytes`` and ``timeout_seconds``, argument bounds
+    that all hold); ``scopes`` are every scope any applicable component requires.
+    """
+
+    denied: list[str] = field(default_factory=list)
+    approval: bool = False
+    max_result_bytes: int | None = None
+    timeout_seconds: float | None = None
+    arguments: dict[str, ArgumentBound] = field(default_factory=dict)
+    scopes: set[str] = field(default_factory=set)
+
+    def deny(self, reason: str) -> None:
+        self.denied.append(reason)
+
+    def add(self, rule: ComponentRule | None) -> None:
+        if rule is None:
+            return
+        if rule.deny:
+            self.deny("denied by the proxy configuration")
+        self.approval = self.approval or rule.approval
+        self.max_result_bytes = _smaller(self.max_result_bytes, rule.max_result_bytes)
+        self.timeout_seconds = _smaller(self.timeout_seconds, rule.timeout_seconds)
+        for name, bound in rule.arguments.items():
+            known = self.arguments.get(name)
+            self.arguments[name] = known.merge(bound) if known is not None else bound
+
+
+def _smaller(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
 
 
 def _resource_result(result: mcp_types.ReadResourceResult, uri: str) -> ResourceResult:
@@ -113,16 +180,68 @@ def _resource_result(result: mcp_types.ReadResourceResult, uri: str) -> Resource
     return ResourceResult(contents=contents)
 
 
+_VALIDATORS: dict[str, Any] = {}
+_VALIDATOR_CACHE_LIMIT = 1024
+
+
+def _validator(digest: str, schema: Mapping[str, Any]) -> Any:
+    """A JSON Schema validator for a pinned ``inputSchema``, built once per pin digest.
+
+    Raises:
+        ValueError: the pinned schema is not a valid JSON Schema.
+    """
+    validator = _VALIDATORS.get(digest)
+    if validator is None:
+        import jsonschema
+
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        try:
+            cls.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"invalid pinned inputSchema: {exc.message[:200]}") from None
+        validator = cls(schema)
+        if len(_VALIDATORS) >= _VALIDATOR_CACHE_LIMIT:
+            _VALIDATORS.clear()
+        _VALIDATORS[digest] = validator
+    return validator
+
+
+def _check_arguments(digest: str, schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> None:
+    """Refuse arguments the pinned (reviewed) ``inputSchema`` does not allow.
+
+    The reason names where and which keyword failed, never the caller's values.
+    """
+    try:
+        validator = _validator(digest, schema)
+        error = next(iter(validator.iter_errors(dict(arguments))), None)
+    except InvalidArguments:
+        raise
+    except Exception as exc:  # an unusable schema refuses the call (fail closed)
+        raise InvalidArguments(
+            reason=f"pinned inputSchema unusable: {type(exc).__name__}"
+        ) from None
+    if error is not None:
+        where = "$" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+        )
+        raise InvalidArguments(reason=f"{where}: fails {error.validator!r}")
+
+
 class UpstreamTool(Tool):
     """A pinned upstream tool; running it calls the upstream as the current caller."""
 
     task_config: TaskConfig = _FORBIDDEN_TASKS
     _upstream: Upstream = PrivateAttr()
     _upstream_key: str = PrivateAttr()
+    _provider: UpstreamProvider = PrivateAttr()
+    _digest: str = PrivateAttr(default="")
     _timeout: float | None = PrivateAttr(default=None)
 
     async def run(self, arguments: dict[str, Any]) -> ToolResult:
         upstream, key = self._upstream, self._upstream_key
+        # The pinned schema is what was reviewed and what clients see: nothing outside it
+        # (extra members, wrong types, missing required ones) reaches the upstream.
+        _check_arguments(self._digest, self.parameters, arguments)
 
         async def send(client: Any) -> mcp_types.CallToolResult:
             result: mcp_types.CallToolResult = await client.call_tool_mcp(key, arguments)
@@ -138,15 +257,22 @@ class UpstreamResource(Resource):
     task_config: TaskConfig = _FORBIDDEN_TASKS
     _upstream: Upstream = PrivateAttr()
     _upstream_key: str = PrivateAttr()
+    _provider: UpstreamProvider = PrivateAttr()
 
     async def _read(self) -> ResourceResult:
         upstream, key = self._upstream, self._upstream_key
+        rules = self._provider.read_rules(key)
+        if rules.denied:  # the policy refused it already; never send it upstream regardless
+            raise PolicyDenied(reason=f"proxy-config: {rules.denied[0]}")
 
         async def send(client: Any) -> mcp_types.ReadResourceResult:
             result: mcp_types.ReadResourceResult = await client.read_resource_mcp(key)
             return result
 
-        return _resource_result(await upstream.request("resource", key, send), key)
+        result = await upstream.request(
+            "resource", key, send, timeout_seconds=rules.timeout_seconds
+        )
+        return _resource_result(result, key)
 
     async def read(self) -> ResourceResult:
         return await self._read()
@@ -158,16 +284,25 @@ class UpstreamTemplate(ResourceTemplate):
     task_config: TaskConfig = _FORBIDDEN_TASKS
     _upstream: Upstream = PrivateAttr()
     _upstream_key: str = PrivateAttr()
+    _provider: UpstreamProvider = PrivateAttr()
 
     async def _read(self, uri: str, params: dict[str, Any]) -> ResourceResult:
         upstream, key = self._upstream, self._upstream_key
         backend_uri = forward_uri(key, params, uri)
+        # Decided on the URI the upstream receives, not on the client's spelling of it: a
+        # resource the configuration denies or hides is refused however the read reaches it.
+        rules = self._provider.read_rules(backend_uri, template=key)
+        if rules.denied:
+            raise PolicyDenied(reason=f"proxy-config: {rules.denied[0]}")
 
         async def send(client: Any) -> mcp_types.ReadResourceResult:
             result: mcp_types.ReadResourceResult = await client.read_resource_mcp(backend_uri)
             return result
 
-        return _resource_result(await upstream.request("template", key, send), backend_uri)
+        result = await upstream.request(
+            "template", key, send, timeout_seconds=rules.timeout_seconds
+        )
+        return _resource_result(result, backend_uri)
 
 
 class UpstreamPrompt(Prompt):
@@ -176,75 +311,160 @@ class UpstreamPrompt(Prompt):
     task_config: TaskConfig = _FORBIDDEN_TASKS
     _upstream: Upstream = PrivateAttr()
     _upstream_key: str = PrivateAttr()
+    _provider: UpstreamProvider = PrivateAttr()
+    _timeout: float | None = PrivateAttr(default=None)
 
     async def render(self, arguments: dict[str, Any] | None = None) -> PromptResult:
         upstream, key = self._upstream, self._upstream_key
+        given = arguments or {}
+        declared = {a.name: a for a in self.arguments or ()}
+        missing = [name for name, a in declared.items() if a.required and name not in given]
+        unknown = [name for name in given if name not in declared]
+        if missing or unknown:
+            raise InvalidArguments(
+                reason=f"prompt {key!r}: {len(missing)} required argument(s) missing, "
+                f"{len(unknown)} not in the pinned definition"
+            )
 
         async def send(client: Any) -> mcp_types.GetPromptResult:
-            result: mcp_types.GetPromptResult = await client.get_prompt_mcp(key, arguments or {})
+            result: mcp_types.GetPromptResult = await client.get_prompt_mcp(key, given)
             return result
 
-        result = await upstream.request("prompt", key, send)
+        result = await upstream.request("prompt", key, send, timeout_seconds=self._timeout)
         return PromptResult(
             messages=[Message(content=m.content, role=m.role) for m in result.messages],
             description=result.description,
         )
 
 
+_KIND_ATTR = {
+    "tool": "tools",
+    "resource": "resources",
+    "template": "templates",
+    "prompt": "prompts",
+}
+
+
 @dataclass
 class _Catalog:
     generation: int
-    tools: dict[str, Tool] = field(default_factory=dict)
-    resources: dict[str, Resource] = field(default_factory=dict)
-    templates: dict[str, ResourceTemplate] = field(default_factory=dict)
-    prompts: dict[str, Prompt] = field(default_factory=dict)
+    tools: dict[str, UpstreamTool] = field(default_factory=dict)
+    resources: dict[str, UpstreamResource] = field(default_factory=dict)
+    templates: dict[str, UpstreamTemplate] = field(default_factory=dict)
+    prompts: dict[str, UpstreamPrompt] = field(default_factory=dict)
+    #: exposed (kind, name) -> every pin key of this upstream exposed under it
+    owners: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    #: uri_keys of every pinned resource (exposed or not) -> its pins
+    pinned_resources: dict[str, list[PinnedDefinition]] = field(default_factory=dict)
+    #: exposed (kind, name) that more than one component claims: unlisted and refused
+    collisions: frozenset[tuple[str, str]] = frozenset()
 
 
-def _bind(component: Any, upstream: Upstream, key: str) -> Any:
-    component._upstream = upstream
-    component._upstream_key = key
+def _bind(component: Any, provider: UpstreamProvider, pin: PinnedDefinition) -> Any:
+    component._upstream = provider.upstream
+    component._upstream_key = pin.key
+    component._provider = provider
     return component
 
 
 class UpstreamProvider(Provider):
-    """Serves one upstream's pinned, configured components to a securemcp server."""
+    """Serves one upstream's pinned, configured components to a securemcp server.
 
-    def __init__(self, upstream: Upstream, namespace: str = "") -> None:
+    Several providers share one :class:`ProxyCatalog`, which builds their catalogs together
+    and blocks any name two components would be exposed under.
+    """
+
+    def __init__(
+        self, upstream: Upstream, namespace: str = "", *, registry: ProxyCatalog | None = None
+    ) -> None:
         super().__init__()
         self.upstream = upstream
         self.namespace = namespace
         self._catalog: _Catalog | None = None
+        config = upstream.config
+        self._resource_rules: dict[str, list[ComponentRule]] = {}
+        self._template_rules: list[tuple[str, ComponentRule]] = []
+        for (kind, key), rule in config.rules.items():
+            if kind == "resource":
+                for uri_key in uri_keys(key):
+                    self._resource_rules.setdefault(uri_key, []).append(rule)
+            elif kind == "template":
+                self._template_rules.append((key, rule))
+        self.registry = registry if registry is not None else ProxyCatalog()
+        self.registry.add(self)
 
     def __repr__(self) -> str:
         return f"UpstreamProvider({self.upstream.name!r}, namespace={self.namespace!r})"
 
     def catalog(self) -> _Catalog:
-        """The exposed components, rebuilt whenever the lockfile changes."""
+        """The exposed components, rebuilt (with every other provider's) when the lockfile
+        changes."""
+        self.registry.refresh()
+        assert self._catalog is not None
+        return self._catalog
+
+    def _build(self) -> _Catalog:
         pins = self.upstream.pins
-        pins.refresh()
-        catalog = self._catalog
-        if catalog is not None and catalog.generation == pins.generation:
-            return catalog
         catalog = _Catalog(pins.generation)
         lock = pins.upstream(self.upstream.name)
         config = self.upstream.config
         for pin in lock.entries.values() if lock is not None else ():
+            if pin.kind == "resource":
+                for uri_key in uri_keys(pin.key):
+                    catalog.pinned_resources.setdefault(uri_key, []).append(pin)
             exposure = exposure_of(config, pin)
             if exposure is None:
                 continue
             self._add(catalog, pin, exposure)
-        self._catalog = catalog
         return catalog
+
+    def read_rules(self, backend_uri: str, *, template: str | None = None) -> RuleSet:
+        """Every rule for a read this upstream receives as ``backend_uri``, combined.
+
+        The rules of every configured resource and template the URI may name (see
+        :func:`uri_keys`) apply, plus ``template``'s when the read goes through one; a pinned
+        resource the URI names that is hidden (denied, unlisted) or blocked refuses the read,
+        and an exposed one adds its scopes.
+        """
+        rules = RuleSet()
+        config = self.upstream.config
+        if template is not None:
+            rules.add(config.rule("template", template))
+        keys = uri_keys(backend_uri)
+        for uri_key in keys:
+            for rule in self._resource_rules.get(uri_key, ()):
+                rules.add(rule)
+        for key, rule in self._template_rules:
+            if key != template and match_uri_template(backend_uri, key) is not None:
+                rules.add(rule)
+        catalog = self._catalog if self._catalog is not None else self.catalog()
+        seen: set[str] = set()
+        for uri_key in keys:
+            for pin in catalog.pinned_resources.get(uri_key, ()):
+                if pin.key in seen:
+                    continue
+                seen.add(pin.key)
+                exposure = exposure_of(config, pin)
+                if exposure is None:
+                    rules.deny(f"resource {pin.key!r} is not exposed")
+                    continue
+                if self.upstream.pins.blocked(self.upstream.name, "resource", pin.key):
+                    rules.deny(f"resource {pin.key!r} is blocked")
+                rules.scopes.update(exposure.scopes)
+                rules.add(config.rule("resource", pin.key))
+        return rules
 
     def _add(self, catalog: _Catalog, pin: PinnedDefinition, exposure: Exposure) -> None:
         d: Mapping[str, Any] = pin.definition
-        ns, upstream, meta = self.namespace, self.upstream, _meta(exposure)
+        ns, meta = self.namespace, _meta(exposure)
+        config = self.upstream.config
         common: dict[str, Any] = {
             "title": d.get("title"),
             "description": d.get("description"),
             "meta": meta,
             "task_config": _FORBIDDEN_TASKS,
         }
+        name = ""
         if pin.kind == "tool":
             annotations = d.get("annotations")
             tool = UpstreamTool(
@@ -256,9 +476,11 @@ class UpstreamProvider(Provider):
                 ),
                 **common,
             )
-            rule = upstream.config.rule("tool", pin.key)
+            rule = config.rule("tool", pin.key)
             tool._timeout = rule.timeout_seconds if rule is not None else None
-            catalog.tools[tool.name] = _bind(tool, upstream, pin.key)
+            tool._digest = pin.digest
+            name = tool.name
+            catalog.tools[name] = _bind(tool, self, pin)
         elif pin.kind == "resource":
             resource = UpstreamResource(
                 uri=AnyUrl(namespaced_uri(ns, pin.key)),
@@ -266,7 +488,8 @@ class UpstreamProvider(Provider):
                 mime_type=d.get("mimeType") or "text/plain",
                 **common,
             )
-            catalog.resources[str(resource.uri)] = _bind(resource, upstream, pin.key)
+            name = str(resource.uri)
+            catalog.resources[name] = _bind(resource, self, pin)
         elif pin.kind == "template":
             template = UpstreamTemplate(
                 uri_template=namespaced_uri(ns, pin.key),
@@ -275,7 +498,8 @@ class UpstreamProvider(Provider):
                 parameters={},
                 **common,
             )
-            catalog.templates[template.uri_template] = _bind(template, upstream, pin.key)
+            name = template.uri_template
+            catalog.templates[name] = _bind(template, self, pin)
         elif pin.kind == "prompt":
             prompt = UpstreamPrompt(
                 name=_namespaced_name(ns, pin.key),
@@ -289,27 +513,162 @@ class UpstreamProvider(Provider):
                 ],
                 **common,
             )
-            catalog.prompts[prompt.name] = _bind(prompt, upstream, pin.key)
+            rule = config.rule("prompt", pin.key)
+            prompt._timeout = rule.timeout_seconds if rule is not None else None
+            name = prompt.name
+            catalog.prompts[name] = _bind(prompt, self, pin)
+        catalog.owners.setdefault((pin.kind, name), []).append(pin.key)
+
+    def served(self, kind: str, name: str) -> Any:
+        """The component exposed as ``name``, colliding or not (for the policy; the caller
+        refreshed the catalogs)."""
+        catalog = self._catalog if self._catalog is not None else self.catalog()
+        return getattr(catalog, _KIND_ATTR[kind]).get(name)
+
+    def _listed(self, kind: str) -> list[Any]:
+        catalog = self.catalog()
+        items: dict[str, Any] = getattr(catalog, _KIND_ATTR[kind])
+        return [c for name, c in items.items() if (kind, name) not in catalog.collisions]
 
     # --- FastMCP Provider hooks -------------------------------------------------------------
+    # A colliding name is not listed; a call to it still resolves so that the policy refuses
+    # it, audited, and the upstream request refuses it again (the pins are blocked).
 
     async def _list_tools(self) -> Sequence[Tool]:
-        return list(self.catalog().tools.values())
+        return self._listed("tool")
 
     async def _get_tool(self, name: str, version: VersionSpec | None = None) -> Tool | None:
         return self.catalog().tools.get(name)
 
     async def _list_resources(self) -> Sequence[Resource]:
-        return list(self.catalog().resources.values())
+        return self._listed("resource")
 
     async def _get_resource(self, uri: str, version: VersionSpec | None = None) -> Resource | None:
         return self.catalog().resources.get(uri)
 
     async def _list_resource_templates(self) -> Sequence[ResourceTemplate]:
-        return list(self.catalog().templates.values())
+        return self._listed("template")
 
     async def _list_prompts(self) -> Sequence[Prompt]:
-        return list(self.catalog().prompts.values())
+        return self._listed("prompt")
 
     async def _get_prompt(self, name: str, version: VersionSpec | None = None) -> Prompt | None:
         return self.catalog().prompts.get(name)
+
+
+class ProxyCatalog:
+    """Every upstream's catalog, rebuilt together whenever the lockfile changes.
+
+    Each rebuild checks that no two components (of one upstream or of two) are exposed under
+    the same name; a name that collides is blocked: not listed, refused by the policy and by
+    the upstream request (its pins are blocked, which is logged and audited), until a lockfile
+    change resolves it. ``strict`` (start-up) raises instead.
+    """
+
+    def __init__(self) -> None:
+        self.providers: list[UpstreamProvider] = []
+        self._generation: tuple[int, ...] | None = None
+
+    def add(self, provider: UpstreamProvider) -> None:
+        self.providers.append(provider)
+        self._generation = None
+
+    def refresh(self) -> None:
+        for provider in self.providers:
+            provider.upstream.pins.refresh()
+        generation = tuple(p.upstream.pins.generation for p in self.providers)
+        if generation == self._generation:
+            return
+        catalogs = [(p, p._build()) for p in self.providers]
+        owners: dict[tuple[str, str], list[tuple[UpstreamProvider, str]]] = {}
+        for provider, catalog in catalogs:
+            for ident, keys in catalog.owners.items():
+                owners.setdefault(ident, []).extend((provider, key) for key in keys)
+        collisions = {ident: claims for ident, claims in owners.items() if len(claims) > 1}
+        blocked = frozenset(collisions)
+        for provider, catalog in catalogs:
+            catalog.collisions = blocked
+            provider._catalog = catalog
+        self._generation = generation
+        for (kind, name), claims in collisions.items():
+            logger.error(
+                "securemcp proxy: %s %r is exposed by %s; blocked until the lockfile or the "
+                "configuration gives each its own name",
+                kind,
+                name,
+                ", ".join(f"{p.upstream.name} {key!r}" for p, key in claims),
+            )
+            for provider, key in claims:
+                provider.upstream.pins.block(provider.upstream.name, kind, key, "collision")
+
+    def _catalogs(self) -> list[_Catalog]:
+        return [p._catalog or p.catalog() for p in self.providers]
+
+    def collisions(self) -> list[str]:
+        """Every blocked name, described (start-up refuses a proxy that has any)."""
+        self.refresh()
+        found: set[tuple[str, str]] = set()
+        for provider in self.providers:
+            assert provider._catalog is not None
+            found |= provider._catalog.collisions
+        out = []
+        for kind, name in sorted(found):
+            owners = [
+                p.upstream.name
+                for p in self.providers
+                if p._catalog is not None and (kind, name) in p._catalog.owners
+            ]
+            out.append(f"upstreams {', '.join(map(repr, owners))} all expose {kind} {name!r}")
+        return out
+
+    def rules_for(self, method: str, target: str) -> RuleSet | None:
+        """Every configured rule for a call, resolved through the component(s) serving it, or
+        ``None`` when no upstream component serves it."""
+        self.refresh()
+        if method == "resources/read":
+            return self._read_rules(target)
+        kind = {"tools/call": "tool", "prompts/get": "prompt"}.get(method)
+        if kind is None:
+            return None
+        hits = [(p, c) for p in self.providers if (c := p.served(kind, target)) is not None]
+        if not hits:
+            return None
+        rules = RuleSet()
+        if len(hits) > 1 or any((kind, target) in c.collisions for c in self._catalogs()):
+            rules.deny(f"{kind} name {target!r} is exposed by more than one component")
+        for provider, component in hits:
+            rules.add(provider.upstream.config.rule(kind, component._upstream_key))
+        return rules
+
+    def _read_rules(self, uri: str) -> RuleSet | None:
+        served: list[tuple[UpstreamProvider, str, str | None]] = []
+        collided = False
+        for provider in self.providers:
+            resource = provider.served("resource", uri)
+            if resource is not None:
+                served.append((provider, resource._upstream_key, None))
+                collided = collided or ("resource", uri) in self._catalogs()[0].collisions
+        if not served:
+            # FastMCP serves the read from one matching template; whichever it is, every
+            # matching template's expansion is judged, so the decision covers the one used.
+            for provider, catalog in zip(self.providers, self._catalogs(), strict=True):
+                for name, template in catalog.templates.items():
+                    params = template.matches(uri)
+                    if params is None:
+                        continue
+                    key = template._upstream_key
+                    served.append((provider, forward_uri(key, params, uri), key))
+                    collided = collided or ("template", name) in catalog.collisions
+        if not served:
+            return None
+        rules = RuleSet()
+        if collided or len({id(p) for p, _, _ in served}) > 1:
+            rules.deny(f"resource {uri!r} is exposed by more than one component")
+        for provider, backend_uri, template_key in served:
+            found = provider.read_rules(backend_uri, template=template_key)
+            rules.denied.extend(found.denied)
+            rules.scopes |= found.scopes
+            rules.approval = rules.approval or found.approval
+            rules.max_result_bytes = _smaller(rules.max_result_bytes, found.max_result_bytes)
+            rules.timeout_seconds = _smaller(rules.timeout_seconds, found.timeout_seconds)
+        return rules

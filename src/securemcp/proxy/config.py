@@ -34,7 +34,9 @@ __all__ = [
     "ProxyConfig",
     "ProxyConfigError",
     "UpstreamConfig",
+    "exposed_uri",
     "load_config",
+    "namespaced_uri",
 ]
 
 ExposeUnlisted = Literal["none", "read-only"]
@@ -76,6 +78,29 @@ _KINDS: Final = {
     "templates": "template",
     "prompts": "prompt",
 }
+
+
+def namespaced_uri(namespace: str, uri: str) -> str:
+    """FastMCP's convention for mounted resources: ``scheme://namespace/rest``."""
+    if not namespace:
+        return uri
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return f"{namespace}/{uri}"
+    return f"{scheme}://{namespace}/{rest}"
+
+
+def exposed_uri(namespace: str, uri: str) -> str:
+    """The URI clients see for an upstream resource: namespaced, then normalised exactly as the
+    exposed component's ``AnyUrl`` normalises it (``file://ns//x`` is ``file://ns/x``, hosts are
+    lower case)."""
+    from pydantic import AnyUrl
+
+    raw = namespaced_uri(namespace, uri)
+    try:
+        return str(AnyUrl(raw))
+    except ValueError:
+        return raw
 
 
 class ProxyConfigError(ConfigurationError):
@@ -207,6 +232,56 @@ class ProxyConfig:
         names = [u.name for u in self.upstreams]
         if len(set(names)) != len(names):
             raise ProxyConfigError("upstream names must be unique")
+        self._check_namespaces()
+
+    def _check_namespaces(self) -> None:
+        """Refuse namespaces under which two upstreams could ever expose the same name.
+
+        ``ns_name`` and ``scheme://ns/...`` are equal for two namespaces only when one is the
+        other followed by ``_`` (``a`` + ``b_c`` and ``a_b`` + ``c`` are both ``a_b_c``) or when
+        they are equal ignoring case (URI hosts are case-insensitive); an empty namespace next
+        to another upstream could collide with anything. Checked here for every upstream,
+        pinned or not, so no name can become ambiguous later when a lockfile changes; the
+        running proxy still re-checks every catalog it builds.
+        """
+        if len(self.upstreams) < 2:
+            return
+        spaces = [(u.name, self.namespace_of(u)) for u in self.upstreams]
+        for i, (name, original) in enumerate(spaces):
+            space = original.casefold()
+            if not space:
+                raise ProxyConfigError(
+                    f"upstream {name!r}: with several upstreams each needs a non-empty namespace"
+                )
+            for other, other_original in spaces[i + 1 :]:
+                other_space = other_original.casefold()
+                if (
+                    space == other_space
+                    or other_space.startswith(space + "_")
+                    or space.startswith(other_space + "_")
+                ):
+                    raise ProxyConfigError(
+                        f"upstreams {name!r} and {other!r}: namespaces {original!r} and "
+                        f"{other_original!r} could expose the same name; "
+                        "choose namespaces that are not equal (ignoring case) and where neither "
+                        "is the other followed by '_'"
+                    )
+        exposed: dict[tuple[str, str], str] = {}
+        for upstream in self.upstreams:
+            space = self.namespace_of(upstream)
+            for kind, key in upstream.rules:
+                if kind in ("tool", "prompt"):
+                    name = f"{space}_{key}"
+                elif kind == "resource":
+                    name = exposed_uri(space, key)
+                else:
+                    name = namespaced_uri(space, key)
+                owner = exposed.setdefault((kind, name.casefold()), upstream.name)
+                if owner != upstream.name:
+                    raise ProxyConfigError(
+                        f"upstreams {owner!r} and {upstream.name!r} both configure {kind} "
+                        f"{name!r}; give one of them another namespace"
+                    )
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:
@@ -353,8 +428,13 @@ def _upstream(name: str, table: Mapping[str, Any], base: Path) -> UpstreamConfig
     if isinstance(max_sessions, bool) or not isinstance(max_sessions, int):
         raise ProxyConfigError(f"{where}.max_sessions must be an integer")
     namespace = table.get("namespace")
-    if namespace is not None and not isinstance(namespace, str):
-        raise ProxyConfigError(f"{where}.namespace must be a string")
+    if namespace is not None and (
+        not isinstance(namespace, str) or (namespace and not _NAME.match(namespace))
+    ):
+        raise ProxyConfigError(
+            f"{where}.namespace must be empty or match {_NAME.pattern} (it becomes part of "
+            "names and URIs)"
+        )
     return UpstreamConfig(
         name=name,
         url=_string(table["url"], f"{where}.url") if "url" in table else None,

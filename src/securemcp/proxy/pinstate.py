@@ -37,7 +37,7 @@ class Block:
     upstream: str
     kind: str
     key: str
-    reason: str  # "changed", "removed" or "unpinned"
+    reason: str  # "changed", "removed", "unpinned" or "collision"
 
 
 class PinState:
@@ -135,14 +135,23 @@ class PinState:
             if ident in self._blocked:
                 return
             self._blocked[ident] = Block(upstream, kind, key, reason)
-        logger.warning(
-            "securemcp proxy: upstream %r %s %r is blocked: its definition %s since it was "
-            "locked; review it and run `securemcp proxy lock` to re-approve",
-            upstream,
-            kind,
-            key,
-            {"changed": "changed", "removed": "disappeared"}.get(reason, "is not pinned"),
-        )
+        if reason == "collision":
+            logger.warning(
+                "securemcp proxy: upstream %r %s %r is blocked: another component is exposed "
+                "under the same name",
+                upstream,
+                kind,
+                key,
+            )
+        else:
+            logger.warning(
+                "securemcp proxy: upstream %r %s %r is blocked: its definition %s since it was "
+                "locked; review it and run `securemcp proxy lock` to re-approve",
+                upstream,
+                kind,
+                key,
+                {"changed": "changed", "removed": "disappeared"}.get(reason, "is not pinned"),
+            )
         self._emit(
             "proxy.pin_blocked", {"upstream": upstream, "kind": kind, "key": key, "reason": reason}
         )

@@ -9,24 +9,24 @@ pipeline refuses never reaches the upstream.
 Per-component settings from the configuration file that go beyond scopes (``approval``,
 ``max_result_bytes``, ``arguments`` bounds, ``deny``) become a policy,
 :class:`ConfiguredRules`, combined with ``all_of`` with the proxy's rules file and any
-``policy=`` given in Python: the strictest answer wins.
+``policy=`` given in Python: the strictest answer wins. The rules are resolved through the
+proxy's :class:`~securemcp.proxy.components.ProxyCatalog`, by the component that serves each
+call (``timeout_seconds`` is applied by the component itself, for every kind).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from fastmcp.resources.template import match_uri_template
-
 from securemcp.errors import ConfigurationError
-from securemcp.policy.decision import Decision
+from securemcp.policy.decision import Constraints, Decision
 from securemcp.policy.request import CallRequest
-from securemcp.proxy.components import UpstreamProvider, exposure_of, namespaced_uri
-from securemcp.proxy.config import ComponentRule, ProxyConfig, load_config
+from securemcp.proxy.components import ProxyCatalog, UpstreamProvider, exposure_of
+from securemcp.proxy.config import ProxyConfig, load_config
 from securemcp.proxy.credentials import UpstreamAuth, auth_from_config
 from securemcp.proxy.pinstate import PinState
 from securemcp.proxy.upstream import Upstream
@@ -38,52 +38,51 @@ __all__ = ["ConfiguredRules", "create_proxy"]
 
 logger = logging.getLogger("securemcp.proxy")
 
-_METHOD_OF_KIND = {"tool": "tools/call", "prompt": "prompts/get"}
-
 
 class ConfiguredRules:
     """The configuration file's per-component policy (approval, bounds, result size, deny).
 
-    Components the file lists with nothing beyond scopes, and unlisted components exposed by
-    opt-in, are allowed here (scopes are checked by the pipeline before any policy).
+    A call is judged by the upstream component(s) that serve it, never by the client's spelling
+    of its name or URI: rules are looked up by (upstream, kind, key) through the proxy's
+    catalog. A read is judged on the URI the upstream receives, combining strictest-wins the
+    rules of every configured resource and template that URI may name (and of every template
+    that could serve the read); a pinned resource the configuration hides is refused however
+    the read reaches it, and one it exposes adds its scopes. A name two components claim is
+    refused. Components the file lists with nothing beyond scopes, and unlisted components
+    exposed by opt-in, are allowed here (scopes are checked by the pipeline before any policy).
     """
 
     name = "proxy-config"
 
-    def __init__(
-        self,
-        rules: Mapping[tuple[str, str], ComponentRule],
-        templates: Sequence[tuple[str, ComponentRule]] = (),
-    ) -> None:
-        self._rules = dict(rules)
-        self._templates = tuple(templates)
-
-    def _rule(self, request: CallRequest) -> ComponentRule | None:
-        """The rule for this call: its component's, or for a read of a URI no resource rule
-        names, the rule of the first configured template the URI matches (a concrete resource
-        shadows templates, as in FastMCP)."""
-        rule = self._rules.get((request.method, request.target))
-        if rule is None and request.method == "resources/read":
-            for template, template_rule in self._templates:
-                if match_uri_template(request.target, template) is not None:
-                    return template_rule
-        return rule
+    def __init__(self, catalog: ProxyCatalog) -> None:
+        self._catalog = catalog
 
     def evaluate(self, request: CallRequest) -> Decision:
-        rule = self._rule(request)
         label = f"proxy-config:{request.target}"
-        if rule is None:
+        rules = self._catalog.rules_for(request.method, request.target)
+        if rules is None:  # not an upstream component (a tool the proxy defines itself)
             return Decision.allow(rule=label)
-        if rule.deny:
-            return Decision.deny("denied by the proxy configuration", rule=label)
-        if rule.approval:
+        if rules.denied:
+            return Decision.deny(
+                f"denied by the proxy configuration: {rules.denied[0]}", rule=label
+            )
+        missing = request.principal.missing_scopes(rules.scopes)
+        if missing:
+            return Decision.deny(
+                f"the resource read needs scope(s) {' '.join(sorted(missing))}", rule=label
+            )
+        constraints = Constraints(
+            max_result_bytes=rules.max_result_bytes, arguments=dict(rules.arguments)
+        )
+        problems = constraints.violations(request.arguments) if constraints.arguments else ()
+        if problems:  # refused outright: no approver is asked about a call that cannot run
+            return Decision.deny(f"constraint violated: {'; '.join(problems)}", rule=label)
+        if rules.approval:
             return Decision.require_approval(
-                "the proxy configuration requires approval", rule=label
+                "the proxy configuration requires approval", rule=label, constraints=constraints
             )
-        if rule.max_result_bytes is not None or rule.arguments:
-            return Decision.constrain(
-                max_result_bytes=rule.max_result_bytes, arguments=rule.arguments, rule=label
-            )
+        if constraints:
+            return Decision.constrain(constraints=constraints, rule=label)
         return Decision.allow(rule=label)
 
 
@@ -141,8 +140,7 @@ def create_proxy(
 
     if not isinstance(config, ProxyConfig):
         config = load_config(config)
-    rules: dict[tuple[str, str], ComponentRule] = {}
-    templates: list[tuple[str, ComponentRule]] = []
+    catalog = ProxyCatalog()
     policies: list[Any] = []
     if config.policy is not None:
         from securemcp.policy.rules import RulesPolicy
@@ -165,22 +163,10 @@ def create_proxy(
     user_lifespan = server_kwargs.pop("lifespan", None)
     if user_lifespan is not None:
         raise ConfigurationError("create_proxy() manages the server lifespan itself")
-    for upstream_config in config.upstreams:
-        namespace = config.namespace_of(upstream_config)
-        for (kind, key), rule in upstream_config.rules.items():
-            if not rule.has_policy:
-                continue
-            if kind == "resource":
-                rules[("resources/read", namespaced_uri(namespace, key))] = rule
-            elif kind == "template":
-                templates.append((namespaced_uri(namespace, key), rule))
-            else:
-                method = _METHOD_OF_KIND[kind]
-                rules[(method, f"{namespace}_{key}" if namespace else key)] = rule
     server = FastMCP(
         config.name,
         config.instructions,
-        policy=all_of(ConfiguredRules(rules, templates), *policies, name="proxy"),
+        policy=all_of(ConfiguredRules(catalog), *policies, name="proxy"),
         lifespan=close_upstreams,
         **server_kwargs,
     )
@@ -192,30 +178,22 @@ def create_proxy(
 
     pins = PinState(lockfile if lockfile is not None else config.lockfile, on_event=on_event)
     credential = _credential_reader(server)
-    exposed: dict[tuple[str, str], str] = {}
+    providers: list[UpstreamProvider] = []
     for upstream_config in config.upstreams:
         auth = (upstream_auth or {}).get(upstream_config.name) or auth_from_config(
             upstream_config.auth
         )
         upstream = Upstream(upstream_config, auth, pins, credential_of_call=credential)
         upstreams.append(upstream)
-        provider = UpstreamProvider(upstream, config.namespace_of(upstream_config))
-        catalog = provider.catalog()
-        for kind, names in (
-            ("tool", catalog.tools),
-            ("prompt", catalog.prompts),
-            ("resource", catalog.resources),
-            ("template", catalog.templates),
-        ):
-            for name in names:
-                owner = exposed.setdefault((kind, name), upstream_config.name)
-                if owner != upstream_config.name:
-                    raise ConfigurationError(
-                        f"upstreams {owner!r} and {upstream_config.name!r} both expose {kind} "
-                        f"{name!r}; give one of them a namespace"
-                    )
+        providers.append(
+            UpstreamProvider(upstream, config.namespace_of(upstream_config), registry=catalog)
+        )
+    problems = catalog.collisions()  # re-checked on every rebuild; at start-up, refused
+    if problems:
+        raise ConfigurationError(f"{problems[0]}; give each a distinct name or namespace")
+    for provider in providers:
         server.add_provider(provider)
-        _report_exposure(upstream, provider)
+        _report_exposure(provider.upstream, provider)
     server._securemcp_upstreams = upstreams  # type: ignore[attr-defined]
     return server
 

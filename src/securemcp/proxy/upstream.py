@@ -25,12 +25,16 @@ third-party server does not get to drive the caller's model or read the caller's
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
+from urllib.parse import unquote, unquote_plus
 
 import anyio
 import httpx2
@@ -390,7 +394,7 @@ class Upstream:
                 raise UpstreamTimeout(reason=f"{self.name}: upstream request timeout") from None
             raise UpstreamError(
                 f"The upstream server refused the request (JSON-RPC error {code}).",
-                reason=f"{self.name}: {exc.error.message[:500]}",
+                reason=f"{self.name}: {self.redacted(exc.error.message)[:500]}",
             ) from None
         except (ValidationError, ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
             await self.sessions.discard(session)
@@ -400,7 +404,7 @@ class Upstream:
         except (*_TRANSPORT_FAILURES, RuntimeError) as exc:
             await self.sessions.discard(session)
             raise UpstreamUnavailable(
-                reason=f"{self.name}: {type(exc).__name__}: {str(exc)[:300]}"
+                reason=f"{self.name}: {type(exc).__name__}: {self.redacted(str(exc))[:300]}"
             ) from None
         self.check_output(result)
         return result
@@ -420,26 +424,116 @@ class Upstream:
     def check_output(self, result: Any) -> None:
         """Withhold an answer that echoes a credential the proxy injected upstream.
 
-        Static secrets are searched for directly; exchanged tokens (one per caller, possibly
-        thousands) are found by pulling JWT-shaped strings out of the answer and looking them up,
-        so the check costs the same for one caller or ten thousand.
+        The answer is searched as JSON, as the concatenation of all its strings (a secret split
+        over two text blocks), URL-decoded, and with every base64 ``data`` / ``blob`` field
+        (images, audio, blob resources, embedded resources) decoded. Static secrets are looked
+        for verbatim, JSON-escaped and in base64 / base64url at each of the three byte
+        alignments (so inside any larger base64 text); exchanged tokens (one per caller,
+        possibly thousands) are found by pulling JWT-shaped strings out of every view of the
+        answer and looking them up, so the check costs the same for one caller or ten
+        thousand. An answer too large to search is withheld (fail closed).
         """
         secrets = self.auth.secret_values()
         if not secrets:
             return
-        dumped = result.model_dump_json() if hasattr(result, "model_dump_json") else repr(result)
-        candidates = set(_JWT.findall(dumped))
-        leaked = (bool(candidates) and not candidates.isdisjoint(secrets)) or any(
-            secret in dumped or json.dumps(secret)[1:-1] in dumped
-            for secret in secrets
-            if len(secret) >= 8 and not secret.startswith("eyJ")
-        )
+        views = _views(result)
+        if views is None:
+            self._withhold("answer too large to check for credentials")
+        assert views is not None
+        candidates: set[str] = set()
+        for view in views:
+            candidates.update(_JWT.findall(view))
+        leaked = bool(candidates) and not candidates.isdisjoint(secrets)
+        if not leaked:
+            for secret in secrets:
+                if len(secret) < 8 or secret.startswith("eyJ"):
+                    continue
+                needles = _needles(secret)
+                if any(needle in view for view in views for needle in needles):
+                    leaked = True
+                    break
         if leaked:
-            logger.error(
-                "securemcp proxy: upstream %r echoed an injected credential; answer withheld",
-                self.name,
-            )
-            raise UpstreamOutputRejected(reason=f"{self.name}: answer contained a credential")
+            self._withhold("answer contained an injected credential")
+
+    def _withhold(self, why: str) -> None:
+        logger.error("securemcp proxy: upstream %r: %s; answer withheld", self.name, why)
+        raise UpstreamOutputRejected(reason=f"{self.name}: {why}")
+
+
+#: Most characters of answer text (all views together) searched for an injected credential.
+_MAX_SCANNED: Final = 64 * 1024 * 1024
+_BINARY_FIELDS: Final = frozenset({"data", "blob"})
+
+
+def _strings(
+    value: Any, out: list[str], texts: list[str], binary: list[str], key: str = ""
+) -> None:
+    if isinstance(value, str):
+        if key in _BINARY_FIELDS:
+            binary.append(value)
+        else:
+            out.append(value)
+            if key == "text":
+                texts.append(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _strings(v, out, texts, binary, str(k))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _strings(v, out, texts, binary)
+
+
+def _b64decode(text: str) -> bytes:
+    """``text`` as base64 or base64url, leniently (what a client might decode it as)."""
+    cleaned = "".join(text.split()).rstrip("=")
+    if "-" in cleaned or "_" in cleaned:
+        cleaned = cleaned.replace("-", "+").replace("_", "/")
+    if len(cleaned) % 4 == 1:  # not a whole number of bytes: the last character is noise
+        cleaned = cleaned[:-1]
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4))
+    except (ValueError, binascii.Error):
+        return b""
+
+
+def _views(result: Any) -> list[str] | None:
+    """Every view of an answer a credential could hide in, or ``None`` when too large."""
+    if hasattr(result, "model_dump"):
+        data = result.model_dump(mode="json", by_alias=True)
+        dumped = json.dumps(data, ensure_ascii=False)
+    else:
+        data, dumped = None, repr(result)
+    strings: list[str] = []
+    texts: list[str] = []
+    binary: list[str] = []
+    _strings(data, strings, texts, binary)
+    views = [dumped]
+    for joined in ("".join(strings), "".join(texts)):  # a secret split over several blocks
+        views += [joined, unquote(joined), unquote_plus(joined)]
+    total = sum(len(v) for v in views)
+    for blob in binary:
+        total += len(blob)
+        if total > _MAX_SCANNED:
+            return None
+        decoded = _b64decode(blob).decode("latin-1")
+        views += [decoded, unquote(decoded)]
+    return views if total <= _MAX_SCANNED else None
+
+
+@functools.lru_cache(maxsize=256)
+def _needles(secret: str) -> tuple[str, ...]:
+    """The forms of ``secret`` searched for: verbatim, JSON-escaped, and the part of its base64
+    and base64url encodings that is the same wherever it starts in a larger encoded text."""
+    raw = secret.encode()
+    needles = {secret, json.dumps(secret)[1:-1]}
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode("ascii")
+        start = (offset * 4 + 2) // 3
+        stable = encoded[start : (8 * (offset + len(raw))) // 6]
+        if len(stable) >= 8:
+            needles.add(stable)
+            needles.add(stable.replace("+", "-").replace("/", "_"))
+    return tuple(needles)
 
 
 def tool_result(result: mcp_types.CallToolResult) -> Any:

@@ -1,0 +1,171 @@
+"""An injected credential never reaches the client, however the upstream encodes it.
+
+The output filter searches the answer's text, the concatenation of its text blocks, its
+URL-decoded form and every base64 ``data`` / ``blob`` field decoded, for each secret verbatim,
+JSON-escaped and base64/base64url-encoded. The upstream's error text is redacted before it is
+cut to length, so no part of a secret reaches the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import urllib.parse
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import mcp.types as t
+import pytest
+from fastmcp import FastMCP as PlainFastMCP
+from fastmcp.exceptions import ToolError
+from fastmcp.server.dependencies import get_http_headers
+from fastmcp.utilities.types import Image
+from mcp import MCPError
+from proxy_support import audited_proxy, config, locked
+
+from securemcp.errors import UpstreamError, UpstreamOutputRejected
+from securemcp.proxy.config import upstream_from
+from securemcp.proxy.credentials import SecretSource, StaticBearer
+from securemcp.proxy.pinstate import PinState
+from securemcp.proxy.upstream import Upstream
+from securemcp.testing import FakeIdentityProvider, connect
+from securemcp.testing.http import serve_http
+
+SECRET = "sk_live_4eC39HqLyjWDarjtT1zdp7dc+/abc="
+
+
+@pytest.fixture
+def upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Upstream:
+    monkeypatch.setenv("VENDOR_KEY", SECRET)
+    auth = StaticBearer(SecretSource(env="VENDOR_KEY"), header="X-API-Key", scheme=None)
+    pins = PinState(tmp_path / "lock.json", quiet=True)
+    return Upstream(upstream_from("vendor", url="http://127.0.0.1:9/mcp"), auth, pins)
+
+
+def result(*content: Any) -> t.CallToolResult:
+    return t.CallToolResult(content=list(content), isError=False)
+
+
+def b64(text: str, alphabet: Any = base64.b64encode) -> str:
+    return alphabet(text.encode()).decode()  # type: ignore[no-any-return]
+
+
+LEAKS = {
+    "base64 image data": result(
+        t.ImageContent(type="image", data=b64(f"X-API-Key: {SECRET}"), mimeType="image/png")
+    ),
+    "base64 audio data": result(
+        t.AudioContent(type="audio", data=b64(f"k={SECRET}"), mimeType="audio/wav")
+    ),
+    "embedded blob resource": result(
+        t.EmbeddedResource(
+            type="resource",
+            resource=t.BlobResourceContents(
+                uri="file:///headers", blob=b64(f"X-API-Key: {SECRET}\n"), mimeType="text/plain"
+            ),
+        )
+    ),
+    "URL-encoded text": result(
+        t.TextContent(type="text", text="?key=" + urllib.parse.quote(SECRET, safe=""))
+    ),
+    "form-encoded text": result(
+        t.TextContent(type="text", text="key=" + urllib.parse.quote_plus(SECRET))
+    ),
+    "split over two text blocks": result(
+        t.TextContent(type="text", text=SECRET[:18]), t.TextContent(type="text", text=SECRET[18:])
+    ),
+    "base64 inside text, any alignment": result(
+        t.TextContent(type="text", text="dump: " + b64(f"xy {SECRET} z"))
+    ),
+    "base64url inside text": result(
+        t.TextContent(type="text", text=b64(f"a{SECRET}", base64.urlsafe_b64encode))
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEAKS))
+def test_an_encoded_injected_credential_is_withheld(upstream: Upstream, name: str) -> None:
+    with pytest.raises(UpstreamOutputRejected):
+        upstream.check_output(LEAKS[name])
+
+
+def test_answers_without_the_credential_pass(upstream: Upstream) -> None:
+    upstream.check_output(
+        result(
+            t.TextContent(type="text", text="sk_live_ is a prefix, not the key"),
+            t.ImageContent(type="image", data=b64("just pixels"), mimeType="image/png"),
+            t.TextContent(type="text", text="not base64 at all: %%%"),
+        )
+    )
+
+
+def test_resource_blobs_are_decoded(upstream: Upstream) -> None:
+    contents = t.BlobResourceContents(uri="debug://x", blob=b64(f"Auth: {SECRET}"))
+    with pytest.raises(UpstreamOutputRejected):
+        upstream.check_output(t.ReadResourceResult(contents=[contents]))
+
+
+async def test_upstream_error_text_is_redacted_before_it_is_cut(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secret straddling the 500-character cut of the upstream's error message: before, the
+    cut came first, so the secret's prefix no longer matched and was logged."""
+    message = "x" * 480 + f" key {SECRET} rejected"
+
+    async def send(client: Any) -> Any:
+        raise MCPError(-32603, message)
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    upstream._verify_pins = nothing  # type: ignore[method-assign]
+    upstream._check_live = lambda *_: None  # type: ignore[method-assign]
+    with pytest.raises(UpstreamError) as refused:
+        await upstream._send(SimpleNamespace(client=None), "tool", "t", send, None)  # type: ignore[arg-type]
+    assert SECRET[:12] not in (refused.value.reason or "")
+    assert "[redacted]" in (refused.value.reason or "")
+
+
+@pytest.mark.http
+async def test_credential_echoed_in_binary_content_never_reaches_the_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "vendor-service-credential-0123456789"
+    monkeypatch.setenv("VENDOR_TOKEN", secret)
+    server = PlainFastMCP("vendor")
+
+    def auth() -> str:
+        return get_http_headers(include={"authorization"}).get("authorization") or ""
+
+    @server.tool
+    def echo_image() -> Image:
+        return Image(data=("debug: " + auth()).encode(), format="png")
+
+    @server.resource("debug://request", mime_type="application/octet-stream")
+    def dump() -> bytes:
+        return ("Authorization: " + auth()).encode()
+
+    idp = FakeIdentityProvider()
+    async with serve_http(server) as url:
+        cfg = await locked(
+            config(
+                tmp_path,
+                {
+                    "vendor": {
+                        "url": url,
+                        "auth": {"type": "bearer", "secret_env": "VENDOR_TOKEN"},
+                        "tools": {"echo_image": {}},
+                        "resources": {"debug://request": {}},
+                    }
+                },
+            )
+        )
+        proxy, _ = audited_proxy(cfg, idp, tmp_path)
+        with caplog.at_level(logging.INFO):
+            async with connect(proxy, idp.token("alice")) as client:
+                with pytest.raises(ToolError, match="upstream_output_rejected"):
+                    await client.call_tool("echo_image", {})
+                with pytest.raises(Exception, match="upstream_output_rejected"):
+                    await client.read_resource("debug://request")
+    assert secret not in caplog.text
