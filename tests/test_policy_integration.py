@@ -319,3 +319,72 @@ async def test_rate_limit_storage_down_refuses_and_is_audited(
     failure = next(r for r in records if r["type"] == "config_change")
     assert failure["what"] == "rate_limit_storage_failure"
     assert "s3cret-password" not in str(failure)  # the storage URI's credentials stay out
+
+
+async def test_rules_on_an_exact_argv_deny_it(idp: FakeIdentityProvider, tmp_path: Path) -> None:
+    rules = tmp_path / "policy.toml"
+    rules.write_text(
+        """
+default = "deny"
+[[rule]]
+name = "block-dangerous-argv"
+effect = "deny"
+tools = ["run"]
+arguments = { argv = { in = [["rm", "-rf", "/"], ["shutdown", "now"]] } }
+[[rule]]
+name = "anything-but-dd"
+effect = "allow"
+tools = ["run"]
+arguments = { argv = { ne = ["dd", "if=/dev/zero"] }, options = { ne = { force = 1 } } }
+"""
+    )
+    mcp = FastMCP("argv", auth=idp.verifier(audience=AUDIENCE), policy=rules)
+    ran: list[list[str]] = []
+
+    @mcp.tool
+    def run(argv: list[str], options: dict[str, Any] | None = None) -> str:
+        ran.append(argv)
+        return "executed"
+
+    async with connect(mcp, idp.token("mallory")) as client:
+        for argv in (["rm", "-rf", "/"], ["dd", "if=/dev/zero"]):
+            ok, text = await _call(client, "run", {"argv": argv, "options": {}})
+            assert not ok and text.startswith("policy_denied:")
+        # {force = 1} is not {force = true}: the `ne` holds and the call is allowed.
+        ok, _ = await _call(client, "run", {"argv": ["ls"], "options": {"force": True}})
+        assert ok
+        ok, _ = await _call(client, "run", {"argv": ["ls"], "options": {"force": 1}})
+        assert not ok
+    assert ran == [["ls"]]
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        pytest.param(lambda r: Decision("deny", "no"), id="str-deny"),  # type: ignore[arg-type]
+        pytest.param(lambda r: Decision(effect="require_approval"), id="str-approval"),  # type: ignore[arg-type]
+        pytest.param(lambda r: Decision("denied", "typo"), id="invalid-effect"),  # type: ignore[arg-type]
+        pytest.param(
+            lambda r: Decision("allow", constraints={"max_result_bytes": 10}),  # type: ignore[arg-type]
+            id="constraints-dict",
+        ),
+        pytest.param(lambda r: Decision("allow", constraints=None), id="constraints-none"),  # type: ignore[arg-type]
+    ],
+)
+async def test_a_malformed_or_string_decision_refuses_and_is_audited(
+    idp: FakeIdentityProvider, tmp_path: Path, hook: Any
+) -> None:
+    from securemcp.audit import AuditLog, iter_records
+
+    log = AuditLog(tmp_path / "audit")
+    mcp, runs = build(idp, policy=hook, audit=log, approvals=str(tmp_path / "a.sqlite3"))
+    async with connect(mcp, idp.token("mallory")) as client:
+        ok, text = await _call(client, "wipe", {"table": "users"})
+    log.close()
+    assert not ok
+    assert text.split(":")[0] in ("policy_denied", "approval_required", "policy_error")
+    assert "Traceback" not in text and "Constraints" not in text
+    assert runs["wipe"] == 0
+    records = [r for r in iter_records(tmp_path / "audit") if r["type"] == "decision"]
+    assert [r["decision"]["result"] for r in records] == ["deny"]
+    assert records[0]["decision"]["reason"] == text.split(":")[0]

@@ -22,6 +22,7 @@ import anyio
 from securemcp.errors import CallTimedOut, PolicyDenied, ResultTooLarge
 from securemcp.policy.approvals import ApprovalGate, ApprovalStore, open_store
 from securemcp.policy.decision import Constraints, Decision, Effect
+from securemcp.policy.errors import PolicyError
 from securemcp.policy.hooks import PolicyLike, refusal, settle, start
 from securemcp.policy.ratelimit import RateLimit, RateLimiter
 from securemcp.policy.request import CallRequest
@@ -193,6 +194,10 @@ class PolicyEnforcement:
         decision = start(policy, request)
         if type(decision) is not Decision:
             decision = await settle(policy, decision)
+        if not decision.well_formed:
+            # Fields changed behind the dataclass's back: fail closed, as for a raising hook.
+            logger.error("securemcp policy returned a malformed Decision; denying (fail closed)")
+            raise PolicyError(reason="policy_error (malformed decision)")
         if decision.effect is Effect.DENY:
             raise refusal(decision)
         if decision.effect is Effect.REQUIRE_APPROVAL:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -44,7 +45,9 @@ __all__ = [
     "annotations_mapping",
     "arguments_hash",
     "canonical_json",
+    "finite_json",
     "freeze",
+    "same_json",
 ]
 
 
@@ -125,6 +128,54 @@ def freeze(value: Any) -> Any:
     if cls is list or cls is tuple:
         return tuple(freeze(v) for v in value)
     return freeze_claims(value)
+
+
+_ARRAYS: Final = (list, tuple)
+_OBJECTS: Final = (dict, MappingProxyType)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality at every depth: ``true`` is not ``1``, an array equals an array (list or
+    tuple) with equal items in order, an object equals an object with the same keys and equal
+    values. Frozen (:func:`freeze`) and plain data compare alike.
+    """
+    a_cls = a.__class__
+    b_cls = b.__class__
+    if a_cls is bool or b_cls is bool:
+        return a is b  # bool cannot be subclassed
+    if a_cls in _SCALAR_TYPES and b_cls in _SCALAR_TYPES:
+        return bool(a == b)
+    if isinstance(a, _ARRAYS):
+        if not isinstance(b, _ARRAYS) or len(a) != len(b):
+            return False
+        for x, y in zip(a, b, strict=True):  # noqa: SIM110 - no generator
+            if not same_json(x, y):
+                return False
+        return True
+    if isinstance(a, _OBJECTS):
+        if not isinstance(b, _OBJECTS) or len(a) != len(b):
+            return False
+        for key, x in a.items():  # noqa: SIM110 - no generator
+            if key not in b or not same_json(x, b[key]):
+                return False
+        return True
+    if isinstance(b, _ARRAYS) or isinstance(b, _OBJECTS):  # noqa: SIM101
+        return False
+    return bool(a == b)
+
+
+def finite_json(value: Any) -> bool:
+    """Whether ``value`` holds no NaN or infinity at any depth (TOML allows ``nan``/``inf``,
+    which would silently disable a bound or condition: every comparison with NaN is false)."""
+    if value.__class__ is float:
+        return math.isfinite(value)
+    if isinstance(value, _ARRAYS):
+        return all(finite_json(v) for v in value)
+    if isinstance(value, _OBJECTS):
+        return all(finite_json(v) for v in value.values())
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
 
 
 def _json_default(value: Any) -> Any:
