@@ -388,3 +388,62 @@ async def test_a_malformed_or_string_decision_refuses_and_is_audited(
     records = [r for r in iter_records(tmp_path / "audit") if r["type"] == "decision"]
     assert [r["decision"]["result"] for r in records] == ["deny"]
     assert records[0]["decision"]["reason"] == text.split(":")[0]
+
+
+async def test_an_approval_is_bound_to_the_version_the_call_asks_for(
+    idp: FakeIdentityProvider, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An approval granted for ``purge`` version 1 is never spent on version 2; an unversioned
+    call keeps the approval target it always had; hooks see the requested version."""
+    store = open_store(tmp_path / "approvals.sqlite3")
+    seen: list[str | None] = []
+
+    def record_version(request: Any) -> None:
+        seen.append(request.version)
+
+    mcp = FastMCP(
+        "versions",
+        auth=idp.verifier(audience=AUDIENCE),
+        policy=first_match(record_version, risk_defaults),
+        approvals=ApprovalGate(store),
+    )
+    ran: list[str] = []
+
+    @mcp.tool(name="purge", version="1", annotations={"destructiveHint": True})
+    def purge_v1(repo: str) -> str:
+        ran.append("v1")
+        return "moved to trash"
+
+    @mcp.tool(name="purge", version="2", annotations={"destructiveHint": True})
+    def purge_v2(repo: str) -> str:
+        ran.append("v2")
+        return "gone forever"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        first = await client.call_tool("purge", {"repo": "prod"}, version="1", raise_on_error=False)
+        assert first.is_error and "approval_required" in first.content[0].text
+        v1_approval = first.content[0].text.split("approval id ")[1].split(")")[0]
+        granted = await store.approve(v1_approval, APPROVER)
+        assert granted.tool == "tools/call@1 purge"
+        second = await client.call_tool(
+            "purge", {"repo": "prod"}, version="2", raise_on_error=False
+        )
+        assert second.is_error and "approval_required" in second.content[0].text
+        assert v1_approval not in second.content[0].text
+        # nor on a call that asks for no version (FastMCP would run the highest, v2)
+        third = await client.call_tool("purge", {"repo": "prod"}, raise_on_error=False)
+        assert third.is_error and v1_approval not in third.content[0].text
+        unversioned = (await store.list())[-1]
+        assert unversioned.tool == "purge"  # the format unversioned approvals always had
+        assert ran == []
+        # the v1 approval still serves the v1 call it was granted for
+        ok = await client.call_tool("purge", {"repo": "prod"}, version="1", raise_on_error=False)
+        assert not ok.is_error and ran == ["v1"]
+    assert seen == ["1", "2", None, "1"]
+
+    from securemcp.cli import main
+
+    listed = ["approvals", "list", "--all", "--store", str(tmp_path / "approvals.sqlite3")]
+    assert await asyncio.to_thread(main, listed) == 0
+    listing = capsys.readouterr().out
+    assert "'purge' version 1" in listing and "'purge' version 2" in listing

@@ -137,6 +137,21 @@ def requested_version(context: MiddlewareContext[Any]) -> VersionSpec | None:
     return None
 
 
+def version_text(version: VersionSpec | None) -> str | None:
+    """A requested version as policies and approvals see it (:attr:`CallRequest.version`): the
+    exact version as asked (``"2"``), or a range as ``">=1,<3"``; ``None`` when none was asked."""
+    if version is None:
+        return None
+    if version.eq is not None:
+        return version.eq
+    parts = []
+    if version.gte is not None:
+        parts.append(f">={version.gte}")
+    if version.lt is not None:
+        parts.append(f"<{version.lt}")
+    return ",".join(parts)
+
+
 def _credential_origin(context: MiddlewareContext[Any]) -> object:
     """The request a call's credential arrives with.
 
@@ -504,7 +519,14 @@ class SecurityPipeline(Middleware):
                         decision = None
                     else:
                         decision = await self._enforce(
-                            enforcement, method, target, principal, arguments, transport, facts
+                            enforcement,
+                            method,
+                            target,
+                            principal,
+                            arguments,
+                            transport,
+                            facts,
+                            version,
                         )
                         if decision is not None:
                             call.policy_version = decision.policy_version
@@ -644,9 +666,12 @@ class SecurityPipeline(Middleware):
         arguments: dict[str, Any],
         transport: str,
         facts: ComponentFacts,
+        version: VersionSpec | None = None,
     ) -> Any:
         """Rate limits, scopes and policy for a call to a resolved target; returns the decision."""
-        request = enforcement.call_request(principal, method, target, arguments, facts, transport)
+        request = enforcement.call_request(
+            principal, method, target, arguments, facts, transport, version_text(version)
+        )
         limiter = enforcement.rate_limiter
         if limiter is not None:
             (await limiter.hit(request)).raise_if_refused()  # as enforcement.rate_limit does

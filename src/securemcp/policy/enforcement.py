@@ -167,6 +167,7 @@ class PolicyEnforcement:
         arguments: Mapping[str, Any] | None,
         facts: ComponentFacts,
         transport: str,
+        version: str | None = None,
     ) -> CallRequest:
         """The :class:`CallRequest` that rate limits and the policy see for one call."""
         return CallRequest.build(
@@ -178,6 +179,7 @@ class PolicyEnforcement:
             annotations=facts.annotations,
             risk=facts.risk,
             transport=transport,
+            version=version,
         )
 
     async def decide(self, request: CallRequest) -> Decision | None:

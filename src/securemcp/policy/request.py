@@ -256,6 +256,10 @@ class CallRequest:
         annotations: the component's MCP annotations, read-only.
         risk: the risk class (declared, or derived from ``annotations``).
         transport: ``stdio``, ``streamable-http``, ``sse`` or ``in-memory``.
+        version: the component version the call asks for (``_meta.fastmcp.version``, or
+            ``version=`` on a FastMCP client call), as the caller wrote it: an exact version
+            (``"2"``) or a range (``">=1,<3"``); ``None`` when the call asks for none (FastMCP
+            then runs the highest version). Approvals are bound to it.
     """
 
     principal: Principal
@@ -267,6 +271,7 @@ class CallRequest:
     annotations: Mapping[str, Any] = field(default_factory=lambda: _NO_ANNOTATIONS)
     risk: RiskClass = RiskClass.WRITE
     transport: str = "in-memory"
+    version: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.arguments, MappingProxyType):
@@ -293,6 +298,7 @@ class CallRequest:
         annotations: Any = None,
         risk: RiskClass | str | None = None,
         transport: str = "in-memory",
+        version: str | None = None,
     ) -> CallRequest:
         """Describe a call; freezes ``arguments`` and derives ``risk`` unless declared."""
         hints = annotations_mapping(annotations)
@@ -313,6 +319,7 @@ class CallRequest:
                 annotations=hints,
                 risk=risk_class,
                 transport=transport,
+                version=version,
             )
         # Every field is already in the form __post_init__ would give it: set the slots directly
         # (this runs once per policed call).
@@ -326,6 +333,7 @@ class CallRequest:
         _set_annotations(request, hints)
         _set_risk(request, risk_class)
         _set_transport(request, transport)
+        _set_version(request, version)
         return request
 
     def arguments_hash(self) -> str:
@@ -346,3 +354,4 @@ _set_tags = _slot_setter("tags")
 _set_annotations = _slot_setter("annotations")
 _set_risk = _slot_setter("risk")
 _set_transport = _slot_setter("transport")
+_set_version = _slot_setter("version")
