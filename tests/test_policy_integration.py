@@ -447,3 +447,78 @@ async def test_an_approval_is_bound_to_the_version_the_call_asks_for(
     assert await asyncio.to_thread(main, listed) == 0
     listing = capsys.readouterr().out
     assert "'purge' version 1" in listing and "'purge' version 2" in listing
+
+
+async def test_the_policy_judges_the_values_the_tool_receives(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """FastMCP's lax validation would turn "5000" into 5000 and "false" into False after the
+    policy saw a string; with a policy configured, such arguments are refused (audited)."""
+    from securemcp.audit import AuditLog, iter_records
+
+    rules = tmp_path / "policy.toml"
+    rules.write_text(
+        """
+default = "risk"
+[[rule]]
+name = "large-transfers"
+effect = "require_approval"
+tools = ["transfer"]
+arguments = { amount = { ge = 1000 } }
+[[rule]]
+name = "no-wipe-without-dry-run"
+effect = "deny"
+tools = ["wipe"]
+arguments = { dry_run = false }
+"""
+    )
+    log = AuditLog(tmp_path / "audit")
+    mcp = FastMCP(
+        "coercion",
+        auth=idp.verifier(audience=AUDIENCE),
+        policy=rules,
+        audit=log,
+        approvals=str(tmp_path / "a.sqlite3"),
+    )
+    ran: list[Any] = []
+
+    @mcp.tool
+    def transfer(amount: int) -> str:
+        ran.append(amount)
+        return f"sent {amount}"
+
+    @mcp.tool
+    def wipe(dry_run: bool = True) -> str:
+        ran.append(dry_run)
+        return "wiped"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        for tool, args in [
+            ("transfer", {"amount": "5000"}),
+            ("wipe", {"dry_run": "false"}),
+            ("wipe", {"dry_run": 0}),
+        ]:
+            ok, text = await _call(client, tool, args)
+            assert not ok and text.startswith("invalid_arguments:"), text
+        ok, text = await _call(client, "transfer", {"amount": 5000})
+        assert not ok and text.startswith("approval_required:")
+        assert await _call(client, "transfer", {"amount": 50}) == (True, "sent 50")
+        assert await _call(client, "wipe", {"dry_run": True}) == (True, "wiped")
+    log.close()
+    assert ran == [50, True]
+    reasons = [
+        r["decision"]["reason"] for r in iter_records(tmp_path / "audit") if r["type"] == "decision"
+    ]
+    assert reasons[:3] == ["invalid_arguments"] * 3
+
+
+async def test_no_policy_no_argument_check(idp: FakeIdentityProvider) -> None:
+    """Without a policy nothing reads the arguments: FastMCP's own validation is left as is."""
+    mcp = FastMCP("bare-ish", auth=idp.verifier(audience=AUDIENCE))
+
+    @mcp.tool
+    def transfer(amount: int) -> str:
+        return f"sent {amount!r}"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        assert await _call(client, "transfer", {"amount": "5000"}) == (True, "sent 5000")

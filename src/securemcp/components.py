@@ -28,6 +28,9 @@ class ComponentFacts:
     tags: frozenset[str] = frozenset()
     annotations: Mapping[str, Any] = field(default_factory=lambda: _NO_ANNOTATIONS)
     risk: str = "write"
+    #: A tool's published input schema (``Tool.parameters``), against which the pipeline checks
+    #: argument types when a policy is configured (:mod:`securemcp.policy.arguments`).
+    input_schema: Mapping[str, Any] | None = None
 
 
 def _annotations(component: Any) -> Mapping[str, Any]:
@@ -54,7 +57,14 @@ def facts_of(component: Any) -> ComponentFacts:
         annotations=annotations,
         # The effective class, computed once: declared with risk=, else from the annotations.
         risk=RiskClass.classify(annotations, declared_risk(component)).value,
+        input_schema=_input_schema(component),
     )
+
+
+def _input_schema(component: Any) -> Mapping[str, Any] | None:
+    """A tool's ``parameters`` (a resource template's too; the pipeline uses it for tools only)."""
+    schema = getattr(component, "parameters", None)
+    return schema if isinstance(schema, Mapping) else None
 
 
 _BY_COMPONENT: dict[int, tuple[Any, ComponentFacts]] = {}

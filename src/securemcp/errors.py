@@ -28,6 +28,7 @@ __all__ = [
     "ContextError",
     "DefinitionChanged",
     "InsufficientScope",
+    "InvalidArguments",
     "InvalidCredential",
     "NoActiveCall",
     "PipelineBypassed",
@@ -157,6 +158,21 @@ class PolicyDenied(CallRefused):
 
     code = "policy_denied"
     default_message = "The server's policy does not allow this call."
+
+
+class InvalidArguments(CallRefused):
+    """An argument's JSON type is not one the tool's input schema declares for it.
+
+    Raised when a policy is configured, so that the values the policy decides on are the values
+    the tool receives (FastMCP would otherwise coerce ``"5000"`` into 5000 after the policy saw a
+    string; see :mod:`securemcp.policy.arguments`).
+    """
+
+    code = "invalid_arguments"
+    default_message = (
+        "An argument does not have the JSON type the tool's input schema declares; "
+        "send the declared types (no strings for numbers or booleans)."
+    )
 
 
 class PipelineBypassed(CallRefused):

@@ -42,7 +42,13 @@ from securemcp.admission import ADMISSION, LISTING, Admission, forwards_to
 from securemcp.auth.base import IdentityVerifier
 from securemcp.components import ComponentFacts, facts_of_cached
 from securemcp.context import _CURRENT, Principal, SecurityContext
-from securemcp.errors import CallRefused, InsufficientScope, PolicyDenied, Unauthenticated
+from securemcp.errors import (
+    CallRefused,
+    InsufficientScope,
+    InvalidArguments,
+    PolicyDenied,
+    Unauthenticated,
+)
 from securemcp.identity import (
     development_principal,
     failed_verification,
@@ -678,6 +684,20 @@ class SecurityPipeline(Middleware):
         self._check_scopes(method, target, principal, facts.scopes)
         if enforcement.policy is None:
             return None
+        if arguments and facts.input_schema is not None and method == "tools/call":
+            # The policy must judge the values the tool will receive: refuse arguments FastMCP's
+            # lax validation would coerce ("5000" for an integer). See securemcp.policy.arguments.
+            from securemcp.policy.arguments import argument_type_error
+
+            misfit = argument_type_error(facts.input_schema, arguments)
+            if misfit is not None:
+                raise InvalidArguments(
+                    f"Argument {misfit[:100]!r} does not have the JSON type the tool's input "
+                    "schema declares; send the declared type (no strings for numbers or "
+                    "booleans).",
+                    reason=f"argument {misfit[:100]!r} has a JSON type the input schema does not "
+                    "declare (refused: the tool would receive a coerced value)",
+                )
         decision = await enforcement.decide(request)
         if decision is not None and decision.effect == "require_approval":
             self._telemetry.approval("consumed")  # the gate admitted it: an approval was used
