@@ -117,6 +117,7 @@ ERROR_TYPES: Final = frozenset(
         "timeout",
         "result_too_large",
         "policy_error",
+        "invalid_arguments",
         "approval_invalid",
         "component_changed",
         "access_denied",
