@@ -522,3 +522,50 @@ async def test_no_policy_no_argument_check(idp: FakeIdentityProvider) -> None:
 
     async with connect(mcp, idp.token("alice")) as client:
         assert await _call(client, "transfer", {"amount": "5000"}) == (True, "sent 5000")
+
+
+async def test_resource_rules_and_limits_see_the_uri_fastmcp_reads(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """Percent-encoding, a fragment or an unread query parameter neither dodges a deny rule
+    on a resource nor gets a fresh rate-limit bucket: FastMCP reads all those spellings as the
+    same resource."""
+    rules = tmp_path / "policy.toml"
+    rules.write_text(
+        """
+default = "allow"
+[[rule]]
+name = "no-secret-files"
+effect = "deny"
+tools = ["files://secret*"]
+"""
+    )
+    mcp = FastMCP(
+        "resources",
+        auth=idp.verifier(audience=AUDIENCE),
+        policy=rules,
+        rate_limits=[RateLimit("report", "2/minute", per="principal_tool", tools=["reports://*"])],
+    )
+    ran: list[str] = []
+
+    @mcp.resource("files://{name}")
+    def files(name: str) -> str:
+        ran.append(name)
+        return f"contents of {name}"
+
+    @mcp.resource("reports://{name}")
+    def report(name: str) -> str:
+        ran.append(name)
+        return f"report {name}"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        assert (await client.read_resource("files://public"))[0].text == "contents of public"
+        for uri in ("files://secret", "files://%73ecret", "files://%73%65cret#x"):
+            with pytest.raises(Exception, match="policy_denied"):
+                await client.read_resource(uri)
+        for uri in ("reports://%71%33", "reports://q%33?x=1"):
+            await client.read_resource(uri)
+        for uri in ("reports://q3#a", "reports://q3", "reports://%71%33?y=2"):
+            with pytest.raises(Exception, match="rate_limited"):
+                await client.read_resource(uri)
+    assert ran == ["public", "q3", "q3"]

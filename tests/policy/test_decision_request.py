@@ -234,3 +234,25 @@ def test_argument_bound_enum_compares_structured_values() -> None:
     as_int = CallRequest.build(principal(), "t", {"y": {"force": 1}}).arguments["y"]
     assert bound.violation("y", as_int)
     assert bound.to_dict() == {"enum": [["a", "b"], {"force": True}]}
+
+
+@pytest.mark.parametrize(
+    ("uri", "names", "target"),
+    [
+        ("files://secret", None, "files://secret"),
+        ("files://%73ecret", None, "files://secret"),
+        ("files://%73%65cret#frag", None, "files://secret"),
+        ("files://a%2Fsecret", None, "files://a/secret"),
+        ("files://%2573ecret", None, "files://%73ecret"),  # decoded once, as FastMCP does
+        ("reports://q3?junk=1&fmt=a+b", frozenset({"fmt"}), "reports://q3?fmt=a b"),
+        ("reports://q3?junk=1", frozenset(), "reports://q3"),
+        ("reports://q3?b=2&a=1", None, "reports://q3?a=1&b=2"),
+        ("files://a+b", None, "files://a+b"),  # '+' is a space only in a query
+    ],
+)
+def test_resource_target_is_the_uri_as_fastmcp_reads_it(
+    uri: str, names: frozenset[str] | None, target: str
+) -> None:
+    from securemcp.policy.request import resource_target
+
+    assert resource_target(uri, names) == target

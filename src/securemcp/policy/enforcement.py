@@ -25,7 +25,7 @@ from securemcp.policy.decision import Constraints, Decision, Effect
 from securemcp.policy.errors import PolicyError
 from securemcp.policy.hooks import PolicyLike, refusal, settle, start
 from securemcp.policy.ratelimit import RateLimit, RateLimiter
-from securemcp.policy.request import CallRequest
+from securemcp.policy.request import CallRequest, resource_target
 
 if TYPE_CHECKING:
     from securemcp.components import ComponentFacts
@@ -169,7 +169,13 @@ class PolicyEnforcement:
         transport: str,
         version: str | None = None,
     ) -> CallRequest:
-        """The :class:`CallRequest` that rate limits and the policy see for one call."""
+        """The :class:`CallRequest` that rate limits and the policy see for one call.
+
+        A resource's target is its URI the way FastMCP reads it (:func:`resource_target`), so
+        percent-encoding cannot dodge a rule or get a fresh rate-limit bucket.
+        """
+        if method == "resources/read":
+            target = resource_target(target, facts.query_names)
         return CallRequest.build(
             principal,
             target,

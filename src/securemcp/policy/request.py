@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
+from urllib.parse import unquote, unquote_plus
 
 from securemcp.context import Principal, freeze_claims
 
@@ -47,6 +48,7 @@ __all__ = [
     "canonical_json",
     "finite_json",
     "freeze",
+    "resource_target",
     "same_json",
 ]
 
@@ -176,6 +178,36 @@ def finite_json(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return True
+
+
+def resource_target(uri: str, query_names: frozenset[str] | None = None) -> str:
+    """A resource URI as policies and rate limits see it: the way FastMCP reads it.
+
+    FastMCP percent-decodes each template parameter it extracts (``files://%73ecret`` reads
+    ``files://secret``), ignores the fragment, and reads only the query parameters its URI
+    template names (the first value of each). So the URI is taken here with the fragment
+    dropped, the path percent-decoded, and the query reduced to the parameters in
+    ``query_names`` (all of them when ``None``, e.g. for a concrete resource), decoded and in
+    name order. Two spellings FastMCP resolves to the same resource give the same text, so they
+    meet the same rules and the same rate-limit buckets. Spellings FastMCP would tell apart may
+    share the text (``a%2Fb`` and ``a/b``): a deny rule then covers both.
+    """
+    if "%" not in uri and "#" not in uri and "?" not in uri and "+" not in uri:
+        return uri  # the usual case: nothing to decode
+    base = uri.partition("#")[0]
+    path, _, query = base.partition("?")
+    target = unquote(path)
+    if query:
+        pairs = []
+        for part in query.split("&"):
+            name, _, value = part.partition("=")
+            name = unquote_plus(name)
+            if query_names is None or name in query_names:
+                pairs.append((name, unquote_plus(value)))
+        pairs.sort(key=lambda pair: pair[0])  # stable: repeated names keep their order
+        if pairs:
+            target += "?" + "&".join(f"{name}={value}" for name, value in pairs)
+    return target
 
 
 def _json_default(value: Any) -> Any:
