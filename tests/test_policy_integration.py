@@ -319,3 +319,253 @@ async def test_rate_limit_storage_down_refuses_and_is_audited(
     failure = next(r for r in records if r["type"] == "config_change")
     assert failure["what"] == "rate_limit_storage_failure"
     assert "s3cret-password" not in str(failure)  # the storage URI's credentials stay out
+
+
+async def test_rules_on_an_exact_argv_deny_it(idp: FakeIdentityProvider, tmp_path: Path) -> None:
+    rules = tmp_path / "policy.toml"
+    rules.write_text(
+        """
+default = "deny"
+[[rule]]
+name = "block-dangerous-argv"
+effect = "deny"
+tools = ["run"]
+arguments = { argv = { in = [["rm", "-rf", "/"], ["shutdown", "now"]] } }
+[[rule]]
+name = "anything-but-dd"
+effect = "allow"
+tools = ["run"]
+arguments = { argv = { ne = ["dd", "if=/dev/zero"] }, options = { ne = { force = 1 } } }
+"""
+    )
+    mcp = FastMCP("argv", auth=idp.verifier(audience=AUDIENCE), policy=rules)
+    ran: list[list[str]] = []
+
+    @mcp.tool
+    def run(argv: list[str], options: dict[str, Any] | None = None) -> str:
+        ran.append(argv)
+        return "executed"
+
+    async with connect(mcp, idp.token("mallory")) as client:
+        for argv in (["rm", "-rf", "/"], ["dd", "if=/dev/zero"]):
+            ok, text = await _call(client, "run", {"argv": argv, "options": {}})
+            assert not ok and text.startswith("policy_denied:")
+        # {force = 1} is not {force = true}: the `ne` holds and the call is allowed.
+        ok, _ = await _call(client, "run", {"argv": ["ls"], "options": {"force": True}})
+        assert ok
+        ok, _ = await _call(client, "run", {"argv": ["ls"], "options": {"force": 1}})
+        assert not ok
+    assert ran == [["ls"]]
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        pytest.param(lambda r: Decision("deny", "no"), id="str-deny"),  # type: ignore[arg-type]
+        pytest.param(lambda r: Decision(effect="require_approval"), id="str-approval"),  # type: ignore[arg-type]
+        pytest.param(lambda r: Decision("denied", "typo"), id="invalid-effect"),  # type: ignore[arg-type]
+        pytest.param(
+            lambda r: Decision("allow", constraints={"max_result_bytes": 10}),  # type: ignore[arg-type]
+            id="constraints-dict",
+        ),
+        pytest.param(lambda r: Decision("allow", constraints=None), id="constraints-none"),  # type: ignore[arg-type]
+    ],
+)
+async def test_a_malformed_or_string_decision_refuses_and_is_audited(
+    idp: FakeIdentityProvider, tmp_path: Path, hook: Any
+) -> None:
+    from securemcp.audit import AuditLog, iter_records
+
+    log = AuditLog(tmp_path / "audit")
+    mcp, runs = build(idp, policy=hook, audit=log, approvals=str(tmp_path / "a.sqlite3"))
+    async with connect(mcp, idp.token("mallory")) as client:
+        ok, text = await _call(client, "wipe", {"table": "users"})
+    log.close()
+    assert not ok
+    assert text.split(":")[0] in ("policy_denied", "approval_required", "policy_error")
+    assert "Traceback" not in text and "Constraints" not in text
+    assert runs["wipe"] == 0
+    records = [r for r in iter_records(tmp_path / "audit") if r["type"] == "decision"]
+    assert [r["decision"]["result"] for r in records] == ["deny"]
+    assert records[0]["decision"]["reason"] == text.split(":")[0]
+
+
+async def test_an_approval_is_bound_to_the_version_the_call_asks_for(
+    idp: FakeIdentityProvider, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An approval granted for ``purge`` version 1 is never spent on version 2; an unversioned
+    call keeps the approval target it always had; hooks see the requested version."""
+    store = open_store(tmp_path / "approvals.sqlite3")
+    seen: list[str | None] = []
+
+    def record_version(request: Any) -> None:
+        seen.append(request.version)
+
+    mcp = FastMCP(
+        "versions",
+        auth=idp.verifier(audience=AUDIENCE),
+        policy=first_match(record_version, risk_defaults),
+        approvals=ApprovalGate(store),
+    )
+    ran: list[str] = []
+
+    @mcp.tool(name="purge", version="1", annotations={"destructiveHint": True})
+    def purge_v1(repo: str) -> str:
+        ran.append("v1")
+        return "moved to trash"
+
+    @mcp.tool(name="purge", version="2", annotations={"destructiveHint": True})
+    def purge_v2(repo: str) -> str:
+        ran.append("v2")
+        return "gone forever"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        first = await client.call_tool("purge", {"repo": "prod"}, version="1", raise_on_error=False)
+        assert first.is_error and "approval_required" in first.content[0].text
+        v1_approval = first.content[0].text.split("approval id ")[1].split(")")[0]
+        granted = await store.approve(v1_approval, APPROVER)
+        assert granted.tool == "tools/call@1 purge"
+        second = await client.call_tool(
+            "purge", {"repo": "prod"}, version="2", raise_on_error=False
+        )
+        assert second.is_error and "approval_required" in second.content[0].text
+        assert v1_approval not in second.content[0].text
+        # nor on a call that asks for no version (FastMCP would run the highest, v2)
+        third = await client.call_tool("purge", {"repo": "prod"}, raise_on_error=False)
+        assert third.is_error and v1_approval not in third.content[0].text
+        unversioned = (await store.list())[-1]
+        assert unversioned.tool == "purge"  # the format unversioned approvals always had
+        assert ran == []
+        # the v1 approval still serves the v1 call it was granted for
+        ok = await client.call_tool("purge", {"repo": "prod"}, version="1", raise_on_error=False)
+        assert not ok.is_error and ran == ["v1"]
+    assert seen == ["1", "2", None, "1"]
+
+    from securemcp.cli import main
+
+    listed = ["approvals", "list", "--all", "--store", str(tmp_path / "approvals.sqlite3")]
+    assert await asyncio.to_thread(main, listed) == 0
+    listing = capsys.readouterr().out
+    assert "'purge' version 1" in listing and "'purge' version 2" in listing
+
+
+async def test_the_policy_judges_the_values_the_tool_receives(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """FastMCP's lax validation would turn "5000" into 5000 and "false" into False after the
+    policy saw a string; with a policy configured, such arguments are refused (audited)."""
+    from securemcp.audit import AuditLog, iter_records
+
+    rules = tmp_path / "policy.toml"
+    rules.write_text(
+        """
+default = "risk"
+[[rule]]
+name = "large-transfers"
+effect = "require_approval"
+tools = ["transfer"]
+arguments = { amount = { ge = 1000 } }
+[[rule]]
+name = "no-wipe-without-dry-run"
+effect = "deny"
+tools = ["wipe"]
+arguments = { dry_run = false }
+"""
+    )
+    log = AuditLog(tmp_path / "audit")
+    mcp = FastMCP(
+        "coercion",
+        auth=idp.verifier(audience=AUDIENCE),
+        policy=rules,
+        audit=log,
+        approvals=str(tmp_path / "a.sqlite3"),
+    )
+    ran: list[Any] = []
+
+    @mcp.tool
+    def transfer(amount: int) -> str:
+        ran.append(amount)
+        return f"sent {amount}"
+
+    @mcp.tool
+    def wipe(dry_run: bool = True) -> str:
+        ran.append(dry_run)
+        return "wiped"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        for tool, args in [
+            ("transfer", {"amount": "5000"}),
+            ("wipe", {"dry_run": "false"}),
+            ("wipe", {"dry_run": 0}),
+        ]:
+            ok, text = await _call(client, tool, args)
+            assert not ok and text.startswith("invalid_arguments:"), text
+        ok, text = await _call(client, "transfer", {"amount": 5000})
+        assert not ok and text.startswith("approval_required:")
+        assert await _call(client, "transfer", {"amount": 50}) == (True, "sent 50")
+        assert await _call(client, "wipe", {"dry_run": True}) == (True, "wiped")
+    log.close()
+    assert ran == [50, True]
+    reasons = [
+        r["decision"]["reason"] for r in iter_records(tmp_path / "audit") if r["type"] == "decision"
+    ]
+    assert reasons[:3] == ["invalid_arguments"] * 3
+
+
+async def test_no_policy_no_argument_check(idp: FakeIdentityProvider) -> None:
+    """Without a policy nothing reads the arguments: FastMCP's own validation is left as is."""
+    mcp = FastMCP("bare-ish", auth=idp.verifier(audience=AUDIENCE))
+
+    @mcp.tool
+    def transfer(amount: int) -> str:
+        return f"sent {amount!r}"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        assert await _call(client, "transfer", {"amount": "5000"}) == (True, "sent 5000")
+
+
+async def test_resource_rules_and_limits_see_the_uri_fastmcp_reads(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """Percent-encoding, a fragment or an unread query parameter neither dodges a deny rule
+    on a resource nor gets a fresh rate-limit bucket: FastMCP reads all those spellings as the
+    same resource."""
+    rules = tmp_path / "policy.toml"
+    rules.write_text(
+        """
+default = "allow"
+[[rule]]
+name = "no-secret-files"
+effect = "deny"
+tools = ["files://secret*"]
+"""
+    )
+    mcp = FastMCP(
+        "resources",
+        auth=idp.verifier(audience=AUDIENCE),
+        policy=rules,
+        rate_limits=[RateLimit("report", "2/minute", per="principal_tool", tools=["reports://*"])],
+    )
+    ran: list[str] = []
+
+    @mcp.resource("files://{name}")
+    def files(name: str) -> str:
+        ran.append(name)
+        return f"contents of {name}"
+
+    @mcp.resource("reports://{name}")
+    def report(name: str) -> str:
+        ran.append(name)
+        return f"report {name}"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        assert (await client.read_resource("files://public"))[0].text == "contents of public"
+        for uri in ("files://secret", "files://%73ecret", "files://%73%65cret#x"):
+            with pytest.raises(Exception, match="policy_denied"):
+                await client.read_resource(uri)
+        for uri in ("reports://%71%33", "reports://q%33?x=1"):
+            await client.read_resource(uri)
+        for uri in ("reports://q3#a", "reports://q3", "reports://%71%33?y=2"):
+            with pytest.raises(Exception, match="rate_limited"):
+                await client.read_resource(uri)
+    assert ran == ["public", "q3", "q3"]

@@ -8,6 +8,7 @@ actually runs, so the cache can never widen access.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -28,6 +29,12 @@ class ComponentFacts:
     tags: frozenset[str] = frozenset()
     annotations: Mapping[str, Any] = field(default_factory=lambda: _NO_ANNOTATIONS)
     risk: str = "write"
+    #: A tool's published input schema (``Tool.parameters``), against which the pipeline checks
+    #: argument types when a policy is configured (:mod:`securemcp.policy.arguments`).
+    input_schema: Mapping[str, Any] | None = None
+    #: For a resource template, the query parameters its URI template names (``{?a,b}``): the
+    #: only ones FastMCP reads, so the only ones a policy's view of the URI keeps.
+    query_names: frozenset[str] | None = None
 
 
 def _annotations(component: Any) -> Mapping[str, Any]:
@@ -54,7 +61,29 @@ def facts_of(component: Any) -> ComponentFacts:
         annotations=annotations,
         # The effective class, computed once: declared with risk=, else from the annotations.
         risk=RiskClass.classify(annotations, declared_risk(component)).value,
+        input_schema=_input_schema(component),
+        query_names=_query_names(component),
     )
+
+
+_QUERY_PART = re.compile(r"\{\?([^}]+)\}")
+
+
+def _query_names(component: Any) -> frozenset[str] | None:
+    template = getattr(component, "uri_template", None)
+    if not isinstance(template, str):
+        return None
+    return frozenset(
+        name.strip().rstrip("*")
+        for found in _QUERY_PART.findall(template)
+        for name in found.split(",")
+    )
+
+
+def _input_schema(component: Any) -> Mapping[str, Any] | None:
+    """A tool's ``parameters`` (a resource template's too; the pipeline uses it for tools only)."""
+    schema = getattr(component, "parameters", None)
+    return schema if isinstance(schema, Mapping) else None
 
 
 _BY_COMPONENT: dict[int, tuple[Any, ComponentFacts]] = {}

@@ -161,11 +161,20 @@ class PolicyDenied(CallRefused):
 
 
 class InvalidArguments(CallRefused):
-    """The arguments do not match what the component's input schema (or, for a proxied
-    component, its pinned definition) allows; the component never ran."""
+    """The arguments do not match what the component declares; the component never ran.
+
+    Raised for a proxied component whose arguments its pinned definition does not allow, and,
+    when a policy is configured, for a tool call whose argument JSON types are not the ones the
+    tool's input schema declares, so that the values the policy decides on are the values the
+    tool receives (FastMCP would otherwise coerce ``"5000"`` into 5000 after the policy saw a
+    string; see :mod:`securemcp.policy.arguments`).
+    """
 
     code = "invalid_arguments"
-    default_message = "The arguments do not match the definition of this tool or prompt."
+    default_message = (
+        "The arguments do not match the definition of this tool or prompt; "
+        "send the declared JSON types (no strings for numbers or booleans)."
+    )
 
 
 class PipelineBypassed(CallRefused):

@@ -42,7 +42,13 @@ from securemcp.admission import ADMISSION, LISTING, Admission, forwards_to
 from securemcp.auth.base import IdentityVerifier
 from securemcp.components import ComponentFacts, facts_of_cached
 from securemcp.context import _CURRENT, Principal, SecurityContext
-from securemcp.errors import CallRefused, InsufficientScope, PolicyDenied, Unauthenticated
+from securemcp.errors import (
+    CallRefused,
+    InsufficientScope,
+    InvalidArguments,
+    PolicyDenied,
+    Unauthenticated,
+)
 from securemcp.identity import (
     development_principal,
     failed_verification,
@@ -135,6 +141,21 @@ def requested_version(context: MiddlewareContext[Any]) -> VersionSpec | None:
         # Not a range FastMCP could have built: authorize nothing rather than guess.
         return VersionSpec(eq="__impossible__")
     return None
+
+
+def version_text(version: VersionSpec | None) -> str | None:
+    """A requested version as policies and approvals see it (:attr:`CallRequest.version`): the
+    exact version as asked (``"2"``), or a range as ``">=1,<3"``; ``None`` when none was asked."""
+    if version is None:
+        return None
+    if version.eq is not None:
+        return version.eq
+    parts = []
+    if version.gte is not None:
+        parts.append(f">={version.gte}")
+    if version.lt is not None:
+        parts.append(f"<{version.lt}")
+    return ",".join(parts)
 
 
 def _credential_origin(context: MiddlewareContext[Any]) -> object:
@@ -507,7 +528,14 @@ class SecurityPipeline(Middleware):
                         decision = None
                     else:
                         decision = await self._enforce(
-                            enforcement, method, target, principal, arguments, transport, facts
+                            enforcement,
+                            method,
+                            target,
+                            principal,
+                            arguments,
+                            transport,
+                            facts,
+                            version,
                         )
                         if decision is not None:
                             call.policy_version = decision.policy_version
@@ -669,15 +697,32 @@ class SecurityPipeline(Middleware):
         arguments: dict[str, Any],
         transport: str,
         facts: ComponentFacts,
+        version: VersionSpec | None = None,
     ) -> Any:
         """Rate limits, scopes and policy for a call to a resolved target; returns the decision."""
-        request = enforcement.call_request(principal, method, target, arguments, facts, transport)
+        request = enforcement.call_request(
+            principal, method, target, arguments, facts, transport, version_text(version)
+        )
         limiter = enforcement.rate_limiter
         if limiter is not None:
             (await limiter.hit(request)).raise_if_refused()  # as enforcement.rate_limit does
         self._check_scopes(method, target, principal, facts.scopes)
         if enforcement.policy is None:
             return None
+        if arguments and facts.input_schema is not None and method == "tools/call":
+            # The policy must judge the values the tool will receive: refuse arguments FastMCP's
+            # lax validation would coerce ("5000" for an integer). See securemcp.policy.arguments.
+            from securemcp.policy.arguments import argument_type_error
+
+            misfit = argument_type_error(facts.input_schema, arguments)
+            if misfit is not None:
+                raise InvalidArguments(
+                    f"Argument {misfit[:100]!r} does not have the JSON type the tool's input "
+                    "schema declares; send the declared type (no strings for numbers or "
+                    "booleans).",
+                    reason=f"argument {misfit[:100]!r} has a JSON type the input schema does not "
+                    "declare (refused: the tool would receive a coerced value)",
+                )
         decision = await enforcement.decide(request)
         if decision is not None and decision.effect == "require_approval":
             self._telemetry.approval("consumed")  # the gate admitted it: an approval was used

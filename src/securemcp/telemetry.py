@@ -117,6 +117,7 @@ ERROR_TYPES: Final = frozenset(
         "timeout",
         "result_too_large",
         "policy_error",
+        "invalid_arguments",
         "approval_invalid",
         "component_changed",
         "access_denied",
@@ -126,7 +127,6 @@ ERROR_TYPES: Final = frozenset(
         "upstream_auth_failed",
         "upstream_output_rejected",
         "tool_definition_changed",
-        "invalid_arguments",
         "_OTHER",
     }
 )

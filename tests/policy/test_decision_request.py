@@ -183,3 +183,76 @@ def test_error_codes_are_stable_and_client_safe() -> None:
     assert "different arguments" in str(invalid)
     error = PolicyError(reason="hook raised KeyError")
     assert error.code == "policy_error" and "KeyError" not in str(error)
+
+
+def test_a_plain_string_effect_becomes_the_member() -> None:
+    # Checks compare effects by identity (`is Effect.DENY`): Decision("deny") used to allow.
+    assert Decision("deny", "no").effect is Effect.DENY  # type: ignore[arg-type]
+    assert Decision(effect="require_approval").effect is Effect.REQUIRE_APPROVAL  # type: ignore[arg-type]
+    assert not Decision("deny").allowed  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"effect": "denied"}, ValueError),
+        ({"effect": None}, ValueError),
+        ({"effect": 1}, ValueError),
+        ({"effect": Effect.ALLOW, "constraints": None}, TypeError),
+        ({"effect": Effect.CONSTRAIN, "constraints": {"max_result_bytes": 10}}, TypeError),
+        ({"effect": Effect.DENY, "reason": None}, TypeError),
+        ({"effect": Effect.DENY, "rule": 3}, TypeError),
+    ],
+)
+def test_a_malformed_decision_cannot_be_built(kwargs: dict[str, object], error: type) -> None:
+    with pytest.raises(error):
+        Decision(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max": float("nan")}, {"min": float("-inf")}, {"enum": (1.0, float("nan"))}, {"max": "9"}],
+)
+def test_argument_bounds_must_be_finite(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=r"finite|number"):
+        ArgumentBound(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"finite|number"):
+        Constraints.from_mapping({"arguments": {"amount": dict(kwargs)}})
+
+
+def test_constraints_timeout_must_be_finite() -> None:
+    for timeout in (float("nan"), float("inf"), 0, -1):
+        with pytest.raises(ValueError, match="finite"):
+            Constraints(timeout_seconds=timeout)
+
+
+def test_argument_bound_enum_compares_structured_values() -> None:
+    bound = ArgumentBound(enum=(["a", "b"], {"force": True}))
+    frozen = CallRequest.build(principal(), "t", {"x": ["a", "b"], "y": {"force": True}})
+    assert bound.violation("x", frozen.arguments["x"]) is None
+    assert bound.violation("y", frozen.arguments["y"]) is None
+    as_int = CallRequest.build(principal(), "t", {"y": {"force": 1}}).arguments["y"]
+    assert bound.violation("y", as_int)
+    assert bound.to_dict() == {"enum": [["a", "b"], {"force": True}]}
+
+
+@pytest.mark.parametrize(
+    ("uri", "names", "target"),
+    [
+        ("files://secret", None, "files://secret"),
+        ("files://%73ecret", None, "files://secret"),
+        ("files://%73%65cret#frag", None, "files://secret"),
+        ("files://a%2Fsecret", None, "files://a/secret"),
+        ("files://%2573ecret", None, "files://%73ecret"),  # decoded once, as FastMCP does
+        ("reports://q3?junk=1&fmt=a+b", frozenset({"fmt"}), "reports://q3?fmt=a b"),
+        ("reports://q3?junk=1", frozenset(), "reports://q3"),
+        ("reports://q3?b=2&a=1", None, "reports://q3?a=1&b=2"),
+        ("files://a+b", None, "files://a+b"),  # '+' is a space only in a query
+    ],
+)
+def test_resource_target_is_the_uri_as_fastmcp_reads_it(
+    uri: str, names: frozenset[str] | None, target: str
+) -> None:
+    from securemcp.policy.request import resource_target
+
+    assert resource_target(uri, names) == target

@@ -135,3 +135,35 @@ async def test_first_match_and_risk_defaults() -> None:
     assert read.effect is Effect.ALLOW
     with pytest.raises(ValueError):
         first_match()
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        pytest.param(lambda r: Decision("denied", "typo"), id="invalid-effect"),  # type: ignore[arg-type]
+        pytest.param(lambda r: Decision(Effect.ALLOW, constraints=None), id="constraints-none"),  # type: ignore[arg-type]
+        pytest.param(
+            lambda r: Decision(Effect.CONSTRAIN, constraints={"timeout_seconds": 1}),  # type: ignore[arg-type]
+            id="constraints-dict",
+        ),
+    ],
+)
+async def test_a_malformed_decision_is_a_policy_error(hook: object) -> None:
+    for policy in (hook, all_of(lambda r: True, hook), first_match(hook)):  # type: ignore[arg-type]
+        decision = await evaluate(policy, request())  # type: ignore[arg-type]
+        assert decision.effect is Effect.DENY
+        assert decision.reason == "policy_error"
+
+
+async def test_a_string_effect_inside_a_combinator_denies() -> None:
+    hook = lambda r: Decision("deny", "no")  # type: ignore[arg-type]  # noqa: E731
+    for policy in (hook, all_of(lambda r: True, hook), any_of(hook, lambda r: None)):
+        decision = await evaluate(policy, request())  # type: ignore[arg-type]
+        assert decision.effect is Effect.DENY and decision.reason == "no"
+
+
+async def test_a_decision_changed_behind_its_back_is_a_policy_error() -> None:
+    tampered = Decision.deny("x")
+    object.__setattr__(tampered, "effect", "allow")
+    decision = await evaluate(lambda r: tampered, request())
+    assert decision.effect is Effect.DENY and decision.reason == "policy_error"

@@ -432,3 +432,23 @@ async def test_reload_under_concurrent_load_always_decides(tmp_path: Path) -> No
     await asyncio.gather(editor(), *(caller() for _ in range(20)))
     assert seen <= {("allow", "allow-add"), ("deny", "deny-add")}
     assert ("deny", "deny-add") in seen
+
+
+def test_versions_match_the_version_the_call_asks_for() -> None:
+    policy = RulesPolicy.from_string(
+        textwrap.dedent(
+            """
+            default = "allow"
+            [[rule]]
+            name = "no-v2-purge"
+            effect = "deny"
+            tools = ["purge"]
+            versions = ["2", ">=2"]
+            """
+        )
+    )
+    assert policy.evaluate(request("purge", version="2")).effect is Effect.DENY
+    assert policy.evaluate(request("purge", version=">=2")).effect is Effect.DENY
+    assert policy.evaluate(request("purge", version="1")).effect is Effect.ALLOW
+    assert policy.evaluate(request("purge")).effect is Effect.ALLOW  # asks for no version
+    assert "version None" in str(policy.explain(request("purge")))

@@ -7,7 +7,8 @@ scope approves (or denies) it through ``securemcp approvals approve ID`` or this
 same call then succeeds.
 
 An approval is **bound** to the requesting principal (tenant, issuer, subject, client id), the
-tool, the SHA-256 of the canonical arguments and the policy version hash, so it cannot be replayed
+tool (and the component version the call asks for, if any), the SHA-256 of the canonical
+arguments and the policy version hash, so it cannot be replayed
 by another caller, for another tool, with other arguments or under a changed policy. It expires,
 and it is **single-use** unless the approver grants it reusable for a time window. The requesting
 principal can never approve its own request (compared by issuer and subject, whatever the
@@ -34,6 +35,7 @@ import dataclasses
 import getpass
 import hashlib
 import os
+import re
 import secrets
 import socket
 import time
@@ -41,6 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
+from urllib.parse import quote, unquote
 
 from securemcp.context import Principal
 from securemcp.policy.decision import Decision
@@ -56,6 +59,7 @@ __all__ = [
     "ApprovalStore",
     "ApproverRequirement",
     "approval_target",
+    "describe_target",
     "local_operator",
     "open_store",
     "principal_key",
@@ -87,14 +91,34 @@ def principal_key(principal: Principal) -> str:
     return hashlib.sha256(canonical_json(parts)).hexdigest()
 
 
-def approval_target(method: str, target: str) -> str:
+def approval_target(method: str, target: str, version: str | None = None) -> str:
     """What an approval names as its ``tool``: the tool's name for ``tools/call``, else the
-    method and the target (``prompts/get summarize``, ``resources/read notes://x``).
+    method and the target (``prompts/get summarize``, ``resources/read notes://x``); for a call
+    that asks for a component version, ``METHOD@VERSION TARGET`` (``tools/call@2 purge``).
 
     An approval is bound to the kind of call it was granted for: one granted for a prompt can
-    never be spent on a tool of the same name (MCP tool names cannot contain a space).
+    never be spent on a tool of the same name (MCP tool names cannot contain a space), and one
+    granted for version 1 never on version 2. The version is percent-encoded (no space can
+    appear in it), so a versioned target never equals an unversioned one or another version's.
+    Unversioned targets keep the form they always had, so existing approvals stay valid.
     """
-    return target if method == "tools/call" else f"{method} {target}"
+    if version is None:
+        return target if method == "tools/call" else f"{method} {target}"
+    return f"{method}@{quote(version, safe=_VERSION_SAFE)} {target}"
+
+
+_VERSION_SAFE: Final = "<>=,.+-_~!"
+_VERSIONED: Final = re.compile(r"^(tools/call|prompts/get|resources/read)@(\S*) (.*)$", re.DOTALL)
+
+
+def describe_target(tool: str) -> str:
+    """An approval's ``tool`` for people: ``'purge' version 2`` for ``tools/call@2 purge``."""
+    found = _VERSIONED.match(tool)
+    if found is None:
+        return repr(tool)
+    method, version, target = found.groups()
+    kind = "" if method == "tools/call" else f"{method} "
+    return f"{kind}{target!r} version {unquote(version)}"
 
 
 def binding_key(principal: Principal, tool: str, args_hash: str, policy_hash: str) -> str:
@@ -402,7 +426,7 @@ class ApprovalGate:
         principal = request.principal
         args_hash = request.arguments_hash()
         policy_hash = decision.policy_version or ""
-        tool = approval_target(request.method, request.target)
+        tool = approval_target(request.method, request.target, request.version)
         if approval_id is not None:
             return await self.store.consume(approval_id, principal, tool, args_hash, policy_hash)
         existing = await self.store.find(principal, tool, args_hash, policy_hash)

@@ -114,9 +114,12 @@ def _explain(args: argparse.Namespace) -> int:
         method=args.method,
         tags=args.tag or (),
         risk=args.risk,
+        version=args.version,
     )
+    version = f" version {request.version}" if request.version is not None else ""
     print(
-        f"call: {request.method} {request.target!r} as {principal.subject!r} (risk {request.risk})"
+        f"call: {request.method} {request.target!r}{version} as {principal.subject!r}"
+        f" (risk {request.risk})"
     )
     print(explain_ruleset(ruleset, request))
     return 0
@@ -160,7 +163,7 @@ async def _close(store: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from securemcp.policy.approvals import open_store
+    from securemcp.policy.approvals import describe_target, open_store
 
     async def work() -> int:
         store = open_store(args.store)
@@ -177,8 +180,9 @@ def _list(args: argparse.Namespace) -> int:
         for a in approvals:
             tenant = f" tenant={a.tenant}" if a.tenant else ""
             decided = f"\n    decided by {a.decided_by} at {_when(a.decided_at)}"
+            target = describe_target(a.tool)
             print(
-                f"{a.id}  {a.status.value:<8} {a.tool!r} for {a.subject} ({a.issuer}){tenant}\n"
+                f"{a.id}  {a.status.value:<8} {target} for {a.subject} ({a.issuer}){tenant}\n"
                 f"    requested {_when(a.created_at)}, expires {_when(a.expires_at)}; "
                 f"args {a.args_hash[:23]}...; reason: {a.reason or '-'}"
                 + (decided if a.decided_by else "")
@@ -242,6 +246,9 @@ def register(subparsers: Any) -> None:
         help="the tool's risk class (default write)",
     )
     explain.add_argument("--method", default="tools/call", help="MCP method (default tools/call)")
+    explain.add_argument(
+        "--version", default=None, help="the component version the call asks for (e.g. 2)"
+    )
     explain.set_defaults(func=_explain)
 
     approvals = subparsers.add_parser("approvals", help="list, approve or deny approval requests")

@@ -34,6 +34,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
+from securemcp.policy.request import finite_json, freeze, same_json
+
 __all__ = ["NO_CONSTRAINTS", "ArgumentBound", "Constraints", "Decision", "Effect"]
 
 
@@ -69,6 +71,21 @@ class ArgumentBound:
     max: float | None = None
     enum: tuple[Any, ...] | None = None
     max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        # A NaN bound compares false with everything, so it would silently never hold.
+        for key in ("min", "max"):
+            bound = getattr(self, key)
+            if bound is not None and (not _is_number(bound) or not math.isfinite(bound)):
+                raise ValueError(f"{key} must be a finite number, got {bound!r}")
+        enum: Any = self.enum
+        if enum is not None:
+            if not isinstance(enum, list | tuple):
+                raise ValueError("enum must be a list")
+            if not finite_json(enum):
+                raise ValueError("enum values must be finite numbers (no nan or inf)")
+            # Frozen like the arguments it is compared with (arrays are tuples there).
+            object.__setattr__(self, "enum", freeze(enum))
 
     def violation(self, name: str, value: Any) -> str | None:
         """Describe how ``value`` breaks this bound, or ``None`` when it does not."""
@@ -115,6 +132,8 @@ class ArgumentBound:
         for key in ("min", "max"):
             if key in spec and not _is_number(spec[key]):
                 raise ValueError(f"{key} must be a number")
+            if key in spec and not math.isfinite(spec[key]):
+                raise ValueError(f"{key} must be a finite number (not nan or inf)")
         if "max_length" in spec and (
             not isinstance(spec["max_length"], int)
             or isinstance(spec["max_length"], bool)
@@ -138,13 +157,21 @@ class ArgumentBound:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.enum is not None:
-            out["enum"] = list(self.enum)
+            out["enum"] = _thawed(self.enum)
         return out
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equality that keeps ``True`` distinct from ``1`` (JSON types differ)."""
-    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+#: Equality that keeps ``True`` distinct from ``1`` at every depth (JSON types differ).
+_same: Final = same_json
+
+
+def _thawed(value: Any) -> Any:
+    """Frozen JSON data back as plain lists and dicts (for JSON-ready output)."""
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    if isinstance(value, MappingProxyType):
+        return {k: _thawed(v) for k, v in value.items()}
+    return value
 
 
 def _tighter(a: Any, b: Any, pick: Any) -> Any:
@@ -173,6 +200,14 @@ class Constraints:
     arguments: Mapping[str, ArgumentBound] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
+        timeout = self.timeout_seconds
+        if timeout is not None and (
+            not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0
+        ):
+            raise ValueError("timeout_seconds must be a positive finite number")
+        size = self.max_result_bytes
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise ValueError("max_result_bytes must be a non-negative integer")
         if not isinstance(self.arguments, MappingProxyType):
             bounds = {
                 str(k): v if isinstance(v, ArgumentBound) else ArgumentBound.from_mapping(v)
@@ -224,8 +259,10 @@ class Constraints:
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
             raise ValueError("max_result_bytes must be a non-negative integer")
         timeout = spec.get("timeout_seconds")
-        if timeout is not None and (not _is_number(timeout) or timeout <= 0):
-            raise ValueError("timeout_seconds must be a positive number")
+        if timeout is not None and (
+            not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0
+        ):
+            raise ValueError("timeout_seconds must be a positive finite number")
         arguments = spec.get("arguments", {})
         if not isinstance(arguments, Mapping):
             raise ValueError("arguments must be a table of argument name -> bounds")
@@ -278,6 +315,39 @@ class Decision:
     policy_version: str | None = None
     constraints: Constraints = NO_CONSTRAINTS
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        # The pipeline tests effects by identity (``effect is Effect.DENY``): a plain string
+        # ("deny") must become the member, and anything else must not be a decision at all,
+        # or a hook's Decision("deny") would fall through to allow. A hook that builds an
+        # invalid decision raises here, which the hook machinery turns into a fail-closed deny.
+        effect: Any = self.effect
+        if effect.__class__ is not Effect:
+            try:
+                object.__setattr__(self, "effect", Effect(effect))
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"Decision effect must be one of {', '.join(e.value for e in Effect)}, "
+                    f"got {effect!r}"
+                ) from None
+        if self.constraints.__class__ is not Constraints and not isinstance(
+            self.constraints, Constraints
+        ):
+            raise TypeError(
+                f"Decision constraints must be a Constraints, not {type(self.constraints).__name__}"
+            )
+        if not isinstance(self.reason, str) or not isinstance(self.detail, str):
+            raise TypeError("Decision reason and detail must be strings")
+        for name in ("rule", "policy_version"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"Decision {name} must be a string or None")
+
+    @property
+    def well_formed(self) -> bool:
+        """Whether the fields still have the types ``__init__`` checked (a frozen dataclass can
+        still be changed with ``object.__setattr__``; the enforcement point re-checks)."""
+        return self.effect.__class__ is Effect and isinstance(self.constraints, Constraints)
 
     @classmethod
     def allow(

@@ -22,9 +22,10 @@ import anyio
 from securemcp.errors import CallTimedOut, PolicyDenied, ResultTooLarge
 from securemcp.policy.approvals import ApprovalGate, ApprovalStore, open_store
 from securemcp.policy.decision import Constraints, Decision, Effect
+from securemcp.policy.errors import PolicyError
 from securemcp.policy.hooks import PolicyLike, refusal, settle, start
 from securemcp.policy.ratelimit import RateLimit, RateLimiter
-from securemcp.policy.request import CallRequest
+from securemcp.policy.request import CallRequest, resource_target
 
 if TYPE_CHECKING:
     from securemcp.components import ComponentFacts
@@ -166,8 +167,15 @@ class PolicyEnforcement:
         arguments: Mapping[str, Any] | None,
         facts: ComponentFacts,
         transport: str,
+        version: str | None = None,
     ) -> CallRequest:
-        """The :class:`CallRequest` that rate limits and the policy see for one call."""
+        """The :class:`CallRequest` that rate limits and the policy see for one call.
+
+        A resource's target is its URI the way FastMCP reads it (:func:`resource_target`), so
+        percent-encoding cannot dodge a rule or get a fresh rate-limit bucket.
+        """
+        if method == "resources/read":
+            target = resource_target(target, facts.query_names)
         return CallRequest.build(
             principal,
             target,
@@ -177,6 +185,7 @@ class PolicyEnforcement:
             annotations=facts.annotations,
             risk=facts.risk,
             transport=transport,
+            version=version,
         )
 
     async def decide(self, request: CallRequest) -> Decision | None:
@@ -193,6 +202,10 @@ class PolicyEnforcement:
         decision = start(policy, request)
         if type(decision) is not Decision:
             decision = await settle(policy, decision)
+        if not decision.well_formed:
+            # Fields changed behind the dataclass's back: fail closed, as for a raising hook.
+            logger.error("securemcp policy returned a malformed Decision; denying (fail closed)")
+            raise PolicyError(reason="policy_error (malformed decision)")
         if decision.effect is Effect.DENY:
             raise refusal(decision)
         if decision.effect is Effect.REQUIRE_APPROVAL:

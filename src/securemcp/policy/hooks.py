@@ -99,7 +99,13 @@ def _failed(policy: Any, detail: str) -> Decision:
 
 def _coerce(policy: Any, result: Any) -> Decision | None:
     if isinstance(result, Decision):
-        return result
+        if result.well_formed:
+            return result
+        logger.error(
+            "securemcp policy %s returned a malformed Decision; denying (fail closed)",
+            policy_name(policy),
+        )
+        return _failed(policy, "returned a malformed Decision")
     if result is True:
         return Decision.allow(rule=policy_name(policy))
     if result is False:
@@ -135,8 +141,8 @@ def _start(policy: Any, request: CallRequest) -> Decision | Awaitable[Any] | Non
         result = target(request)
     except Exception as exc:
         return _raised(policy, exc)
-    if type(result) is Decision:  # the usual answer, without the Awaitable ABC check
-        return result
+    if type(result) is Decision and result.effect.__class__ is Effect:
+        return result  # the usual answer, without the Awaitable ABC check
     if inspect.isawaitable(result):
         return result
     return _coerce(policy, result)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
+from securemcp.policy.request import finite_json, freeze, same_json
+
 __all__ = ["MISSING", "Predicate", "compile_predicate"]
 
 
@@ -48,11 +50,8 @@ _SIZED: Final = (str, list, tuple, dict, MappingProxyType)
 _SCALARS: Final = (str, int, float)
 
 
-def _same(a: Any, b: Any) -> bool:
-    """JSON equality: ``true`` is not ``1`` (bool cannot be subclassed, so ``is`` suffices)."""
-    if a.__class__ is bool or b.__class__ is bool:
-        return a is b
-    return bool(a == b)
+#: JSON equality at every depth (``true`` is not ``1``, arrays and objects compare by content).
+_same: Final = same_json
 
 
 def _is_number(value: Any) -> bool:
@@ -80,23 +79,38 @@ _Check = Callable[[Any], bool]
 
 def _number_operand(op: str, operand: Any) -> float:
     if not _is_number(operand):
-        raise ValueError(f"'{op}' needs a number, got {operand!r}")
+        raise ValueError(f"'{op}' needs a number, got {_shown(operand)}")
     return float(operand)
 
 
 def _list_operand(op: str, operand: Any) -> tuple[Any, ...]:
-    if not isinstance(operand, list | tuple):
-        raise ValueError(f"'{op}' needs a list, got {operand!r}")
-    return tuple(operand)
+    if not isinstance(operand, tuple):
+        raise ValueError(f"'{op}' needs a list, got {_shown(operand)}")
+    return operand
+
+
+def _shown(operand: Any) -> str:
+    """An operand as the rules file wrote it (frozen arrays and tables shown as lists/dicts)."""
+    return repr(_thawed(operand))
+
+
+def _thawed(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    if isinstance(value, MappingProxyType):
+        return {k: _thawed(v) for k, v in value.items()}
+    return value
 
 
 def _length_operand(op: str, operand: Any) -> int:
     if not isinstance(operand, int) or isinstance(operand, bool) or operand < 0:
-        raise ValueError(f"'{op}' needs a non-negative integer, got {operand!r}")
+        raise ValueError(f"'{op}' needs a non-negative integer, got {_shown(operand)}")
     return operand
 
 
 def _build(op: str, operand: Any) -> _Check:
+    """The check for ``op``; ``operand`` is already frozen (:func:`freeze`), like the arguments
+    and claims it is compared with, and holds no NaN or infinity."""
     if op == "eq":
         return lambda v: _same(v, operand)
     if op == "ne":
@@ -121,7 +135,7 @@ def _build(op: str, operand: Any) -> _Check:
         return lambda v: _is_number(v) and compare(float(v), bound)
     if op == "regex":
         if not isinstance(operand, str):
-            raise ValueError(f"'regex' needs a string, got {operand!r}")
+            raise ValueError(f"'regex' needs a string, got {_shown(operand)}")
         try:
             pattern = re.compile(operand)
         except re.error as exc:
@@ -144,7 +158,7 @@ def _build(op: str, operand: Any) -> _Check:
         return lambda v: any(_contains(v, o) for o in options)
     if op == "present":
         if not isinstance(operand, bool):
-            raise ValueError(f"'present' needs true or false, got {operand!r}")
+            raise ValueError(f"'present' needs true or false, got {_shown(operand)}")
         return (lambda v: v is not MISSING) if operand else (lambda v: v is MISSING)
     raise ValueError(f"unknown operator {op!r}")
 
@@ -196,12 +210,12 @@ class Predicate:
         """The first operator ``value`` fails, as text (``None`` when all hold)."""
         for op, operand, check in self._checks:
             if not check(value):
-                return f"{op} {operand!r}"
+                return f"{op} {_shown(operand)}"
         return None
 
     def describe(self) -> str:
         """The condition as text, e.g. ``lt 1000 and ge 0``."""
-        return " and ".join(f"{op} {operand!r}" for op, operand, _ in self._checks)
+        return " and ".join(f"{op} {_shown(operand)}" for op, operand, _ in self._checks)
 
 
 def compile_predicate(spec: Any, *, claim: bool = False) -> Predicate:
@@ -210,8 +224,13 @@ def compile_predicate(spec: Any, *, claim: bool = False) -> Predicate:
     A bare value is shorthand: ``eq`` for arguments, ``contains`` for claims; a bare list is
     ``in`` for arguments and ``contains_any`` for claims.
 
+    Operands are frozen with the same :func:`~securemcp.policy.request.freeze` as the arguments
+    and claims they are compared with (arrays become tuples, tables read-only mappings), so an
+    array operand equals an array argument, and compared with :func:`same_json`, which keeps
+    ``true`` apart from ``1`` at every depth.
+
     Raises:
-        ValueError: unknown operators or operands of the wrong type.
+        ValueError: unknown operators, operands of the wrong type, or a NaN/infinite number.
     """
     if isinstance(spec, Mapping):
         if not spec:
@@ -221,5 +240,10 @@ def compile_predicate(spec: Any, *, claim: bool = False) -> Predicate:
         items = [("contains_any" if claim else "in", list(spec))]
     else:
         items = [("contains" if claim else "eq", spec)]
-    checks = tuple((str(op), operand, _build(str(op), operand)) for op, operand in items)
-    return Predicate(checks)
+    checks = []
+    for op, operand in items:
+        if not finite_json(operand):
+            raise ValueError(f"'{op}' needs finite numbers (no nan or inf), got {operand!r}")
+        frozen = freeze(operand)
+        checks.append((str(op), frozen, _build(str(op), frozen)))
+    return Predicate(tuple(checks))

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
+from urllib.parse import unquote, unquote_plus
 
 from securemcp.context import Principal, freeze_claims
 
@@ -44,7 +46,10 @@ __all__ = [
     "annotations_mapping",
     "arguments_hash",
     "canonical_json",
+    "finite_json",
     "freeze",
+    "resource_target",
+    "same_json",
 ]
 
 
@@ -127,6 +132,84 @@ def freeze(value: Any) -> Any:
     return freeze_claims(value)
 
 
+_ARRAYS: Final = (list, tuple)
+_OBJECTS: Final = (dict, MappingProxyType)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality at every depth: ``true`` is not ``1``, an array equals an array (list or
+    tuple) with equal items in order, an object equals an object with the same keys and equal
+    values. Frozen (:func:`freeze`) and plain data compare alike.
+    """
+    a_cls = a.__class__
+    b_cls = b.__class__
+    if a_cls is bool or b_cls is bool:
+        return a is b  # bool cannot be subclassed
+    if a_cls in _SCALAR_TYPES and b_cls in _SCALAR_TYPES:
+        return bool(a == b)
+    if isinstance(a, _ARRAYS):
+        if not isinstance(b, _ARRAYS) or len(a) != len(b):
+            return False
+        for x, y in zip(a, b, strict=True):  # noqa: SIM110 - no generator
+            if not same_json(x, y):
+                return False
+        return True
+    if isinstance(a, _OBJECTS):
+        if not isinstance(b, _OBJECTS) or len(a) != len(b):
+            return False
+        for key, x in a.items():  # noqa: SIM110 - no generator
+            if key not in b or not same_json(x, b[key]):
+                return False
+        return True
+    if isinstance(b, _ARRAYS) or isinstance(b, _OBJECTS):  # noqa: SIM101
+        return False
+    return bool(a == b)
+
+
+def finite_json(value: Any) -> bool:
+    """Whether ``value`` holds no NaN or infinity at any depth (TOML allows ``nan``/``inf``,
+    which would silently disable a bound or condition: every comparison with NaN is false)."""
+    if value.__class__ is float:
+        return math.isfinite(value)
+    if isinstance(value, _ARRAYS):
+        return all(finite_json(v) for v in value)
+    if isinstance(value, _OBJECTS):
+        return all(finite_json(v) for v in value.values())
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
+
+
+def resource_target(uri: str, query_names: frozenset[str] | None = None) -> str:
+    """A resource URI as policies and rate limits see it: the way FastMCP reads it.
+
+    FastMCP percent-decodes each template parameter it extracts (``files://%73ecret`` reads
+    ``files://secret``), ignores the fragment, and reads only the query parameters its URI
+    template names (the first value of each). So the URI is taken here with the fragment
+    dropped, the path percent-decoded, and the query reduced to the parameters in
+    ``query_names`` (all of them when ``None``, e.g. for a concrete resource), decoded and in
+    name order. Two spellings FastMCP resolves to the same resource give the same text, so they
+    meet the same rules and the same rate-limit buckets. Spellings FastMCP would tell apart may
+    share the text (``a%2Fb`` and ``a/b``): a deny rule then covers both.
+    """
+    if "%" not in uri and "#" not in uri and "?" not in uri and "+" not in uri:
+        return uri  # the usual case: nothing to decode
+    base = uri.partition("#")[0]
+    path, _, query = base.partition("?")
+    target = unquote(path)
+    if query:
+        pairs = []
+        for part in query.split("&"):
+            name, _, value = part.partition("=")
+            name = unquote_plus(name)
+            if query_names is None or name in query_names:
+                pairs.append((name, unquote_plus(value)))
+        pairs.sort(key=lambda pair: pair[0])  # stable: repeated names keep their order
+        if pairs:
+            target += "?" + "&".join(f"{name}={value}" for name, value in pairs)
+    return target
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
@@ -205,6 +288,10 @@ class CallRequest:
         annotations: the component's MCP annotations, read-only.
         risk: the risk class (declared, or derived from ``annotations``).
         transport: ``stdio``, ``streamable-http``, ``sse`` or ``in-memory``.
+        version: the component version the call asks for (``_meta.fastmcp.version``, or
+            ``version=`` on a FastMCP client call), as the caller wrote it: an exact version
+            (``"2"``) or a range (``">=1,<3"``); ``None`` when the call asks for none (FastMCP
+            then runs the highest version). Approvals are bound to it.
     """
 
     principal: Principal
@@ -216,6 +303,7 @@ class CallRequest:
     annotations: Mapping[str, Any] = field(default_factory=lambda: _NO_ANNOTATIONS)
     risk: RiskClass = RiskClass.WRITE
     transport: str = "in-memory"
+    version: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.arguments, MappingProxyType):
@@ -242,6 +330,7 @@ class CallRequest:
         annotations: Any = None,
         risk: RiskClass | str | None = None,
         transport: str = "in-memory",
+        version: str | None = None,
     ) -> CallRequest:
         """Describe a call; freezes ``arguments`` and derives ``risk`` unless declared."""
         hints = annotations_mapping(annotations)
@@ -262,6 +351,7 @@ class CallRequest:
                 annotations=hints,
                 risk=risk_class,
                 transport=transport,
+                version=version,
             )
         # Every field is already in the form __post_init__ would give it: set the slots directly
         # (this runs once per policed call).
@@ -275,6 +365,7 @@ class CallRequest:
         _set_annotations(request, hints)
         _set_risk(request, risk_class)
         _set_transport(request, transport)
+        _set_version(request, version)
         return request
 
     def arguments_hash(self) -> str:
@@ -295,3 +386,4 @@ _set_tags = _slot_setter("tags")
 _set_annotations = _slot_setter("annotations")
 _set_risk = _slot_setter("risk")
 _set_transport = _slot_setter("transport")
+_set_version = _slot_setter("version")

@@ -43,6 +43,7 @@ _LIST_KEYS: Final = (
     "any_scopes",
     "tenants",
     "transports",
+    "versions",
 )
 _RULE_KEYS: Final = frozenset(
     {"name", "effect", "reason", "verified", "claims", "arguments", "constraints", *_LIST_KEYS}
@@ -257,6 +258,8 @@ def _identity_matchers(spec: Mapping[str, tuple[str, ...]]) -> list[_Matcher]:
         "subjects": ("subject", lambda r: r.principal.subject),
         "issuers": ("issuer", lambda r: r.principal.issuer),
         "client_ids": ("client_id", lambda r: r.principal.client_id),
+        # The version the call asks for, as asked; a call that asks for none never matches.
+        "versions": ("version", lambda r: r.version),
     }
     matchers = []
     for key, (label, get) in getters.items():
