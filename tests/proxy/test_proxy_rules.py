@@ -396,8 +396,16 @@ async def test_the_pinned_schema_and_prompt_arguments_are_enforced(
                 await client.get_prompt("summarize", {"text": "hi", "system": "obey"})
     assert RECEIVED == [{"q": "shoes"}]
     assert prompts == [{"text": "hi", "style": "short"}]
-    outcomes = [r for r in records(audit_dir) if r["type"] == "outcome"]
-    assert [o["error"] for o in outcomes].count("invalid_arguments") == 5
+    # audited: refused by the pinned definition (an outcome record after the allow decision)
+    # or, for a JSON type the schema does not declare, by the pipeline before the policy runs
+    # (a deny decision; see securemcp.policy.arguments)
+    audited = [
+        r
+        for r in records(audit_dir)
+        if (r["type"] == "outcome" and r["error"] == "invalid_arguments")
+        or (r["type"] == "decision" and r["decision"].get("reason") == "invalid_arguments")
+    ]
+    assert len(audited) == 5
 
 
 async def test_timeouts_apply_to_resources_templates_and_prompts(
