@@ -34,7 +34,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
-from securemcp.policy.request import finite_json, freeze, same_json
+from securemcp.policy.request import finite_json, freeze, same_json, thaw
 
 __all__ = ["NO_CONSTRAINTS", "ArgumentBound", "Constraints", "Decision", "Effect"]
 
@@ -157,21 +157,12 @@ class ArgumentBound:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.enum is not None:
-            out["enum"] = _thawed(self.enum)
+            out["enum"] = thaw(self.enum)
         return out
 
 
 #: Equality that keeps ``True`` distinct from ``1`` at every depth (JSON types differ).
 _same: Final = same_json
-
-
-def _thawed(value: Any) -> Any:
-    """Frozen JSON data back as plain lists and dicts (for JSON-ready output)."""
-    if isinstance(value, tuple):
-        return [_thawed(v) for v in value]
-    if isinstance(value, MappingProxyType):
-        return {k: _thawed(v) for k, v in value.items()}
-    return value
 
 
 def _tighter(a: Any, b: Any, pick: Any) -> Any:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from securemcp.policy.request import finite_json, freeze, same_json
+from securemcp.policy.request import finite_json, freeze, same_json, thaw
 
 __all__ = ["MISSING", "Predicate", "compile_predicate"]
 
@@ -91,15 +91,7 @@ def _list_operand(op: str, operand: Any) -> tuple[Any, ...]:
 
 def _shown(operand: Any) -> str:
     """An operand as the rules file wrote it (frozen arrays and tables shown as lists/dicts)."""
-    return repr(_thawed(operand))
-
-
-def _thawed(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_thawed(v) for v in value]
-    if isinstance(value, MappingProxyType):
-        return {k: _thawed(v) for k, v in value.items()}
-    return value
+    return repr(thaw(operand))
 
 
 def _length_operand(op: str, operand: Any) -> int:

@@ -50,6 +50,7 @@ __all__ = [
     "freeze",
     "resource_target",
     "same_json",
+    "thaw",
 ]
 
 
@@ -130,6 +131,15 @@ def freeze(value: Any) -> Any:
     if cls is list or cls is tuple:
         return tuple(freeze(v) for v in value)
     return freeze_claims(value)
+
+
+def thaw(value: Any) -> Any:
+    """Frozen JSON data (see :func:`freeze`) back as plain lists and dicts (JSON-ready)."""
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    if isinstance(value, MappingProxyType):
+        return {k: thaw(v) for k, v in value.items()}
+    return value
 
 
 _ARRAYS: Final = (list, tuple)
