@@ -190,6 +190,7 @@ def _fragments(keys: tuple[str, ...]) -> tuple[str, ...]:
 
 
 _DEFAULT_FRAGMENTS: Final = _fragments(tuple(DEFAULT_SENSITIVE_KEYS))
+_DEFAULT_KNOWN: Final[dict[str, bool]] = {}
 
 
 def _names_a_secret(name: Any, fragments: tuple[str, ...], known: dict[str, bool]) -> bool:
@@ -248,16 +249,16 @@ def args_sha256(arguments: Mapping[str, Any] | None, secret_keys: Iterable[str] 
     """
     if arguments is None:
         return None
-    fragments = (
-        _DEFAULT_FRAGMENTS
-        if not secret_keys or secret_keys is DEFAULT_SENSITIVE_KEYS
-        else _fragments((*DEFAULT_SENSITIVE_KEYS, *secret_keys))
-    )
-    known = _secret_names.get(fragments)
-    if known is None:
-        if len(_secret_names) >= 16:
-            _secret_names.clear()
-        known = _secret_names[fragments] = {}
+    if not secret_keys or secret_keys is DEFAULT_SENSITIVE_KEYS:
+        fragments, known = _DEFAULT_FRAGMENTS, _DEFAULT_KNOWN  # no tuple hashed per call
+    else:
+        fragments = _fragments((*DEFAULT_SENSITIVE_KEYS, *secret_keys))
+        found = _secret_names.get(fragments)
+        if found is None:
+            if len(_secret_names) >= 16:
+                _secret_names.clear()
+            found = _secret_names[fragments] = {}
+        known = found
     # The common case first, a dict of plain values with no secret names: what jcs.dumps does,
     # minus its walk (the loop is jcs.is_plain for a dict, with the usual members inline).
     if type(arguments) is dict and _C_ENCODER is not None:
