@@ -169,3 +169,23 @@ async def test_credential_echoed_in_binary_content_never_reaches_the_client(
                 with pytest.raises(Exception, match="upstream_output_rejected"):
                     await client.read_resource("debug://request")
     assert secret not in caplog.text
+
+
+def test_an_answer_too_large_to_search_is_withheld_before_any_work(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail closed: an answer beyond the searchable size is withheld, and it is refused on its
+    JSON size before any decoded view (URL-decoding, base64) is built."""
+    from securemcp.proxy import upstream as module
+
+    built: list[str] = []
+    real_unquote = module.unquote
+    monkeypatch.setattr(module, "unquote", lambda text: built.append("u") or real_unquote(text))
+    big = result(t.TextContent(type="text", text="%41" * (module._MAX_ANSWER // 3 + 1)))
+    with pytest.raises(UpstreamOutputRejected) as withheld:
+        upstream.check_output(big)
+    assert "too large" in (withheld.value.reason or "")
+    assert built == []
+    small = result(t.TextContent(type="text", text="%41" * 1000))
+    upstream.check_output(small)
+    assert built  # the check does build views for an answer it can search

@@ -454,3 +454,68 @@ async def test_timeouts_apply_to_resources_templates_and_prompts(
                 with pytest.raises(Exception, match="upstream_timeout"):
                     await call()
                 assert asyncio.get_running_loop().time() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("rule", "refusal"),
+    [({"approval": True}, "approval_required"), ({"max_result_bytes": 10}, "result_too_large")],
+)
+async def test_an_encoded_slash_does_not_escape_a_template_rule(
+    idp: FakeIdentityProvider, tmp_path: Path, rule: dict[str, Any], refusal: str
+) -> None:
+    """FastMCP matches ``notes://a%2Fb`` to ``notes://{topic}`` (topic ``a/b``) while the
+    policy's decoded target ``notes://a/b`` matches no template: the template's rule must
+    apply to both spellings. Before: the read was allowed and served unconstrained."""
+    served: list[str] = []
+    upstream = PlainFastMCP("notes")
+
+    @upstream.resource("notes://{topic}")
+    def note(topic: str) -> str:
+        served.append(topic)
+        return "x" * 500
+
+    async with serve_http(upstream) as url:
+        cfg = await locked(
+            config(tmp_path, {"notes": {"url": url, "templates": {"notes://{topic}": rule}}})
+        )
+        proxy, audit_dir = audited_proxy(cfg, idp, tmp_path)
+        async with connect(proxy, idp.token("alice")) as client:
+            for uri in ("notes://plain", "notes://a%2Fb"):
+                with pytest.raises(Exception, match=refusal):
+                    await client.read_resource(uri)
+    if refusal == "approval_required":
+        assert served == []  # never sent upstream
+    decisions = [r["decision"]["result"] for r in records(audit_dir) if r["type"] == "decision"]
+    assert "allow" not in decisions
+
+
+class _EchoTool(Tool):
+    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+        return ToolResult(content=[mcp.types.TextContent(type="text", text="ok")])
+
+
+async def test_a_schema_refusal_never_logs_the_callers_keys(
+    idp: FakeIdentityProvider, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under ``additionalProperties`` the failing path is made of keys the caller chose: the
+    reason names the place in the pinned schema instead, so no caller text (a secret, a forged
+    log line) reaches the log or the audit record."""
+    upstream = PlainFastMCP("vendor")
+    schema = {
+        "type": "object",
+        "properties": {
+            "m": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 3}}
+        },
+    }
+    upstream.add_tool(_EchoTool(name="put", description="Put.", parameters=schema))
+    caplog.set_level("INFO")
+    secret_key = "sk_live_SECRETVALUE\nFAKE LOG LINE"
+    async with serve_http(upstream) as url:
+        cfg = await locked(config(tmp_path, {"vendor": {"url": url, "tools": {"put": {}}}}))
+        proxy, audit_dir = audited_proxy(cfg, idp, tmp_path)
+        async with connect(proxy, idp.token("alice")) as client:
+            with pytest.raises(ToolError, match="invalid_arguments"):
+                await client.call_tool("put", {"m": {secret_key: "too long"}})
+    assert "SECRETVALUE" not in caplog.text and "FAKE LOG LINE" not in caplog.text
+    assert "/properties/m/additionalProperties/maxLength" in caplog.text
+    assert "SECRETVALUE" not in str(records(audit_dir))

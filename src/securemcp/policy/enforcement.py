@@ -174,8 +174,9 @@ class PolicyEnforcement:
         A resource's target is its URI the way FastMCP reads it (:func:`resource_target`), so
         percent-encoding cannot dodge a rule or get a fresh rate-limit bucket.
         """
+        uri = None
         if method == "resources/read":
-            target = resource_target(target, facts.query_names)
+            uri, target = target, resource_target(target, facts.query_names)
         return CallRequest.build(
             principal,
             target,
@@ -186,6 +187,7 @@ class PolicyEnforcement:
             risk=facts.risk,
             transport=transport,
             version=version,
+            uri=uri,
         )
 
     async def decide(self, request: CallRequest) -> Decision | None:

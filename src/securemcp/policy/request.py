@@ -302,6 +302,8 @@ class CallRequest:
             ``version=`` on a FastMCP client call), as the caller wrote it: an exact version
             (``"2"``) or a range (``">=1,<3"``); ``None`` when the call asks for none (FastMCP
             then runs the highest version). Approvals are bound to it.
+        uri: for ``resources/read``, the URI exactly as the caller sent it (``target`` is it as
+            FastMCP reads it, percent-decoded); ``None`` for other methods.
     """
 
     principal: Principal
@@ -314,6 +316,7 @@ class CallRequest:
     risk: RiskClass = RiskClass.WRITE
     transport: str = "in-memory"
     version: str | None = None
+    uri: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.arguments, MappingProxyType):
@@ -341,6 +344,7 @@ class CallRequest:
         risk: RiskClass | str | None = None,
         transport: str = "in-memory",
         version: str | None = None,
+        uri: str | None = None,
     ) -> CallRequest:
         """Describe a call; freezes ``arguments`` and derives ``risk`` unless declared."""
         hints = annotations_mapping(annotations)
@@ -362,6 +366,7 @@ class CallRequest:
                 risk=risk_class,
                 transport=transport,
                 version=version,
+                uri=uri,
             )
         # Every field is already in the form __post_init__ would give it: set the slots directly
         # (this runs once per policed call).
@@ -376,6 +381,7 @@ class CallRequest:
         _set_risk(request, risk_class)
         _set_transport(request, transport)
         _set_version(request, version)
+        _set_uri(request, uri)
         return request
 
     def arguments_hash(self) -> str:
@@ -397,3 +403,4 @@ _set_annotations = _slot_setter("annotations")
 _set_risk = _slot_setter("risk")
 _set_transport = _slot_setter("transport")
 _set_version = _slot_setter("version")
+_set_uri = _slot_setter("uri")

@@ -153,6 +153,17 @@ class RuleSet:
             known = self.arguments.get(name)
             self.arguments[name] = known.merge(bound) if known is not None else bound
 
+    def merge(self, other: RuleSet) -> None:
+        """Combine ``other`` into this set, strictest-wins."""
+        self.denied.extend(other.denied)
+        self.scopes |= other.scopes
+        self.approval = self.approval or other.approval
+        self.max_result_bytes = _smaller(self.max_result_bytes, other.max_result_bytes)
+        self.timeout_seconds = _smaller(self.timeout_seconds, other.timeout_seconds)
+        for name, bound in other.arguments.items():
+            known = self.arguments.get(name)
+            self.arguments[name] = known.merge(bound) if known is not None else bound
+
 
 def _smaller(a: Any, b: Any) -> Any:
     if a is None:
@@ -209,7 +220,9 @@ def _validator(digest: str, schema: Mapping[str, Any]) -> Any:
 def _check_arguments(digest: str, schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> None:
     """Refuse arguments the pinned (reviewed) ``inputSchema`` does not allow.
 
-    The reason names where and which keyword failed, never the caller's values.
+    The reason names the failing place in the pinned schema (a JSON pointer into it, which
+    names its keyword), never the caller's values or keys: a key the caller chose (under
+    ``additionalProperties``, say) could carry a secret or a forged log line.
     """
     try:
         validator = _validator(digest, schema)
@@ -221,10 +234,11 @@ def _check_arguments(digest: str, schema: Mapping[str, Any], arguments: Mapping[
             reason=f"pinned inputSchema unusable: {type(exc).__name__}"
         ) from None
     if error is not None:
-        where = "$" + "".join(
-            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+        pointer = "".join(
+            "/" + str(part).replace("~", "~0").replace("/", "~1")
+            for part in error.absolute_schema_path
         )
-        raise InvalidArguments(reason=f"{where}: fails {error.validator!r}")
+        raise InvalidArguments(reason=f"fails the pinned inputSchema at {'#' + pointer!r}"[:300])
 
 
 class UpstreamTool(Tool):
@@ -665,10 +679,5 @@ class ProxyCatalog:
         if collided or len({id(p) for p, _, _ in served}) > 1:
             rules.deny(f"resource {uri!r} is exposed by more than one component")
         for provider, backend_uri, template_key in served:
-            found = provider.read_rules(backend_uri, template=template_key)
-            rules.denied.extend(found.denied)
-            rules.scopes |= found.scopes
-            rules.approval = rules.approval or found.approval
-            rules.max_result_bytes = _smaller(rules.max_result_bytes, found.max_result_bytes)
-            rules.timeout_seconds = _smaller(rules.timeout_seconds, found.timeout_seconds)
+            rules.merge(provider.read_rules(backend_uri, template=template_key))
         return rules

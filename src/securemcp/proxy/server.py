@@ -60,6 +60,17 @@ class ConfiguredRules:
     def evaluate(self, request: CallRequest) -> Decision:
         label = f"proxy-config:{request.target}"
         rules = self._catalog.rules_for(request.method, request.target)
+        raw = request.uri
+        if raw is not None and raw != request.target:
+            # A read's target is the URI decoded (so spellings share rules); FastMCP matches
+            # templates on the URI as sent (``a%2Fb`` fills one parameter, ``a/b`` matches
+            # nothing): judge both, strictest-wins, so neither spelling escapes a rule.
+            as_sent = self._catalog.rules_for(request.method, raw)
+            if as_sent is not None:
+                if rules is None:
+                    rules = as_sent
+                else:
+                    rules.merge(as_sent)
         if rules is None:  # not an upstream component (a tool the proxy defines itself)
             return Decision.allow(rule=label)
         if rules.denied:

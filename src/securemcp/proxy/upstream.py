@@ -460,6 +460,9 @@ class Upstream:
         raise UpstreamOutputRejected(reason=f"{self.name}: {why}")
 
 
+#: Largest answer (characters of its JSON form) searched for an injected credential; checked
+#: before any view is built, so a larger answer costs nothing before it is withheld.
+_MAX_ANSWER: Final = 8 * 1024 * 1024
 #: Most characters of answer text (all views together) searched for an injected credential.
 _MAX_SCANNED: Final = 64 * 1024 * 1024
 _BINARY_FIELDS: Final = frozenset({"data", "blob"})
@@ -503,6 +506,8 @@ def _views(result: Any) -> list[str] | None:
         dumped = json.dumps(data, ensure_ascii=False)
     else:
         data, dumped = None, repr(result)
+    if len(dumped) > _MAX_ANSWER:
+        return None
     strings: list[str] = []
     texts: list[str] = []
     binary: list[str] = []
