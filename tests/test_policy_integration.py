@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastmcp.exceptions import ToolError
+from fastmcp.tools import Tool
+from fastmcp.tools.base import ToolResult
 
 from securemcp import FastMCP
 from securemcp.context import Principal
@@ -524,6 +527,53 @@ async def test_no_policy_no_argument_check(idp: FakeIdentityProvider) -> None:
         assert await _call(client, "transfer", {"amount": "5000"}) == (True, "sent 5000")
 
 
+async def test_rules_name_resources_as_registered_and_repeats_do_not_dodge_them(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """A concrete resource is found by its exact URI, so a rule naming that URI (encoded, with
+    a query) applies as written; a repeated query parameter, of which FastMCP reads the first
+    value, does not dodge a rule on that value."""
+    rules = tmp_path / "policy.toml"
+    rules.write_text(
+        """
+default = "allow"
+[[rule]]
+name = "deny-exact"
+effect = "deny"
+tools = ["notes://team%20plan", "cfg://app?region=eu&env=prod", "data://rep?fmt=raw"]
+"""
+    )
+    mcp = FastMCP("resources", auth=idp.verifier(audience=AUDIENCE), policy=rules)
+    ran: list[str] = []
+
+    @mcp.resource("notes://team%20plan")
+    def plan() -> str:
+        ran.append("plan")
+        return "plan"
+
+    @mcp.resource("cfg://app?region=eu&env=prod")
+    def app_config() -> str:
+        ran.append("cfg")
+        return "cfg"
+
+    @mcp.resource("data://rep{?fmt}")
+    def report(fmt: str = "x") -> str:
+        ran.append(fmt)
+        return fmt
+
+    async with connect(mcp, idp.token("alice")) as client:
+        for uri in (
+            "notes://team%20plan",
+            "cfg://app?region=eu&env=prod",
+            "data://rep?fmt=raw",
+            "data://rep?fmt=raw&fmt=zz",
+        ):
+            with pytest.raises(Exception, match="policy_denied"):
+                await client.read_resource(uri)
+        assert (await client.read_resource("data://rep?fmt=csv"))[0].text == "csv"
+    assert ran == ["csv"]
+
+
 async def test_resource_rules_and_limits_see_the_uri_fastmcp_reads(
     idp: FakeIdentityProvider, tmp_path: Path
 ) -> None:
@@ -569,3 +619,61 @@ tools = ["files://secret*"]
             with pytest.raises(Exception, match="rate_limited"):
                 await client.read_resource(uri)
     assert ran == ["public", "q3", "q3"]
+
+
+class _SchemaTool(Tool):
+    """A tool whose input schema the test chooses (a custom Tool, or a proxied one)."""
+
+    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+        return ToolResult(content="ran")
+
+
+async def test_an_unusable_schema_or_a_callers_key_is_refused_audited_and_never_logged(
+    idp: FakeIdentityProvider, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schema the argument check cannot use ($ref cycle, a non-string type) refuses the call
+    as invalid_arguments with an audit record, not an internal error; a misfit under a key the
+    caller chose is named by its declared parameter only, so the key (a secret, a forged log
+    line) reaches no log, record or message."""
+    from securemcp.audit import AuditLog, iter_records
+
+    caplog.set_level("INFO")
+    mcp = FastMCP(
+        "schemas",
+        auth=idp.verifier(audience=AUDIENCE),
+        policy=lambda request: True,
+        audit=AuditLog(tmp_path / "audit"),
+    )
+    mcp.add_tool(_SchemaTool(name="cycle", parameters={"type": "object", "$ref": "#"}))
+    mcp.add_tool(
+        _SchemaTool(
+            name="oddtype",
+            parameters={"type": "object", "properties": {"a": {"type": [{"x": 1}]}}},
+        )
+    )
+    mcp.add_tool(
+        _SchemaTool(
+            name="headers",
+            parameters={
+                "type": "object",
+                "properties": {"h": {"type": "object", "additionalProperties": {"type": "string"}}},
+            },
+        )
+    )
+    secret_key = "Bearer sk-live-SECRETVALUE\nFAKE LOG LINE"
+    async with connect(mcp, idp.token("alice")) as client:
+        for name, arguments in (
+            ("cycle", {"a": 1}),
+            ("headers", {"h": {secret_key: 5}}),
+        ):
+            with pytest.raises(ToolError, match="invalid_arguments") as refused:
+                await client.call_tool(name, arguments)
+            assert "SECRETVALUE" not in str(refused.value)
+        # a type the check cannot read is no opinion (FastMCP's own validation still runs)
+        assert (await client.call_tool("oddtype", {"a": 1})).content[0].text == "ran"  # type: ignore[union-attr]
+    records = list(iter_records(tmp_path / "audit"))
+    refusals = [r for r in records if r["type"] == "decision" and r["decision"]["result"] == "deny"]
+    assert [r["target"] for r in refusals] == ["cycle", "headers"]
+    assert all(r["decision"]["reason"] == "invalid_arguments" for r in refusals)
+    assert "SECRETVALUE" not in caplog.text and "FAKE LOG LINE" not in caplog.text
+    assert "SECRETVALUE" not in str(records)

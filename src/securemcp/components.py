@@ -73,11 +73,9 @@ def _query_names(component: Any) -> frozenset[str] | None:
     template = getattr(component, "uri_template", None)
     if not isinstance(template, str):
         return None
-    return frozenset(
-        name.strip().rstrip("*")
-        for found in _QUERY_PART.findall(template)
-        for name in found.split(",")
-    )
+    names = [name.strip() for found in _QUERY_PART.findall(template) for name in found.split(",")]
+    # every name without its "*", plus "name*" for an exploded one (FastMCP reads all its values)
+    return frozenset(name.rstrip("*") for name in names) | {n for n in names if n.endswith("*")}
 
 
 def _input_schema(component: Any) -> Mapping[str, Any] | None:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -714,13 +715,24 @@ class SecurityPipeline(Middleware):
             # lax validation would coerce ("5000" for an integer). See securemcp.policy.arguments.
             from securemcp.policy.arguments import argument_type_error
 
-            misfit = argument_type_error(facts.input_schema, arguments)
+            unusable: str | None = None
+            try:
+                misfit = argument_type_error(facts.input_schema, arguments)
+            except Exception as exc:  # a malformed schema ($ref cycle...): refuse, audited
+                misfit, unusable = None, type(exc).__name__
+            if unusable is not None:
+                raise InvalidArguments(reason=f"the tool's input schema is unusable: {unusable}")
             if misfit is not None:
+                # Named by its declared parameter only: deeper path parts can be keys the
+                # caller chose (a secret, a forged log line).
+                declared = facts.input_schema.get("properties")
+                top = re.split(r"[.\[]", misfit, maxsplit=1)[0]
+                name = top if isinstance(declared, Mapping) and top in declared else "*"
                 raise InvalidArguments(
-                    f"Argument {misfit[:100]!r} does not have the JSON type the tool's input "
+                    f"Argument {name!r} does not have the JSON type the tool's input "
                     "schema declares; send the declared type (no strings for numbers or "
                     "booleans).",
-                    reason=f"argument {misfit[:100]!r} has a JSON type the input schema does not "
+                    reason=f"argument {name!r} has a JSON type the input schema does not "
                     "declare (refused: the tool would receive a coerced value)",
                 )
         decision = await enforcement.decide(request)

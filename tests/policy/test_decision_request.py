@@ -256,3 +256,17 @@ def test_resource_target_is_the_uri_as_fastmcp_reads_it(
     from securemcp.policy.request import resource_target
 
     assert resource_target(uri, names) == target
+
+
+def test_resource_target_keeps_what_fastmcp_reads_of_repeated_parameters() -> None:
+    from securemcp.components import _query_names
+    from securemcp.policy.request import resource_target
+
+    class _Template:
+        uri_template = "data://x{?fmt,tags*}"
+
+    names = _query_names(_Template())
+    assert names == frozenset({"fmt", "tags", "tags*"})
+    uri = "data://x?fmt=raw&tags=a&fmt=zz&tags=b"
+    # the first value of a plain parameter, every value of an exploded one
+    assert resource_target(uri, names) == "data://x?fmt=raw&tags=a&tags=b"

@@ -105,7 +105,7 @@ class _Compiler:
         kind = schema.get("type")
         kinds = [kind] if isinstance(kind, str) else kind if isinstance(kind, list) else None
         if kinds is not None:
-            tests = tuple(_TYPES[k] for k in kinds if k in _TYPES)
+            tests = tuple(_TYPES[k] for k in kinds if isinstance(k, str) and k in _TYPES)
             if len(tests) == len(kinds):  # an unknown type name: no opinion
                 checks.append(_type_check(tests))
         if "enum" in schema and isinstance(schema["enum"], list):

@@ -171,11 +171,13 @@ class PolicyEnforcement:
     ) -> CallRequest:
         """The :class:`CallRequest` that rate limits and the policy see for one call.
 
-        A resource's target is its URI the way FastMCP reads it (:func:`resource_target`), so
-        percent-encoding cannot dodge a rule or get a fresh rate-limit bucket.
+        A resource template read's target is its URI the way FastMCP reads it
+        (:func:`resource_target`), so percent-encoding cannot dodge a rule or get a fresh
+        rate-limit bucket; a concrete resource, which FastMCP finds by its exact URI, keeps it.
         """
         uri = None
-        if method == "resources/read":
+        if method == "resources/read" and facts.query_names is not None:
+            # a template read; a concrete resource is found by its exact URI, which stays
             uri, target = target, resource_target(target, facts.query_names)
         return CallRequest.build(
             principal,

@@ -195,12 +195,14 @@ def resource_target(uri: str, query_names: frozenset[str] | None = None) -> str:
 
     FastMCP percent-decodes each template parameter it extracts (``files://%73ecret`` reads
     ``files://secret``), ignores the fragment, and reads only the query parameters its URI
-    template names (the first value of each). So the URI is taken here with the fragment
-    dropped, the path percent-decoded, and the query reduced to the parameters in
-    ``query_names`` (all of them when ``None``, e.g. for a concrete resource), decoded and in
-    name order. Two spellings FastMCP resolves to the same resource give the same text, so they
-    meet the same rules and the same rate-limit buckets. Spellings FastMCP would tell apart may
-    share the text (``a%2Fb`` and ``a/b``): a deny rule then covers both.
+    template names (the first value of each, every value of an exploded ``{?name*}``, listed in
+    ``query_names`` as ``name*``). So the URI is taken here with the fragment dropped, the path
+    percent-decoded, and the query reduced to those values of the parameters in
+    ``query_names`` (all parameters when ``None``), decoded and in name order. Two spellings
+    FastMCP resolves to the same resource give the same text, so they meet the same rules and
+    the same rate-limit buckets. Spellings FastMCP would tell apart may share the text
+    (``a%2Fb`` and ``a/b``): a deny rule then covers both. Only template reads are normalised
+    (a concrete resource is found by its exact URI, see ``PolicyEnforcement.call_request``).
     """
     if "%" not in uri and "#" not in uri and "?" not in uri and "+" not in uri:
         return uri  # the usual case: nothing to decode
@@ -209,11 +211,16 @@ def resource_target(uri: str, query_names: frozenset[str] | None = None) -> str:
     target = unquote(path)
     if query:
         pairs = []
+        seen: set[str] = set()
         for part in query.split("&"):
             name, _, value = part.partition("=")
             name = unquote_plus(name)
-            if query_names is None or name in query_names:
-                pairs.append((name, unquote_plus(value)))
+            if query_names is not None and name not in query_names:
+                continue
+            if name in seen and (query_names is None or f"{name}*" not in query_names):
+                continue  # FastMCP reads the first value of a name that is not exploded
+            seen.add(name)
+            pairs.append((name, unquote_plus(value)))
         pairs.sort(key=lambda pair: pair[0])  # stable: repeated names keep their order
         if pairs:
             target += "?" + "&".join(f"{name}={value}" for name, value in pairs)
