@@ -13,7 +13,6 @@ Optional extension lines are accepted when parsing and kept, but securemcp never
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -58,7 +57,7 @@ class Checkpoint:
             raise NoteError("a checkpoint size must fit in 64 bits")
         try:
             root = base64.b64decode(root_b64, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII text
             raise NoteError("a checkpoint root must be base64") from exc
         if len(root) != 32 or base64.b64encode(root).decode() != root_b64:
             raise NoteError("a checkpoint root is the canonical base64 of 32 bytes")

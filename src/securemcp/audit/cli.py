@@ -3,13 +3,18 @@
 :func:`register` adds them to the ``securemcp`` command's sub-parsers; each leaf parser sets
 ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning the exit code:
 
-* ``audit verify [PATH] --keyring FILE [--trusted-checkpoint FILE] [--json]`` — exit 0
-  verified, 1 tampered, 2 usage or I/O error, 3 no trusted signature, 4 verified but unsealed
-  tail. With no PATH: the default folder against the local development keyring (with a warning);
+* ``audit verify [PATH] --keyring FILE [--trusted-checkpoint FILE] [--allow-retired-seal]
+  [--json]`` — exit 0 verified, 1 tampered, 2 usage or I/O error, 3 no trusted signature (also:
+  a retired key signed past its bound, or only retired keys seal the log), 4 verified but
+  unsealed tail. With no PATH: the default folder against the local development keyring (with a
+  warning);
 * ``audit show [PATH]`` / ``audit tail [PATH] [-n N]`` — records as a table or ``--json`` lines,
   filtered by ``--user``, ``--tool``, ``--decision``, ``--type``, ``--since``, ``--until``;
 * ``keys generate --name NAME [--out FILE] [--keyring FILE]`` — a new Ed25519 signing key
-  (mode 0600) and its keyring line.
+  (mode 0600) and its keyring line;
+* ``keys retire KEY --keyring FILE (--log PATH... | --after-size N)`` — mark KEY retired in the
+  keyring file (``retired-after-size=N``), after checking that each log still verifies
+  (:mod:`securemcp.audit.retirement`); exit 0 done, 2 refused (nothing written).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from securemcp.audit.errors import KeyringError
-from securemcp.audit.keys import DEV_KEYRING_FILE, default_key_dir, generate_key_file
+from securemcp.audit.keys import DEV_KEYRING_FILE, Keyring, default_key_dir, generate_key_file
 from securemcp.audit.reader import RecordFilter, iter_records, parse_time, tail_records
+from securemcp.audit.retirement import plan_retirement, retire_in_text, write_keyring
 from securemcp.audit.storage import default_audit_dir
 from securemcp.audit.verifier import VerificationReport, verify
 
@@ -34,7 +40,7 @@ _HEADINGS: Final = ("SEQ", "TIME (UTC)", "TYPE", "USER", "TARGET", "RESULT", "DE
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``audit`` (``verify``, ``show``, ``tail``) and ``keys`` (``generate``)."""
+    """Add ``audit`` (``verify``, ``show``, ``tail``) and ``keys`` (``generate``, ``retire``)."""
     audit = subparsers.add_parser(
         "audit",
         help="verify and read the signed audit log",
@@ -57,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--trusted-checkpoint",
         metavar="FILE",
         help="a signed checkpoint obtained out of band (from a witness or SIEM)",
+    )
+    check.add_argument(
+        "--allow-retired-seal",
+        action="store_true",
+        help="accept a log sealed only by retired keys (an archive sealed before a rotation)",
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
@@ -100,6 +111,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     generate.add_argument("--force", action="store_true", help="overwrite an existing key file")
     generate.set_defaults(func=_generate)
+
+    retire = key_commands.add_parser(
+        "retire",
+        help="retire a key in a keyring after a rotation",
+        description=(
+            "Mark KEY retired in the keyring file: trusted only for checkpoints of at most N "
+            "records (retired-after-size=N). N is the largest checkpoint KEY signed in the "
+            "logs given (each must verify, and still verify once KEY is retired: pin the new "
+            "key first), or --after-size. Exit 0 done, 2 refused (nothing written)."
+        ),
+    )
+    retire.add_argument("key", metavar="KEY", help="NAME, NAME+KEYID or the verifier key")
+    retire.add_argument("--keyring", metavar="FILE", required=True, help="keyring file to edit")
+    bound = retire.add_mutually_exclusive_group(required=True)
+    bound.add_argument(
+        "--log",
+        metavar="PATH",
+        action="append",
+        help="a log folder KEY signed (repeat for every log it signed)",
+    )
+    bound.add_argument("--after-size", metavar="N", type=int, help="the bound, given directly")
+    retire.set_defaults(func=_retire)
 
 
 def _usage(parser: argparse.ArgumentParser) -> Any:
@@ -145,6 +178,7 @@ def _verify(args: argparse.Namespace) -> int:
             trusted_checkpoint=args.trusted_checkpoint,
             progress=bar,
             workers=args.workers,
+            allow_retired_seal=args.allow_retired_seal,
         )
     finally:
         bar.finish()
@@ -285,4 +319,39 @@ def _generate(args: argparse.Namespace) -> int:
             handle.write(line + "\n")
     print(line)
     print(f"private key written to {out} (mode 0600); keep it secret.", file=sys.stderr)
+    return 0
+
+
+# --- keys retire -----------------------------------------------------------------------------
+
+
+def _retire(args: argparse.Namespace) -> int:
+    path = Path(args.keyring)
+    try:
+        text = path.read_text(encoding="utf-8")
+        keyring = Keyring.parse(text)
+        plan = plan_retirement(
+            keyring, args.key, after_size=args.after_size, logs=tuple(args.log or ())
+        )
+        if not plan.unchanged:
+            write_keyring(path, retire_in_text(text, plan))
+    except (KeyringError, ValueError) as exc:  # ValueError: not UTF-8
+        return _error(f"keys retire: {exc}; {path} is unchanged")
+    except OSError as exc:
+        return _error(f"keys retire: cannot update {path}: {exc}")
+    key = plan.key
+    if plan.unchanged:
+        print(f"{key.name} is already retired after {plan.after_size} records.", file=sys.stderr)
+        return 0
+    print(f"{key} retired-after-size={plan.after_size}")
+    print(
+        f"{key.name} is trusted only for checkpoints of at most {plan.after_size} records"
+        + (
+            f"; {len(plan.reports)} log(s) still verify"
+            if plan.reports
+            else "; no log was checked (pass --log PATH to check)"
+        )
+        + f". Distribute {path} to every verifier and writer.",
+        file=sys.stderr,
+    )
     return 0

@@ -8,13 +8,17 @@
   (``PRIVATE+KEY+<name>+<hex key id>+<base64(0x01 ‖ 32-byte seed)>``), written with mode 0600.
 * A :class:`Keyring` is the verifier's pinned set of trusted public keys. Its file format is one
   C2SP signed-note verifier key per line (``<name>+<hex key id>+<base64(0x01 ‖ public key)>``);
-  blank lines and lines starting with ``#`` are ignored.
+  blank lines and lines starting with ``#`` are ignored. A line may go on, after white space,
+  with ``retired-after-size=<N>``: the key is *retired* and trusted only for checkpoints of at
+  most N records (a C2SP ``tlog-checkpoint`` tree size, which a Merkle log can check; a time
+  bound would be chosen by whoever holds the key). Any other text after the key is an error, so
+  a misspelt retirement never leaves a key trusted; a line without one means what it always
+  meant, a key trusted for every checkpoint.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import os
 import re
@@ -27,19 +31,24 @@ from typing import Final, Protocol, runtime_checkable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securemcp.audit.errors import KeyringError
+from securemcp.audit.checkpoint import MAX_SIZE
+from securemcp.audit.errors import AuditError, KeyringError
 from securemcp.audit.note import ALG_ED25519, NoteError, VerifierKey, key_id, valid_key_name
 
 __all__ = [
     "DEV_KEYRING_FILE",
     "DEV_KEY_FILE",
     "DEV_KEY_NAME",
+    "RETIRED_AFTER_SIZE",
     "Ed25519Signer",
     "Keyring",
     "Signer",
     "default_key_dir",
     "generate_key_file",
+    "keyring_line",
     "load_or_create_dev_signer",
+    "parse_keyring_line",
+    "refuse_retired_signer",
     "verifier_key",
 ]
 
@@ -52,6 +61,9 @@ DEV_KEY_FILE: Final = "audit-dev.key"
 DEV_KEYRING_FILE: Final = "audit-dev.keyring"
 
 _PRIVATE_PREFIX: Final = "PRIVATE+KEY+"
+
+#: The keyring annotation that retires a key: ``<verifier key> retired-after-size=<N>``.
+RETIRED_AFTER_SIZE: Final = "retired-after-size"
 
 
 @runtime_checkable
@@ -118,7 +130,7 @@ class Ed25519Signer:
         name, hex_id, b64 = parts
         try:
             raw = base64.b64decode(b64, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII text
             raise KeyringError("the signing key is not valid base64") from exc
         if len(raw) != 33 or raw[0] != ALG_ED25519:
             raise KeyringError("only Ed25519 signing keys are supported")
@@ -245,38 +257,108 @@ def _write_dev_keyring(path: Path, signer: Ed25519Signer) -> None:
 
 
 _COMMENT: Final = re.compile(r"\s*(#.*)?")
+_SIZE: Final = re.compile(r"0|[1-9][0-9]{0,19}")
+
+
+def _parse_bound(text: str) -> int:
+    if _SIZE.fullmatch(text) is None or int(text) > MAX_SIZE:
+        raise KeyringError(
+            f"{RETIRED_AFTER_SIZE} takes a tree size (decimal, no leading zeros, at most 64 bits)"
+        )
+    return int(text)
+
+
+def parse_keyring_line(line: str) -> tuple[VerifierKey, int | None]:
+    """Parse one keyring line: a verifier key, optionally followed by ``retired-after-size=N``.
+
+    Returns the key and its retirement bound (``None``: not retired).
+
+    Raises:
+        KeyringError: a malformed key, or anything after it but one well-formed retirement.
+    """
+    key_text, *annotations = line.split()
+    try:
+        key = VerifierKey.parse(key_text)
+    except NoteError as exc:
+        raise KeyringError(f"invalid verifier key: {exc}") from exc
+    if not annotations:
+        return key, None
+    name, sep, value = annotations[0].partition("=")
+    if len(annotations) > 1 or name != RETIRED_AFTER_SIZE or not sep:
+        raise KeyringError(
+            f"after the verifier key, only '{RETIRED_AFTER_SIZE}=<tree size>' may follow "
+            f"(found {' '.join(annotations)!r})"
+        )
+    return key, _parse_bound(value)
+
+
+def keyring_line(key: VerifierKey, retired_after_size: int | None = None) -> str:
+    """The keyring line of ``key`` (with its retirement bound, when retired)."""
+    if retired_after_size is None:
+        return str(key)
+    return f"{key} {RETIRED_AFTER_SIZE}={retired_after_size}"
 
 
 class Keyring:
-    """A pinned set of trusted verifier keys, looked up by ``(name, key id)``."""
+    """A pinned set of trusted verifier keys, looked up by ``(name, key id)``.
 
-    __slots__ = ("_keys",)
+    A key may be *retired after size N*: trusted only for checkpoints of at most N records
+    (:meth:`retired_after_size`). A key without a bound is *current*.
+    """
+
+    __slots__ = ("_keys", "_retired")
 
     def __init__(self, keys: Iterable[VerifierKey | str] = ()) -> None:
         self._keys: dict[tuple[str, bytes], VerifierKey] = {}
+        self._retired: dict[tuple[str, bytes], int] = {}
         for key in keys:
             self.add(key)
 
-    def add(self, key: VerifierKey | str) -> VerifierKey:
-        """Trust ``key`` (a :class:`VerifierKey` or its text form)."""
+    def add(self, key: VerifierKey | str, *, retired_after_size: int | None = None) -> VerifierKey:
+        """Trust ``key`` (a :class:`VerifierKey` or a keyring line), retired if a bound is given.
+
+        Raises:
+            KeyringError: a malformed line, a negative or oversized bound, or a key already in
+                the keyring with a different retirement (the file would be ambiguous).
+        """
         if isinstance(key, str):
-            try:
-                key = VerifierKey.parse(key)
-            except NoteError as exc:
-                raise KeyringError(f"invalid verifier key: {exc}") from exc
-        self._keys[(key.name, key.key_id)] = key
+            key, bound = parse_keyring_line(key)
+            if bound is not None:
+                if retired_after_size not in (None, bound):
+                    raise KeyringError(f"two retirement bounds given for key {key.name!r}")
+                retired_after_size = bound
+        if retired_after_size is not None and not 0 <= retired_after_size <= MAX_SIZE:
+            raise KeyringError(f"{RETIRED_AFTER_SIZE} must be a tree size (0 to 2**64 - 1)")
+        index = (key.name, key.key_id)
+        known = self._keys.get(index)
+        if known is not None and self._retired.get(index) != retired_after_size:
+            raise KeyringError(
+                f"key {key.name}+{key.key_id.hex()} is listed twice with different retirements"
+            )
+        self._keys[index] = key
+        if retired_after_size is not None:
+            self._retired[index] = retired_after_size
         return key
+
+    def retire(self, key: VerifierKey, after_size: int) -> None:
+        """Retire ``key`` (adding it if absent): trusted only for checkpoints of at most
+        ``after_size`` records from now on."""
+        if not 0 <= after_size <= MAX_SIZE:
+            raise KeyringError(f"{RETIRED_AFTER_SIZE} must be a tree size (0 to 2**64 - 1)")
+        index = (key.name, key.key_id)
+        self._keys[index] = key
+        self._retired[index] = after_size
 
     @classmethod
     def parse(cls, text: str) -> Keyring:
-        """Parse a keyring file's text (one verifier key per line, ``#`` comments)."""
+        """Parse a keyring file's text (one key line each, ``#`` comments, blank lines)."""
         keyring = cls()
         for number, line in enumerate(text.splitlines(), 1):
             if _COMMENT.fullmatch(line):
                 continue
             try:
-                keyring.add(VerifierKey.parse(line))
-            except NoteError as exc:
+                keyring.add(line)
+            except KeyringError as exc:
                 raise KeyringError(f"keyring line {number}: {exc}") from exc
         return keyring
 
@@ -286,12 +368,18 @@ class Keyring:
         return cls.parse(Path(path).read_text(encoding="utf-8"))
 
     def lookup(self, name: str, key_id: bytes) -> VerifierKey | None:
-        """The trusted key with this name and id, if any."""
+        """The trusted key with this name and id, if any (retired or not)."""
         return self._keys.get((name, key_id))
+
+    def retired_after_size(self, key: VerifierKey) -> int | None:
+        """The largest checkpoint size ``key`` is trusted for; ``None`` when it is current."""
+        return self._retired.get((key.name, key.key_id))
 
     def dumps(self) -> str:
         """The keyring file text."""
-        return "".join(f"{key}\n" for key in self._keys.values())
+        return "".join(
+            keyring_line(key, self._retired.get(index)) + "\n" for index, key in self._keys.items()
+        )
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, VerifierKey) and self._keys.get((key.name, key.key_id)) == key
@@ -303,4 +391,29 @@ class Keyring:
         return len(self._keys)
 
     def __repr__(self) -> str:
-        return f"<Keyring {len(self._keys)} key(s)>"
+        retired = f", {len(self._retired)} retired" if self._retired else ""
+        return f"<Keyring {len(self._keys)} key(s){retired}>"
+
+
+def refuse_retired_signer(signer: Signer, keyring: Keyring | str | os.PathLike[str] | None) -> None:
+    """Raise :class:`AuditError` if ``keyring`` (a :class:`Keyring` or a keyring file, read now)
+    retires ``signer``: a writer must never sign with a key the operator retired.
+
+    Raises:
+        AuditError: the key is retired, or the keyring file cannot be read (or is malformed:
+            :class:`KeyringError`, a subclass).
+    """
+    if keyring is None:
+        return
+    try:
+        pinned = keyring if isinstance(keyring, Keyring) else Keyring.load(keyring)
+    except OSError as exc:
+        raise AuditError(f"cannot read the audit keyring {keyring}: {exc}") from exc
+    key = verifier_key(signer)
+    bound = pinned.retired_after_size(key) if key in pinned else None
+    if bound is not None:
+        raise AuditError(
+            f"the audit signing key {key.name}+{key.key_id.hex()} is retired in the keyring "
+            f"(trusted only for checkpoints of at most {bound} records): configure its "
+            "successor as the signer"
+        )

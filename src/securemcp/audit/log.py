@@ -42,7 +42,13 @@ from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint
 from securemcp.audit.errors import AuditError, AuditLogLocked, AuditUnavailable
 from securemcp.audit.guard import DEFAULT_SENSITIVE_KEYS, check_encoded, screen
 from securemcp.audit.jcs import MAX_SAFE_INTEGER, format_number, plain_float
-from securemcp.audit.keys import Signer, load_or_create_dev_signer, verifier_key
+from securemcp.audit.keys import (
+    Keyring,
+    Signer,
+    load_or_create_dev_signer,
+    refuse_retired_signer,
+    verifier_key,
+)
 from securemcp.audit.merkle import CompactRange, leaf_hash
 from securemcp.audit.note import NoteError, sign_note
 from securemcp.audit.records import (
@@ -134,6 +140,11 @@ class AuditLog:
         server: default ``server`` of records built by :meth:`decision` and friends.
         key_dir: folder of the development key (default ``$SECUREMCP_KEY_DIR`` or
             ``./.securemcp/keys``).
+        keyring: the pinned keyring the log's verifiers use (a
+            :class:`~securemcp.audit.keys.Keyring` or a file, read at each :meth:`open` and
+            :meth:`rotate_key`): a signer it retires (``retired-after-size=N``) is refused
+            there with :class:`~securemcp.audit.errors.AuditError`, so the log never signs
+            with a key the operator retired.
     """
 
     def __init__(
@@ -152,6 +163,7 @@ class AuditLog:
         origin: str | None = None,
         server: str | None = None,
         key_dir: str | os.PathLike[str] | None = None,
+        keyring: Keyring | str | os.PathLike[str] | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -181,6 +193,7 @@ class AuditLog:
         self.server = server
         self._origin_arg = origin
         self._key_dir = key_dir
+        self._keyring = keyring
 
         self._lock = threading.Lock()  # writer state; never held while signing
         self._cp_lock = threading.RLock()  # serialises checkpoints (taken before _lock)
@@ -821,9 +834,12 @@ class AuditLog:
     def rotate_key(self, new_signer: Signer, *, reason: str = "") -> str:
         """Switch to ``new_signer``: writes ``key_rotation`` and a checkpoint signed by both keys.
 
-        Verifiers that trust the old key learn the new one from that checkpoint.
+        Verifiers that trust the old key learn the new one from that checkpoint. A
+        ``new_signer`` that the log's ``keyring`` retires is refused (:class:`AuditError`,
+        nothing written).
         """
         new_key = str(verifier_key(new_signer))
+        refuse_retired_signer(new_signer, self._keyring)
         with self._cp_lock:
             old = self._signer
             if old is None or not self._opened:
@@ -949,6 +965,7 @@ class AuditLog:
             else load_or_create_dev_signer(self._key_dir)
         )
         verifier_key(self._signer)  # fail early on an inconsistent signer
+        refuse_retired_signer(self._signer, self._keyring)
         sync = self.fsync != "never"
         quarantine = directory / QUARANTINE_DIR
         recovered: dict[str, Any] | None = None

@@ -114,7 +114,7 @@ class VerifierKey:
             raise NoteError("the key id must be 8 lower-case hex digits")
         try:
             raw = base64.b64decode(b64, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII text
             raise NoteError("the key is not valid base64") from exc
         if base64.b64encode(raw).decode() != b64:
             raise NoteError("the key is not canonical base64")

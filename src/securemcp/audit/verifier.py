@@ -16,11 +16,19 @@
    the log forked); one covering more records than the log holds means the log was truncated or
    rolled back, whatever key signed it (the verdict is never ``verified`` while it is unmatched);
 5. every checkpoint has a trusted signature; trust follows key rotations: a ``key_rotation``
-   record sealed by a checkpoint signed by a trusted key *and* the new key adds the new key.
+   record sealed by a checkpoint signed by a trusted key *and* the new key adds the new key;
+6. key retirement: a key the keyring marks ``retired-after-size=N`` is trusted only for
+   checkpoints of at most N records, and a key learned from a rotation that only retired keys
+   vouched for inherits the largest of their bounds (a retired key cannot mint a current one).
+   The log's latest seal must carry a current key's signature (or be the supplied trusted
+   checkpoint), else whoever holds a retired key could cut the log back below its bound and
+   re-sign it; ``allow_retired_seal=True`` accepts such a log (an archive sealed before the
+   rotation).
 
 The result is a :class:`VerificationReport` with a ``status`` and a process ``exit_code``:
 ``verified`` 0, ``tampered`` 1 (with ``first_bad_seq`` and ``kind``), ``io_error`` 2,
-``untrusted`` 3 (no trusted signature) and ``unsealed_tail`` 4 (records after the last trusted
+``untrusted`` 3 (no trusted signature: kinds ``unknown_key``, ``no_checkpoint``, ``retired_key``)
+and ``unsealed_tail`` 4 (records after the last trusted
 checkpoint, or a torn last line left by a crash).
 
 Large logs are checked in parallel worker processes, chunk by chunk (:mod:`._scan`); the first
@@ -78,7 +86,7 @@ class VerificationReport:
             ``reordered``, ``duplicated``, ``truncated``, ``forked``, ``spliced``,
             ``timestamp_regression``, ``bad_signature``, ``bad_checkpoint``,
             ``missing_segment``, ``malformed``, ``torn_tail``, ``unknown_key``,
-            ``no_checkpoint``, ``unsealed``...), ``None`` when verified.
+            ``no_checkpoint``, ``retired_key``, ``unsealed``...), ``None`` when verified.
         first_bad_seq: the first sequence number that is not as it should be, when known.
         detail: one human-readable sentence.
         log_id: the log's id (``log`` field / checkpoint origin).
@@ -87,6 +95,9 @@ class VerificationReport:
         segments, checkpoints, trusted_checkpoints: what was read.
         closed: the log ends with ``log_close`` and is sealed (a clean shutdown).
         signers: names of the trusted keys that signed matching checkpoints.
+        last_signed: for each of those keys (its keyring line without annotation), the size of
+            the largest matching checkpoint it signed: the bound to retire it at.
+        learned_keys: keys trusted because a ``key_rotation`` record introduced them.
         quarantined: torn writes recovered by a writer after crashes (kept in ``quarantine/``).
         warnings: anything else a reviewer should know.
     """
@@ -105,6 +116,8 @@ class VerificationReport:
     trusted_checkpoints: int = 0
     closed: bool = False
     signers: list[str] = field(default_factory=list)
+    last_signed: dict[str, int] = field(default_factory=dict)
+    learned_keys: list[str] = field(default_factory=list)
     quarantined: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -134,6 +147,12 @@ class _Entry:
     range: list[bytes]
     trusted: bool = False
     matched: bool = False
+    #: the keys whose verified signatures make this checkpoint trusted
+    trusted_by: list[VerifierKey] = field(default_factory=list)
+    #: one of them is current (not retired)
+    current: bool = False
+    #: retired keys whose verified signatures are past their bound (so they count for nothing)
+    past_bound: list[VerifierKey] = field(default_factory=list)
 
 
 class _Failure(Exception):
@@ -153,6 +172,7 @@ def verify(
     trusted_checkpoint: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
+    allow_retired_seal: bool = False,
 ) -> VerificationReport:
     """Verify the audit log in folder ``path`` against the pinned ``keyring``.
 
@@ -164,9 +184,13 @@ def verify(
             trusted because the caller supplied it: if the log holds fewer records, the verdict
             is ``tampered``/``truncated`` whoever signed it; it must be for this log (else
             ``io_error``) and match the log's prefix of its size (else ``forked``); it seals
-            records only when a key in ``keyring`` (or one rotated to) signed it.
+            records only when a key in ``keyring`` (or one rotated to) signed it, within that
+            key's retirement bound, and then counts as a current key's seal.
         progress: called as ``progress(bytes_done, bytes_total)`` while records are read.
         workers: worker processes for large logs (default: one per CPU; 1 disables).
+        allow_retired_seal: accept a log whose latest seal is signed only by retired keys
+            (within their bounds). By default that is ``untrusted`` (``retired_key``): a
+            retired key's holder can forge any log no longer than its bound.
 
     A malformed or unreadable keyring or trusted checkpoint (bad JSON, not UTF-8, a size beyond
     64 bits) is reported as ``io_error`` (kind ``usage``), never raised.
@@ -181,7 +205,7 @@ def verify(
         except (KeyringError, ValueError) as exc:  # ValueError: UnicodeDecodeError
             raise _Failure("io_error", "usage", None, f"bad keyring: {exc}") from None
         external = _load_trusted_checkpoint(trusted_checkpoint)
-        _Run(target, pinned, external, report, progress, workers).run()
+        _Run(target, pinned, external, report, progress, workers, allow_retired_seal).run()
     except _Failure as failure:
         report.status, report.kind = failure.status, failure.kind
         report.first_bad_seq, report.detail = failure.seq, failure.detail
@@ -230,10 +254,14 @@ class _Run:
         report: VerificationReport,
         progress: Progress | None,
         workers: int | None,
+        allow_retired_seal: bool,
     ) -> None:
         self.directory = directory
         self.pinned = pinned
         self.learned: dict[tuple[str, bytes], VerifierKey] = {}
+        self.learned_bound: dict[tuple[str, bytes], int | None] = {}
+        self.allow_retired_seal = allow_retired_seal
+        self.current_sealed = 0  # records sealed by a current key (or the supplied checkpoint)
         self.pending: list[tuple[int, str]] = []
         self.report = report
         self.progress = progress
@@ -255,6 +283,16 @@ class _Run:
     def lookup(self, name: str, key_id: bytes) -> VerifierKey | None:
         return self.pinned.lookup(name, key_id) or self.learned.get((name, key_id))
 
+    def bound(self, key: VerifierKey) -> int | None:
+        """The largest checkpoint size ``key`` is trusted for (``None``: current).
+
+        The keyring's word wins over what a rotation taught: a pinned key's retirement is the
+        operator's, and a rotation record cannot lift it.
+        """
+        if self.pinned.lookup(key.name, key.key_id) is not None:
+            return self.pinned.retired_after_size(key)
+        return self.learned_bound.get((key.name, key.key_id))
+
     def judge(self, entry: _Entry) -> None:
         """Decide whether ``entry`` is signed by a trusted key (and learn rotated keys)."""
         good, bad = entry.note.verify(self.lookup)
@@ -265,11 +303,17 @@ class _Run:
                 f"checkpoint for {entry.checkpoint.size} records (line {entry.line}) has a "
                 f"signature by trusted key {bad[0].name!r} that does not verify",
             )
-        entry.trusted = bool(good)
+        size = entry.checkpoint.size
+        bounds = {(key.name, key.key_id): self.bound(key) for key in good}
+        for key in good:
+            bound = bounds[(key.name, key.key_id)]
+            (entry.trusted_by if bound is None or size <= bound else entry.past_bound).append(key)
+        entry.trusted = bool(entry.trusted_by)
+        entry.current = any(bounds[(k.name, k.key_id)] is None for k in entry.trusted_by)
         if not entry.trusted:
             return
         for seq, text in list(self.pending):
-            if seq >= entry.checkpoint.size:
+            if seq >= size:
                 continue
             try:
                 new_key = VerifierKey.parse(text)
@@ -277,8 +321,30 @@ class _Run:
                 continue
             signed, _ = entry.note.verify(Keyring([new_key]).lookup)
             if signed:
-                self.learned[(new_key.name, new_key.key_id)] = new_key
+                self.learn(new_key, entry, bounds)
                 self.pending.remove((seq, text))
+
+    def learn(
+        self,
+        new_key: VerifierKey,
+        entry: _Entry,
+        bounds: dict[tuple[str, bytes], int | None],
+    ) -> None:
+        """Trust ``new_key``, introduced by a rotation that ``entry`` seals, with the authority
+        of the keys that vouched for it: current if one of them is, else the largest of their
+        retirement bounds (a key cannot vouch for itself)."""
+        index = (new_key.name, new_key.key_id)
+        vouching = [bounds[(k.name, k.key_id)] for k in entry.trusted_by if k != new_key]
+        if not vouching:
+            return
+        bound = None if None in vouching else max(b for b in vouching if b is not None)
+        if index in self.learned:  # learned twice: the wider authority stands
+            before = self.learned_bound[index]
+            bound = None if before is None or bound is None else max(before, bound)
+        else:
+            self.report.learned_keys.append(str(new_key))
+        self.learned[index] = new_key
+        self.learned_bound[index] = bound
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -453,11 +519,13 @@ class _Run:
                 f"checkpoint line {entry.line}: the stored compact range is wrong",
             )
         entry.matched = True
-        self.report.sealed = entry.checkpoint.size
-        for sig in entry.note.signatures:
-            key = self.lookup(sig.name, sig.key_id)
-            if key is not None and key.name not in self.report.signers:
+        size = self.report.sealed = entry.checkpoint.size
+        if entry.current:
+            self.current_sealed = size
+        for key in entry.trusted_by:
+            if key.name not in self.report.signers:
                 self.report.signers.append(key.name)
+            self.report.last_signed[str(key)] = size
 
     def check_external_origin(self, external: _Entry) -> None:
         if self.log_id is not None and external.checkpoint.origin != self.log_id:
@@ -485,6 +553,14 @@ class _Run:
                 "checkpoint (a forked or rewritten log)",
             )
         if not external.trusted:
+            if external.past_bound:
+                raise _Failure(
+                    "untrusted",
+                    "retired_key",
+                    None,
+                    f"the trusted checkpoint is signed only by a key retired before "
+                    f"{external.checkpoint.size} records ({_retired(external, self)})",
+                )
             raise _Failure(
                 "untrusted",
                 "unknown_key",
@@ -493,6 +569,8 @@ class _Run:
             )
         external.matched = True
         self.report.sealed = max(self.report.sealed, external.checkpoint.size)
+        # The reviewer holds it: its root pins the prefix, whichever trusted key signed it.
+        self.current_sealed = max(self.current_sealed, external.checkpoint.size)
 
     # --- failures --------------------------------------------------------------------------
 
@@ -588,6 +666,17 @@ class _Run:
         if self.mismatches:
             self._fail_mismatch()
         untrusted = [entry for entry in self.entries if not entry.trusted]
+        if untrusted and untrusted[0].past_bound:
+            first = untrusted[0]
+            raise _Failure(
+                "untrusted",
+                "retired_key",
+                min(self.bound(key) or 0 for key in first.past_bound),
+                f"the checkpoint for {first.checkpoint.size} records (line {first.line}) is "
+                f"signed only by retired keys, past their bounds ({_retired(first, self)}); the "
+                "log was re-signed with a retired key, or it was rotated to a key the keyring "
+                "does not pin",
+            )
         if untrusted:
             raise _Failure(
                 "untrusted",
@@ -599,6 +688,17 @@ class _Run:
             )
         if self.count and report.sealed == 0:
             raise _Failure("untrusted", "no_checkpoint", 0, "no checkpoint signed by a trusted key")
+        if report.sealed > self.current_sealed and not self.allow_retired_seal:
+            raise _Failure(
+                "untrusted",
+                "retired_key",
+                self.current_sealed,
+                f"the log's latest seal ({report.sealed} records) is signed only by retired keys "
+                f"({', '.join(_retired_names(self))}), and their holder could have forged it; "
+                "a current key never sealed the records from seq "
+                f"{self.current_sealed} on (supply a witnessed checkpoint, or accept an archive "
+                "sealed before the rotation: --allow-retired-seal, allow_retired_seal=True)",
+            )
         report.closed = (
             self.last is not None and self.last.type == "log_close" and report.sealed == self.count
         )
@@ -671,6 +771,18 @@ class _Run:
             f"records after seq {good - 1 if good else 0} no longer match the checkpoint for "
             f"{first.checkpoint.size} records (line {first.line}): they were rewritten",
         )
+
+
+def _retired(entry: _Entry, run: _Run) -> str:
+    """``'name' up to N records`` for each retired key that signed ``entry`` past its bound."""
+    return ", ".join(f"{key.name!r} up to {run.bound(key)} records" for key in entry.past_bound)
+
+
+def _retired_names(run: _Run) -> list[str]:
+    """The retired keys that signed the last matching checkpoint."""
+    last = max((e for e in run.entries if e.matched), key=lambda e: e.checkpoint.size, default=None)
+    keys = last.trusted_by if last is not None else []
+    return [f"{key.name!r} up to {run.bound(key)} records" for key in keys] or ["none current"]
 
 
 def _plan(path: Path, size: int, chunk: int) -> list[tuple[str, int, int]]:
