@@ -11,8 +11,8 @@ set here from the configuration, so the securemcp pipeline authorizes proxied co
 like local ones. Running a component sends the request through :class:`~securemcp.proxy.upstream.
 Upstream`, which owns sessions, pins, timeouts and failures.
 
-This module and :mod:`securemcp.proxy.upstream` are the proxy's only contact with FastMCP
-internals.
+This module, :mod:`securemcp.proxy.upstream` and :mod:`securemcp.proxy.spans` (FastMCP's
+client tracer) are the proxy's only contact with FastMCP internals.
 """
 
 from __future__ import annotations

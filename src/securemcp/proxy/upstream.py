@@ -15,7 +15,9 @@ Every request the proxy sends upstream goes through :meth:`Upstream.request`, wh
 4. runs the request under the upstream's timeout and turns every failure into a clear, stable
    error: ``upstream_unavailable`` (down, refused, killed mid-call: the broken session is
    discarded so the next call starts afresh), ``upstream_timeout``, ``upstream_error``
-   (malformed or refused); ``upstream_auth_failed`` when credentials cannot be obtained;
+   (malformed or refused); ``upstream_auth_failed`` when credentials cannot be obtained. The
+   spans FastMCP's client and the MCP SDK open for each upstream request record none of the
+   upstream's text (:mod:`securemcp.proxy.spans`);
 5. withholds an answer that contains a credential the proxy injected
    (``upstream_output_rejected``): injected secrets never reach the client.
 
@@ -59,6 +61,8 @@ from securemcp.proxy.credentials import OnBehalfOf, TokenExchange, UpstreamAuth
 from securemcp.proxy.pinning import PinnedDefinition, definition_of
 from securemcp.proxy.pinstate import PinState
 from securemcp.proxy.sessions import PoolExhausted, Session, SessionPool, identity_key
+from securemcp.proxy.spans import install as _install_upstream_spans
+from securemcp.proxy.spans import upstream_spans
 
 __all__ = ["Upstream"]
 
@@ -169,6 +173,7 @@ class Upstream:
         self._credential_of_call = credential_of_call
         self._clock = clock
         self._needs_subject_token = isinstance(auth, TokenExchange)
+        _install_upstream_spans()  # before any client: its spans never carry upstream text
         self.sessions: SessionPool[Client[Any]] = SessionPool(
             self._open,
             self._close,
@@ -219,7 +224,7 @@ class Upstream:
     async def _open(self, session: Session[Any]) -> Client[Any]:
         client = self.client(session)
         try:
-            with anyio.fail_after(self.config.connect_timeout_seconds + 1.0):
+            with upstream_spans(), anyio.fail_after(self.config.connect_timeout_seconds + 1.0):
                 await client.__aenter__()  # type: ignore[no-untyped-call]
         except CallRefused:
             raise
@@ -237,7 +242,7 @@ class Upstream:
     async def _close(client: Client[Any]) -> None:
         """Close a client; a broken connection's own error is not the caller's problem."""
         try:
-            with anyio.move_on_after(5.0):
+            with upstream_spans(), anyio.move_on_after(5.0):
                 await client.close()  # type: ignore[no-untyped-call]
         except Exception:
             logger.debug("securemcp proxy: error closing an upstream client", exc_info=True)
@@ -261,7 +266,8 @@ class Upstream:
         found: list[PinnedDefinition] = []
         for kind in sorted(kinds):
             try:
-                result = await getattr(client, _KIND_LISTS[kind])()
+                with upstream_spans():
+                    result = await getattr(client, _KIND_LISTS[kind])()
             except MCPError as exc:
                 if exc.error.code == _METHOD_NOT_FOUND:
                     continue
@@ -377,7 +383,7 @@ class Upstream:
     ) -> T:
         limit = timeout_seconds if timeout_seconds is not None else self.config.timeout_seconds
         try:
-            with anyio.fail_after(limit):
+            with upstream_spans(), anyio.fail_after(limit):
                 await self._verify_pins(session)
                 self._check_live(session, kind, key)
                 result = await send(session.client)
