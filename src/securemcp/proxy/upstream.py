@@ -32,7 +32,6 @@ import binascii
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
@@ -57,7 +56,7 @@ from securemcp.errors import (
     UpstreamUnavailable,
 )
 from securemcp.proxy.config import UpstreamConfig
-from securemcp.proxy.credentials import OnBehalfOf, TokenExchange, UpstreamAuth
+from securemcp.proxy.credentials import JWT_SHAPE, OnBehalfOf, TokenExchange, UpstreamAuth
 from securemcp.proxy.pinning import PinnedDefinition, definition_of
 from securemcp.proxy.pinstate import PinState
 from securemcp.proxy.sessions import PoolExhausted, Session, SessionPool, identity_key
@@ -82,7 +81,7 @@ _KIND_RESULT_FIELD: Final = {
     "template": "resource_templates",
     "prompt": "prompts",
 }
-_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_JWT: Final = JWT_SHAPE
 _METHOD_NOT_FOUND: Final = -32601
 _CONNECTION_CLOSED: Final = -32000
 _REQUEST_TIMEOUT: Final = -32001
@@ -434,7 +433,8 @@ class Upstream:
         over two text blocks), URL-decoded, and with every base64 ``data`` / ``blob`` field
         (images, audio, blob resources, embedded resources) decoded. Static secrets are looked
         for verbatim, JSON-escaped and in base64 / base64url at each of the three byte
-        alignments (so inside any larger base64 text); exchanged tokens (one per caller,
+        alignments (so inside any larger base64 text), whatever they look like: a configured
+        key that is itself a JWT, or starts like one, included. Exchanged JWTs (one per caller,
         possibly thousands) are found by pulling JWT-shaped strings out of every view of the
         answer and looking them up, so the check costs the same for one caller or ten
         thousand. An answer too large to search is withheld (fail closed).
@@ -451,9 +451,10 @@ class Upstream:
             candidates.update(_JWT.findall(view))
         leaked = bool(candidates) and not candidates.isdisjoint(secrets)
         if not leaked:
+            exchange = self.auth if isinstance(self.auth, TokenExchange) else None
             for secret in secrets:
-                if len(secret) < 8 or secret.startswith("eyJ"):
-                    continue
+                if len(secret) < 8 or (exchange is not None and exchange.issued_jwt(secret)):
+                    continue  # too short to search for; or an exchanged JWT, looked up above
                 needles = _needles(secret)
                 if any(needle in view for view in views for needle in needles):
                     leaked = True
