@@ -5,7 +5,7 @@ from __future__ import annotations
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
 
-from securemcp._span_exceptions import guard_span
+from securemcp._span_exceptions import guard_span, redact_span
 
 SECRET = "s3cret-argument-value"
 
@@ -31,6 +31,21 @@ def test_identifier_descriptions_are_kept_and_free_text_dropped() -> None:
     span.set_status(StatusCode.ERROR, f"amount {SECRET} is too high")
     assert span.status.description is None
     span.end()
+
+
+def test_a_strictly_redacted_span_keeps_no_description() -> None:
+    """Another party's text (an upstream's error) may be an identifier-shaped secret."""
+    span = TracerProvider().get_tracer("test").start_span("tools/call x")
+    redact_span(span, keep_identifiers=False)
+    span.set_status(StatusCode.ERROR, SECRET)  # identifier-shaped: kept by the default mode
+    assert span.status.description is None
+    span.set_status(Status(StatusCode.ERROR, f"{SECRET}: quoted back"))
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description is None
+    span.record_exception(ValueError(SECRET))
+    span.end()
+    (event,) = span.events
+    assert dict(event.attributes or {}) == {"exception.type": "ValueError"}
 
 
 def test_an_unguarded_span_is_left_alone() -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -76,9 +77,15 @@ def guard_span(span: Span) -> None:
     redact_span(span)
 
 
-def redact_span(span: Span) -> None:
+def redact_span(span: Span, *, keep_identifiers: bool = True) -> None:
     """Record exceptions on ``span`` (a recording span) without their messages or stack traces,
     whoever records them, without claiming it for a call (:func:`is_guarded` stays false).
+
+    A status description is kept only when it is an identifier (an error code, a type name),
+    or the type of the SDK's ``"<type>: <message>"``; with ``keep_identifiers=False`` it is
+    always dropped. That is for spans whose descriptions are another party's text, such as the
+    proxy's calls to an upstream server (:mod:`securemcp.proxy.spans`): an upstream's error
+    message may be nothing but an identifier-shaped secret, or start with one.
 
     The span's own ``record_exception`` and ``set_status`` are replaced by ones that hold it by
     weak reference: a strong one would make every such span part of a reference cycle, kept
@@ -89,9 +96,10 @@ def redact_span(span: Span) -> None:
         return
     _REDACTED.add(span)
     reference = weakref.ref(span)
+    describe = _identifier if keep_identifiers else _no_description
     try:
         span.record_exception = partial(_record_exception, reference)  # type: ignore[method-assign]
-        span.set_status = partial(_set_status, type(span).set_status, reference)  # type: ignore[method-assign]
+        span.set_status = partial(_set_status, type(span).set_status, describe, reference)  # type: ignore[method-assign]
     except AttributeError:  # a span type without instance attributes: FastMCP's path only
         pass
 
@@ -111,19 +119,24 @@ def _record_exception(
 
 def _set_status(
     set_status: Any,
+    describe: Callable[[str | None], str | None],
     reference: weakref.ref[Span],
     status: Status | StatusCode,
     description: str | None = None,
 ) -> None:
-    """``Span.set_status`` keeping only an identifier as the description."""
+    """``Span.set_status`` keeping only what ``describe`` keeps of the description."""
     span = reference()
     if span is None:
         return
     if isinstance(status, Status):
-        status = Status(status.status_code, _identifier(status.description))
+        status = Status(status.status_code, describe(status.description))
         set_status(span, status)
     else:
-        set_status(span, status, _identifier(description))
+        set_status(span, status, describe(description))
+
+
+def _no_description(description: str | None) -> None:
+    return None
 
 
 def _identifier(description: str | None) -> str | None:

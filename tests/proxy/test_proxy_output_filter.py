@@ -189,3 +189,76 @@ def test_an_answer_too_large_to_search_is_withheld_before_any_work(
     small = result(t.TextContent(type="text", text="%41" * 1000))
     upstream.check_output(small)
     assert built  # the check does build views for an answer it can search
+
+
+# --- a configured secret shaped like a JWT ---------------------------------------------------
+
+#: A vendor API key that is itself a JWT (long-lived, one for every caller of the proxy).
+STATIC_JWT = (
+    "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJ2ZW5kb3IiLCJzdWIiOiJzZWN1cmVtY3AtcHJveHkifQ"
+    ".Zm9yZ2VkLXNpZ25hdHVyZS12YWx1ZQ"
+)
+#: A key that merely starts like one.
+STATIC_EYJ = "eyJvendor-api-key-0123456789"
+
+ENCODINGS = {
+    "verbatim": lambda s: f"key: {s}",
+    "verbatim, glued to more base64url": lambda s: f"key: eyJx{s}AAAA",
+    "base64 inside text": lambda s: "dump: " + b64(f"x {s} y"),
+    "base64url inside text, shifted": lambda s: b64(f"ab{s}", base64.urlsafe_b64encode),
+}
+
+
+def static_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str) -> Upstream:
+    monkeypatch.setenv("VENDOR_JWT_KEY", secret)
+    auth = StaticBearer(SecretSource(env="VENDOR_JWT_KEY"))
+    pins = PinState(tmp_path / "lock.json", quiet=True)
+    return Upstream(upstream_from("vendor", url="http://127.0.0.1:9/mcp"), auth, pins)
+
+
+@pytest.mark.parametrize("secret", [STATIC_JWT, STATIC_EYJ], ids=["jwt", "eyJ-prefixed"])
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_a_configured_secret_shaped_like_a_jwt_is_searched_in_every_encoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str, encoding: str
+) -> None:
+    """Only tokens the proxy obtained by exchange are found by JWT lookup; a configured secret
+    is searched for in every encoding whatever it looks like."""
+    upstream = static_upstream(tmp_path, monkeypatch, secret)
+    text = ENCODINGS[encoding](secret)
+    with pytest.raises(UpstreamOutputRejected):
+        upstream.check_output(result(t.TextContent(type="text", text=text)))
+
+
+def test_exchanged_jwts_are_looked_up_not_searched_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of per-caller tokens cost one JWT extraction per view, not a search each; the
+    exchange's client secret is still searched in every encoding."""
+    from securemcp.proxy import upstream as module
+    from securemcp.proxy.credentials import TokenExchange
+
+    monkeypatch.setenv("EXCHANGE_CLIENT_SECRET", "exchange-client-secret-0123")
+    exchange = TokenExchange(
+        token_endpoint="https://idp.example/token",
+        client_id="securemcp-proxy",
+        client_secret=SecretSource(env="EXCHANGE_CLIENT_SECRET"),
+        audience="https://vendor.example/mcp",
+    )
+    tokens = [
+        f"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1{i:05d}In0.c2lnbmF0dXJl{i:05d}" for i in range(2000)
+    ]
+    for i, token in enumerate(tokens):
+        exchange._remember((f"caller-{i}", b"subject"), token, float("inf"))
+    pins = PinState(tmp_path / "lock.json", quiet=True)
+    upstream = Upstream(upstream_from("vendor", url="http://127.0.0.1:9/mcp"), exchange, pins)
+    searched: list[str] = []
+    real_needles = module._needles
+    monkeypatch.setattr(module, "_needles", lambda s: searched.append(s) or real_needles(s))
+    upstream.check_output(result(t.TextContent(type="text", text="nothing to see")))
+    assert searched == ["exchange-client-secret-0123"]
+    for leak in (f"Bearer {tokens[1234]}", b64("exchange-client-secret-0123")):
+        with pytest.raises(UpstreamOutputRejected):
+            upstream.check_output(result(t.TextContent(type="text", text=leak)))
+    # An evicted token is no longer the exchange's: it leaves the lookup with its cache entry.
+    exchange._forget(("caller-1234", b"subject"))
+    assert not exchange.issued_jwt(tokens[1234])

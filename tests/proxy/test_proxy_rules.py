@@ -519,3 +519,40 @@ async def test_a_schema_refusal_never_logs_the_callers_keys(
     assert "SECRETVALUE" not in caplog.text and "FAKE LOG LINE" not in caplog.text
     assert "/properties/m/additionalProperties/maxLength" in caplog.text
     assert "SECRETVALUE" not in str(records(audit_dir))
+
+
+async def test_a_read_is_judged_once_per_call_and_never_on_stale_pins(
+    idp: FakeIdentityProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy and the component that serves a read both need its rules; they share one
+    computation (each scanned every configured template before), and a block added since is
+    still seen by the next read."""
+    from securemcp.proxy import components
+
+    served: list[str] = []
+    async with serve_http(notes_upstream(served)) as url:
+        upstream = {
+            "url": url,
+            "resources": {"notes://budget": {}},
+            # A second, wider template: every read through the first is matched against it.
+            "templates": {"notes://{topic}": {}, "notes://{topic*}": {"max_result_bytes": 500}},
+        }
+        cfg = await locked(config(tmp_path, {"notes": upstream}))
+        proxy, _ = audited_proxy(cfg, idp, tmp_path)
+        scans: list[str] = []
+        real_match = components.match_uri_template
+
+        def counted(uri: str, template: str) -> Any:
+            scans.append(template)
+            return real_match(uri, template)
+
+        monkeypatch.setattr(components, "match_uri_template", counted)
+        async with connect(proxy, idp.token("alice")) as client:
+            assert (await client.read_resource("notes://deploys"))[0].text == "note about deploys"
+            assert scans == ["notes://{topic*}"]  # once for the call, not once per stage
+            assert (await client.read_resource("notes://%62udget"))[0].text.startswith("budget")
+            pins = proxy._securemcp_upstreams[0].pins  # type: ignore[attr-defined]
+            pins.block("notes", "resource", "notes://budget", "changed")
+            with pytest.raises(Exception, match="policy_denied"):
+                await client.read_resource("notes://%62udget")
+    assert served == ["note:deploys", "budget"]

@@ -11,8 +11,8 @@ set here from the configuration, so the securemcp pipeline authorizes proxied co
 like local ones. Running a component sends the request through :class:`~securemcp.proxy.upstream.
 Upstream`, which owns sessions, pins, timeouts and failures.
 
-This module and :mod:`securemcp.proxy.upstream` are the proxy's only contact with FastMCP
-internals.
+This module, :mod:`securemcp.proxy.upstream` and :mod:`securemcp.proxy.spans` (FastMCP's
+client tracer) are the proxy's only contact with FastMCP internals.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import base64
 import contextlib
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ __all__ = [
 logger = logging.getLogger("securemcp.proxy")
 
 _FORBIDDEN_TASKS = TaskConfig(mode="forbidden")
+#: How many reads' rules each upstream provider remembers (see UpstreamProvider.read_rules).
+_READ_MEMO_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +407,10 @@ class UpstreamProvider(Provider):
                     self._resource_rules.setdefault(uri_key, []).append(rule)
             elif kind == "template":
                 self._template_rules.append((key, rule))
+        #: read_rules answers, valid while the pins' revision is unchanged (see read_rules).
+        self._read_memo: OrderedDict[tuple[str, str | None], tuple[tuple[int, int], RuleSet]] = (
+            OrderedDict()
+        )
         self.registry = registry if registry is not None else ProxyCatalog()
         self.registry.add(self)
 
@@ -439,7 +446,28 @@ class UpstreamProvider(Provider):
         :func:`uri_keys`) apply, plus ``template``'s when the read goes through one; a pinned
         resource the URI names that is hidden (denied, unlisted) or blocked refuses the read,
         and an exposed one adds its scopes.
+
+        Every read needs this twice, for the policy's decision and in the component that serves
+        it, and it matches the URI against every configured template: the answer is a function
+        of the URI, the configuration and the pins in force, so it is remembered (for the
+        last :data:`_READ_MEMO_SIZE` URIs) until the pins change (a reload, a new block). The
+        returned set is shared: read it, never change it.
         """
+        revision = self.upstream.pins.revision
+        memo_key = (backend_uri, template)
+        memo = self._read_memo
+        hit = memo.get(memo_key)
+        if hit is not None and hit[0] == revision:
+            memo.move_to_end(memo_key)
+            return hit[1]
+        rules = self._compute_read_rules(backend_uri, template)
+        # The revision read after computing: building the catalog may itself add blocks.
+        memo[memo_key] = (self.upstream.pins.revision, rules)
+        if len(memo) > _READ_MEMO_SIZE:
+            memo.popitem(last=False)
+        return rules
+
+    def _compute_read_rules(self, backend_uri: str, template: str | None) -> RuleSet:
         rules = RuleSet()
         config = self.upstream.config
         if template is not None:

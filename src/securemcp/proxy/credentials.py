@@ -75,6 +75,8 @@ MAX_EXPIRES_IN: Final = 24 * 3600.0
 MAX_SECRET_BYTES: Final = 64 * 1024
 
 _B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1 b64token
+#: A JWT in compact serialization (RFC 7519 §3, RFC 7515 §7.1), its header a JSON object.
+JWT_SHAPE: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _HTTP_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token
 _SCOPE_TOKEN: Final = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")  # RFC 6749 §3.3 scope-token
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -504,6 +506,8 @@ class TokenExchange:
         self._max_entries = max_cache_entries
         self._clock = clock
         self._cache: dict[tuple[str, bytes], tuple[str, float]] = {}
+        #: The cached tokens that are JWTs (see :meth:`issued_jwt`).
+        self._issued_jwts: set[str] = set()
         self._inflight: SingleFlight[tuple[str, bytes], str] = SingleFlight()
 
     def __repr__(self) -> str:
@@ -527,6 +531,20 @@ class TokenExchange:
         tokens = [token for token, _ in self._cache.values()]
         secret = _try_read(self.client_secret)
         return tuple(dict.fromkeys([*tokens, *([secret] if secret is not None else [])]))
+
+    def issued_jwt(self, value: str) -> bool:
+        """Whether ``value`` is a JWT this exchange issued and still caches.
+
+        The proxy's output check finds those (one per caller, possibly thousands) by pulling
+        JWT-shaped strings out of an answer and looking them up, instead of searching for each
+        one in every encoding as it does for the client secret and every configured secret.
+        """
+        return value in self._issued_jwts
+
+    def _forget(self, key: tuple[str, bytes]) -> None:
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            self._issued_jwts.discard(entry[0])
 
     # --- exchange ---------------------------------------------------------------------------
 
@@ -552,7 +570,7 @@ class TokenExchange:
             token, valid_until = hit
             if self._clock() < valid_until:
                 return token
-            del self._cache[key]
+            self._forget(key)
         return await self._inflight.run(key, lambda: self._exchange(subject_token, key))
 
     async def _exchange(self, subject_token: str, key: tuple[str, bytes]) -> str:
@@ -599,11 +617,13 @@ class TokenExchange:
         if len(cache) >= self._max_entries:
             now = self._clock()
             for stale in [k for k, (_, until) in cache.items() if until <= now]:
-                del cache[stale]
+                self._forget(stale)
             while len(cache) >= self._max_entries:
-                del cache[next(iter(cache))]  # oldest first (insertion order)
-        cache.pop(key, None)
+                self._forget(next(iter(cache)))  # oldest first (insertion order)
+        self._forget(key)
         cache[key] = (token, valid_until)
+        if JWT_SHAPE.fullmatch(token):
+            self._issued_jwts.add(token)
 
 
 def _check_response(response: Mapping[str, Any], subject_token: str) -> tuple[str, float]:

@@ -156,6 +156,12 @@ class PinState:
             "proxy.pin_blocked", {"upstream": upstream, "kind": kind, "key": key, "reason": reason}
         )
 
+    @property
+    def revision(self) -> tuple[int, int]:
+        """Changes whenever the pins in force or the blocks change: a reload (which clears the
+        blocks) bumps ``generation``, and within a generation blocks are only ever added."""
+        return (self.generation, len(self._blocked))
+
     def blocked(self, upstream: str, kind: str, key: str) -> Block | None:
         return self._blocked.get((upstream, kind, key))
 

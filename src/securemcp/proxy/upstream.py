@@ -15,7 +15,9 @@ Every request the proxy sends upstream goes through :meth:`Upstream.request`, wh
 4. runs the request under the upstream's timeout and turns every failure into a clear, stable
    error: ``upstream_unavailable`` (down, refused, killed mid-call: the broken session is
    discarded so the next call starts afresh), ``upstream_timeout``, ``upstream_error``
-   (malformed or refused); ``upstream_auth_failed`` when credentials cannot be obtained;
+   (malformed or refused); ``upstream_auth_failed`` when credentials cannot be obtained. The
+   spans FastMCP's client and the MCP SDK open for each upstream request record none of the
+   upstream's text (:mod:`securemcp.proxy.spans`);
 5. withholds an answer that contains a credential the proxy injected
    (``upstream_output_rejected``): injected secrets never reach the client.
 
@@ -30,7 +32,6 @@ import binascii
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
@@ -55,10 +56,12 @@ from securemcp.errors import (
     UpstreamUnavailable,
 )
 from securemcp.proxy.config import UpstreamConfig
-from securemcp.proxy.credentials import OnBehalfOf, TokenExchange, UpstreamAuth
+from securemcp.proxy.credentials import JWT_SHAPE, OnBehalfOf, TokenExchange, UpstreamAuth
 from securemcp.proxy.pinning import PinnedDefinition, definition_of
 from securemcp.proxy.pinstate import PinState
 from securemcp.proxy.sessions import PoolExhausted, Session, SessionPool, identity_key
+from securemcp.proxy.spans import install as _install_upstream_spans
+from securemcp.proxy.spans import upstream_spans
 
 __all__ = ["Upstream"]
 
@@ -78,7 +81,7 @@ _KIND_RESULT_FIELD: Final = {
     "template": "resource_templates",
     "prompt": "prompts",
 }
-_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_JWT: Final = JWT_SHAPE
 _METHOD_NOT_FOUND: Final = -32601
 _CONNECTION_CLOSED: Final = -32000
 _REQUEST_TIMEOUT: Final = -32001
@@ -169,6 +172,7 @@ class Upstream:
         self._credential_of_call = credential_of_call
         self._clock = clock
         self._needs_subject_token = isinstance(auth, TokenExchange)
+        _install_upstream_spans()  # before any client: its spans never carry upstream text
         self.sessions: SessionPool[Client[Any]] = SessionPool(
             self._open,
             self._close,
@@ -219,7 +223,7 @@ class Upstream:
     async def _open(self, session: Session[Any]) -> Client[Any]:
         client = self.client(session)
         try:
-            with anyio.fail_after(self.config.connect_timeout_seconds + 1.0):
+            with upstream_spans(), anyio.fail_after(self.config.connect_timeout_seconds + 1.0):
                 await client.__aenter__()  # type: ignore[no-untyped-call]
         except CallRefused:
             raise
@@ -237,7 +241,7 @@ class Upstream:
     async def _close(client: Client[Any]) -> None:
         """Close a client; a broken connection's own error is not the caller's problem."""
         try:
-            with anyio.move_on_after(5.0):
+            with upstream_spans(), anyio.move_on_after(5.0):
                 await client.close()  # type: ignore[no-untyped-call]
         except Exception:
             logger.debug("securemcp proxy: error closing an upstream client", exc_info=True)
@@ -261,7 +265,8 @@ class Upstream:
         found: list[PinnedDefinition] = []
         for kind in sorted(kinds):
             try:
-                result = await getattr(client, _KIND_LISTS[kind])()
+                with upstream_spans():
+                    result = await getattr(client, _KIND_LISTS[kind])()
             except MCPError as exc:
                 if exc.error.code == _METHOD_NOT_FOUND:
                     continue
@@ -377,7 +382,7 @@ class Upstream:
     ) -> T:
         limit = timeout_seconds if timeout_seconds is not None else self.config.timeout_seconds
         try:
-            with anyio.fail_after(limit):
+            with upstream_spans(), anyio.fail_after(limit):
                 await self._verify_pins(session)
                 self._check_live(session, kind, key)
                 result = await send(session.client)
@@ -428,7 +433,8 @@ class Upstream:
         over two text blocks), URL-decoded, and with every base64 ``data`` / ``blob`` field
         (images, audio, blob resources, embedded resources) decoded. Static secrets are looked
         for verbatim, JSON-escaped and in base64 / base64url at each of the three byte
-        alignments (so inside any larger base64 text); exchanged tokens (one per caller,
+        alignments (so inside any larger base64 text), whatever they look like: a configured
+        key that is itself a JWT, or starts like one, included. Exchanged JWTs (one per caller,
         possibly thousands) are found by pulling JWT-shaped strings out of every view of the
         answer and looking them up, so the check costs the same for one caller or ten
         thousand. An answer too large to search is withheld (fail closed).
@@ -445,9 +451,10 @@ class Upstream:
             candidates.update(_JWT.findall(view))
         leaked = bool(candidates) and not candidates.isdisjoint(secrets)
         if not leaked:
+            exchange = self.auth if isinstance(self.auth, TokenExchange) else None
             for secret in secrets:
-                if len(secret) < 8 or secret.startswith("eyJ"):
-                    continue
+                if len(secret) < 8 or (exchange is not None and exchange.issued_jwt(secret)):
+                    continue  # too short to search for; or an exchanged JWT, looked up above
                 needles = _needles(secret)
                 if any(needle in view for view in views for needle in needles):
                     leaked = True
