@@ -13,6 +13,7 @@ without its token; each request gets its own copy carrying the token it presente
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,11 +51,27 @@ def _resource(principal: Principal, audiences: Sequence[str]) -> str | None:
 
 
 def access_token_for(principal: Principal, token: str, audiences: Sequence[str]) -> AccessToken:
-    """FastMCP's view of a verified ``principal`` (``resource`` = the matched audience)."""
+    """FastMCP's view of a verified ``principal`` (``resource`` = the matched audience).
+
+    The MCP SDK and FastMCP know a caller by ``principal_components(access_token)`` = (client_id,
+    ``iss`` claim, subject): it binds streamable HTTP and SSE sessions to their creator, keys
+    FastMCP's per-user state (``UserSession``, the 2026-07-28 session scope) and seals
+    ``requestState``. Under a multi-tenant issuer (``tenant_claim=``) ``sub`` may be unique only
+    within its tenant, so for a principal with a tenant ``client_id`` is the compact JSON pair
+    ``["<client id>", "<tenant>"]`` and the OAuth client id moves to ``original_client_id``
+    (the field FastMCP's ``MultiAuth`` qualifies the same way). ``subject`` and ``claims`` stay
+    as the token says; ``securemcp.current().principal`` is untouched.
+    """
     expires_at = principal.expires_at
+    client_id = principal.client_id or principal.subject
+    original_client_id = None
+    if principal.tenant is not None:
+        original_client_id = client_id
+        client_id = json.dumps([client_id, principal.tenant], separators=(",", ":"))
     return AccessToken(
         token=token,
-        client_id=principal.client_id or principal.subject,
+        client_id=client_id,
+        original_client_id=original_client_id,
         scopes=sorted(principal.scopes),
         expires_at=int(expires_at) if expires_at is not None else None,
         subject=principal.subject,
