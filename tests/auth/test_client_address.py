@@ -83,7 +83,7 @@ class NamedKeys(CustomVerifier):
 
     async def authenticate(self, token: str) -> Principal:
         if not token.startswith("key-"):
-            raise InvalidCredential("invalid_token", "unknown key")
+            raise InvalidCredential(reason="unknown_key")
         return Principal(subject=token[4:], issuer=self.issuer, scopes=frozenset())
 
 

@@ -1258,18 +1258,19 @@ async def test_cache_hits_survive_an_idp_outage_after_the_ttl(
 async def test_fastmcp_access_token_reuse_never_outlives_verification(
     idp: FakeIdentityProvider, clock: FakeClock
 ) -> None:
-    """FastMCP's ``AccessToken`` view is reused per verified principal, but every request is
-    still verified: an expired or rotated-out token gets ``None`` even after cache hits."""
+    """FastMCP's ``AccessToken`` view is reused per verified principal (copied per request, see
+    test_token_retention.py), but every request is still verified: an expired or rotated-out
+    token gets ``None`` even after cache hits."""
     verifier = idp.verifier(clock=clock, leeway=0)
     alice = idp.token("alice", scopes=["read"], expires_in=60)
     bob = idp.token("bob", scopes=["write"], expires_in=60)
 
     first = await verifier.verify_token(alice)
     assert first is not None and first.subject == "alice" and first.token == alice
-    assert await verifier.verify_token(alice) is first  # same principal: the view is reused
+    assert await verifier.verify_token(alice) == first  # same principal: the view is reused
     other = await verifier.verify_token(bob)
     assert other is not None and other.subject == "bob" and other.scopes == ["write"]
-    assert await verifier.verify_token(alice) is first
+    assert await verifier.verify_token(alice) == first
 
     clock.advance(61)
     assert await verifier.verify_token(alice) is None  # expired: refused despite the reuse

@@ -4,17 +4,18 @@ Behind a reverse proxy (a load balancer, an ingress, a gateway) every request re
 from the proxy's own address. Left at that, the pre-authentication limit per address
 (``RateLimit(per="address")``) would throttle every client of the server together, one attacker
 starving everyone else, and the throttled refusal records in the audit log would all name the
-proxy. A proxy listed in ``ProtectedResource(trusted_proxies=...)`` is trusted to report in
-``X-Forwarded-For`` (the de facto form of RFC 7239's ``Forwarded: for=``) the address it
-received the request from, appending it to whatever the request already carried. So the client
-is the *rightmost* address in that list that is not itself a trusted proxy: everything to its
-left was written by the client and is never believed. A request whose peer is not a trusted
+proxy. A proxy listed in ``ProtectedResource(trusted_proxies=...)`` is trusted to report the
+address it received the request from, appending it to whatever the request already carried: in
+``X-Forwarded-For`` (the de facto form, the default), or in RFC 7239 ``Forwarded: for=`` with
+``ProtectedResource(forwarded_headers="forwarded")`` (:mod:`securemcp.auth._forwarded`). So the
+client is the *rightmost* address in that list that is not itself a trusted proxy: everything to
+its left was written by the client and is never believed. A request whose peer is not a trusted
 proxy keeps its own address, whatever headers it sends.
 
 An entry that is not an IP address (``unknown``, an obfuscated RFC 7239 identifier, garbage)
-stops the walk at the last address known for certain. ``Forwarded`` itself is not read: proxies
-that write it write ``X-Forwarded-For`` too, and reading one header keeps a request from
-naming two different clients.
+stops the walk at the last address known for certain. Only the configured header is read, never
+both: a proxy that writes one passes the other through as the client sent it, so reading both
+would let a client name itself.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["client_address", "trusted_peer"]
+from securemcp.auth._forwarded import elements_from_right, parse_element
+
+__all__ = ["client_address", "forwarded_walk", "trusted_peer"]
 
 #: Hops examined from the right; more proxies than this in a chain is a misconfiguration.
 MAX_HOPS = 16
@@ -71,14 +74,22 @@ def trusted_peer(scope: Any, proxies: tuple[IPNetwork, ...]) -> IPAddress | None
     return _trusted_peer_address(peer[0], proxies)
 
 
-def client_address(scope: Any, proxies: tuple[IPNetwork, ...]) -> str | None:
-    """The address to limit and record a request by (``None`` when the server knows none)."""
+def client_address(
+    scope: Any, proxies: tuple[IPNetwork, ...], headers: str = "x-forwarded"
+) -> str | None:
+    """The address to limit and record a request by (``None`` when the server knows none).
+
+    ``headers`` names what the trusted proxies write: ``"x-forwarded"`` (``X-Forwarded-For``)
+    or ``"forwarded"`` (RFC 7239 ``Forwarded: for=``); the other is never read.
+    """
     peer = scope.get("client")
     if not peer:
         return None
     current = trusted_peer(scope, proxies)
     if current is None:
         return str(peer[0])
+    if headers == "forwarded":
+        return str(forwarded_walk(scope, current, proxies)[0])
     hops: list[bytes] = []
     for name, value in scope["headers"]:
         if name == b"x-forwarded-for":
@@ -91,3 +102,31 @@ def client_address(scope: Any, proxies: tuple[IPNetwork, ...]) -> str | None:
         if not _trusted(current, proxies):
             break  # the client, as the nearest trusted proxy saw it
     return str(current)
+
+
+def forwarded_walk(
+    scope: Any, peer: IPAddress, proxies: tuple[IPNetwork, ...]
+) -> tuple[IPAddress, dict[str, str] | None]:
+    """Read RFC 7239 ``Forwarded`` from the right, from the trusted proxy ``peer`` on.
+
+    Returns the client's address (the last one known for certain) and the parameters of the
+    element the client-facing trusted proxy wrote (``None`` if there is none): see
+    :mod:`securemcp.auth._forwarded`.
+    """
+    values = [value for name, value in scope["headers"] if name == b"forwarded"]
+    current = peer
+    facing: dict[str, str] | None = None
+    if not values:
+        return current, facing
+    for element in elements_from_right(values, MAX_HOPS):
+        parameters = parse_element(element) if element is not None else None
+        if parameters is None:
+            break  # malformed: keep what the elements to its right said
+        facing = parameters  # written by ``current``, a trusted proxy
+        forwarded = _parse(parameters.get("for", ""))
+        if forwarded is None:
+            break  # no address (unknown, obfuscated, absent): keep the last one known
+        current = forwarded
+        if not _trusted(current, proxies):
+            break  # the client, as the nearest trusted proxy saw it
+    return current, facing

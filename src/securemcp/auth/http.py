@@ -4,7 +4,8 @@
 middleware, outermost of FastMCP's own, that for the MCP endpoint:
 
 1. refuses a browser ``Origin`` that is neither the resource's own origin, a loopback
-   same-origin, nor configured (403; MCP transports, DNS rebinding);
+   same-origin, nor configured (403; MCP transports, DNS rebinding). No forwarded header takes
+   part: the allowed origins come from configuration, and same-origin is judged by ``Host``;
 2. refuses a token in the query string (RFC 6750 §2.3 / MCP "Token Requirements") and more than
    one ``Authorization`` header (RFC 6750 §2: one method only) with 400 ``invalid_request``;
 3. answers a request without a bearer credential (or with another scheme) with 401 and a
@@ -22,6 +23,12 @@ mounted under a prefix (a Starlette/FastAPI ``Mount``, uvicorn ``--root-path``);
 ``resource_metadata`` URL stays the one derived from the configured resource, whatever the
 prefix. The client never learns which check failed; the specific reason is logged at INFO on the
 ``securemcp.auth`` logger.
+
+Forwarded information is believed only from ``ProtectedResource(trusted_proxies=...)``, and only
+the kind those proxies write (``forwarded_headers``: ``X-Forwarded-*`` by default, or RFC 7239
+``Forwarded``): it selects among the configured resource URIs (metadata, ``resource_metadata``)
+and names the client for the per-address limit and the refusal records
+(:mod:`securemcp.auth._client_address`, :mod:`securemcp.auth._forwarded`).
 
 Every refusal is traced and counted: the 403 step-up as the call it refuses, the others (1-3 and
 the per-address 429, before any token work) as an HTTP ``SERVER`` span, since FastMCP never sees
@@ -41,7 +48,7 @@ from typing import Any, Final
 
 from mcp.types import INTERNAL_ERROR
 
-from securemcp.auth._client_address import client_address, trusted_peer
+from securemcp.auth._client_address import client_address, forwarded_walk, trusted_peer
 from securemcp.auth._throttle import FailureThrottle
 from securemcp.auth.base import IdentityVerifier
 from securemcp.auth.resource import (
@@ -141,6 +148,7 @@ class _Headers:
     host: bytes | None = None
     forwarded_host: bytes | None = None
     forwarded_proto: bytes | None = None
+    forwarded: bool = False  # an RFC 7239 ``Forwarded`` field is present
     content_length: int | None = None
 
 
@@ -158,6 +166,8 @@ def _read_headers(scope: Scope) -> _Headers:
             found.forwarded_host = value
         elif name == b"x-forwarded-proto":
             found.forwarded_proto = value
+        elif name == b"forwarded":
+            found.forwarded = True
         elif name == b"content-length" and value.isdigit():
             found.content_length = int(value)
     return found
@@ -244,7 +254,7 @@ class HTTPGuard:
         with its size, without growing by one record per forged request. (The server log line
         is written for every refusal.)
         """
-        address = client_address(scope, self._config.trusted_proxies)
+        address = self._client_address(scope)
         logger.info(
             "refused %s %s from %s: %s",
             scope.get("method"),
@@ -316,7 +326,7 @@ class HTTPGuard:
             "refused %s %r from %s: insufficient_scope (missing %s)",
             method,
             target,
-            client_address(scope, self._config.trusted_proxies) or "?",
+            self._client_address(scope) or "?",
             " ".join(sorted(exc.missing)),
         )
         trace_id = self._pipeline._telemetry.refused_before_server(
@@ -339,8 +349,29 @@ class HTTPGuard:
                 trace_id=trace_id,
             )
 
+    def _client_address(self, scope: Scope) -> str | None:
+        """The client's address, as the configured trusted proxies report it."""
+        config = self._config
+        return client_address(scope, config.trusted_proxies, config.forwarded_headers)
+
     def _forwarded_origin(self, scope: Scope, headers: _Headers) -> str | None:
-        """The origin a *trusted* proxy says the client used (only ever selects a resource)."""
+        """The origin a *trusted* proxy says the client used (only ever selects a resource).
+
+        From ``X-Forwarded-Host``/``X-Forwarded-Proto`` (their last values), or with
+        ``forwarded_headers="forwarded"`` from the ``host``/``proto`` of the RFC 7239 element
+        the client-facing trusted proxy wrote (:mod:`securemcp.auth._forwarded`); never both.
+        """
+        if self._config.forwarded_headers == "forwarded":
+            if not headers.forwarded:
+                return None
+            peer = trusted_peer(scope, self._config.trusted_proxies)
+            if peer is None:
+                return None
+            facing = forwarded_walk(scope, peer, self._config.trusted_proxies)[1]
+            if facing is None or "host" not in facing:
+                return None
+            scheme = facing.get("proto", "https").lower()
+            return normalize_origin(f"{scheme}://{facing['host']}")
         if headers.forwarded_host is None:
             return None
         if trusted_peer(scope, self._config.trusted_proxies) is None:
@@ -379,7 +410,7 @@ class HTTPGuard:
         limiter = enforcement.rate_limiter if enforcement is not None else None
         if limiter is None:
             return False
-        decision = await limiter.hit_address(client_address(scope, self._config.trusted_proxies))
+        decision = await limiter.hit_address(self._client_address(scope))
         if decision.allowed:
             return False
         seconds = max(1, math.ceil(decision.retry_after))

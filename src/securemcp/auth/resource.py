@@ -5,10 +5,11 @@ metadata at ``/.well-known/oauth-protected-resource{path}`` whose ``resource`` i
 canonical URI (RFC 8707 §2; RFC 9728 §3.3), names at least one authorization server, and points
 clients at that document from every ``WWW-Authenticate`` challenge (RFC 9728 §5.1).
 
-Everything advertised comes from configuration, never from the request: ``Host`` and
-``X-Forwarded-Host`` cannot change a URL (RFC 9728 §7.3 impersonation). A request from a
-configured trusted proxy may only *select* among the configured resource URIs (a server reachable
-under several canonical names) by its ``X-Forwarded-Host``/``X-Forwarded-Proto``.
+Everything advertised comes from configuration, never from the request: ``Host``,
+``X-Forwarded-Host`` and ``Forwarded`` cannot change a URL (RFC 9728 §7.3 impersonation). A
+request from a configured trusted proxy may only *select* among the configured resource URIs (a
+server reachable under several canonical names) by its ``X-Forwarded-Host``/``X-Forwarded-Proto``
+or, with ``forwarded_headers="forwarded"``, by the ``host``/``proto`` of RFC 7239 ``Forwarded``.
 
 Defaults: the canonical resource is the verifier's first audience, the authorization servers are
 the verifier's issuers, ``scopes_supported`` is every scope declared on the server's components
@@ -22,10 +23,11 @@ import ipaddress
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from securemcp.auth._env import is_production
+from securemcp.auth._forwarded import FORWARDED_HEADER_MODES
 from securemcp.errors import ConfigurationError
 
 __all__ = ["WELL_KNOWN_PREFIX", "ProtectedResource", "ResolvedResource", "normalize_origin"]
@@ -133,6 +135,10 @@ class ProtectedResource:
             URIs, and whose ``X-Forwarded-For`` names the client for the per-address rate
             limit and refusal records (the rightmost address that is not a trusted proxy).
             Requests from anywhere else never influence an advertised URL or their address.
+        forwarded_headers: which headers the trusted proxies write: ``"x-forwarded"``
+            (``X-Forwarded-For``/``-Host``/``-Proto``, the default) or ``"forwarded"`` (RFC 7239
+            ``Forwarded``: ``for=``, ``host=``, ``proto=``). Only that kind is read: a proxy
+            passes the other through as the client sent it.
         allowed_origins: browser origins (``https://app.example.com``) allowed to call the MCP
             endpoint besides the resource's own origin; requests with any other ``Origin`` are
             refused with 403 (MCP transports: DNS rebinding). Requests without ``Origin`` (not
@@ -155,6 +161,7 @@ class ProtectedResource:
         resource_name: str | None = None,
         resource_documentation: str | None = None,
         trusted_proxies: Sequence[str] = (),
+        forwarded_headers: Literal["x-forwarded", "forwarded"] = "x-forwarded",
         allowed_origins: Sequence[str] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         refusal_records_per_second: int = 100,
@@ -186,6 +193,14 @@ class ProtectedResource:
             raise ConfigurationError(
                 f"trusted_proxies must be IP addresses or CIDR blocks, got {list(proxies)!r}."
             ) from None
+        if forwarded_headers not in FORWARDED_HEADER_MODES:
+            raise ConfigurationError(
+                f"forwarded_headers must be 'x-forwarded' (X-Forwarded-For/-Host/-Proto) or "
+                f"'forwarded' (RFC 7239 Forwarded), whichever your trusted proxies write; got "
+                f"{forwarded_headers!r}. Only one is read: a proxy passes the other through as "
+                "the client sent it."
+            )
+        self.forwarded_headers: Literal["x-forwarded", "forwarded"] = forwarded_headers
         origins: list[str] = []
         for value in _strings(allowed_origins, "allowed_origins") or ():
             origin = normalize_origin(value)
