@@ -221,3 +221,18 @@ def test_the_pseudonym_is_a_stable_hash_of_issuer_and_subject_never_the_subject(
     assert Principal("alice", "https://other.example").pseudonym != alice.pseudonym
     # the separator keeps (issuer, subject) pairs apart that concatenate alike
     assert Principal("c", "ab").pseudonym != Principal("bc", "a").pseudonym
+
+
+def test_same_subject_in_two_tenants_of_one_issuer_are_two_pseudonyms() -> None:
+    """A multi-tenant issuer's ``sub`` may be unique only within its tenant: two such users
+    must not look like one caller in telemetry."""
+    issuer = "https://idp.example"
+    acme = Principal("u1", issuer, tenant="acme")
+    evil = Principal("u1", issuer, tenant="evil")
+    assert acme.pseudonym != evil.pseudonym
+    assert acme.pseudonym != Principal("u1", issuer).pseudonym
+    assert acme.pseudonym == Principal("u1", issuer, tenant="acme").pseudonym
+    # no spelling of subject and tenant makes two callers one
+    assert Principal("u1\x00a", issuer, tenant="b").pseudonym != (
+        Principal("u1", issuer, tenant="a\x00b").pseudonym
+    )

@@ -110,14 +110,24 @@ class Principal:
 
     @property
     def pseudonym(self) -> str:
-        """Stable pseudonymous id for telemetry: a hash of (issuer, subject), never the subject."""
-        return _pseudonym(self.issuer, self.subject)
+        """Stable pseudonymous id for telemetry: a hash of (issuer, subject) and the tenant when
+        there is one (a multi-tenant issuer's ``sub`` may be unique only within its tenant),
+        never the subject."""
+        return _pseudonym(self.issuer, self.subject, self.tenant)
 
 
 @functools.lru_cache(maxsize=4096)
-def _pseudonym(issuer: str, subject: str) -> str:
-    """The first 16 hex digits of SHA-256(issuer NUL subject), for the callers seen recently."""
-    return hashlib.sha256(f"{issuer}\x00{subject}".encode()).hexdigest()[:16]
+def _pseudonym(issuer: str, subject: str, tenant: str | None) -> str:
+    """The first 16 hex digits of SHA-256(issuer NUL subject), for the callers seen recently.
+
+    With a tenant, the parts are length-prefixed (``len:part`` each), so no subject or tenant
+    spelling can make two callers one; without one the value is the one earlier releases gave.
+    """
+    if tenant is None:
+        material = f"{issuer}\x00{subject}"
+    else:
+        material = "".join(f"{len(part)}:{part}" for part in (issuer, subject, tenant))
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 _CLOSED_READABLE: Final = frozenset({"call_id", "closed"})
