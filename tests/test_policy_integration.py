@@ -393,16 +393,17 @@ async def test_a_malformed_or_string_decision_refuses_and_is_audited(
     assert records[0]["decision"]["reason"] == text.split(":")[0]
 
 
-async def test_an_approval_is_bound_to_the_version_the_call_asks_for(
+async def test_an_approval_is_bound_to_the_version_that_runs(
     idp: FakeIdentityProvider, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An approval granted for ``purge`` version 1 is never spent on version 2; an unversioned
-    call keeps the approval target it always had; hooks see the requested version."""
+    """An approval granted for ``purge`` version 1 is never spent on version 2, nor on a call
+    that asks for no version (FastMCP runs v2, so that call needs v2's approval); hooks see the
+    version that runs."""
     store = open_store(tmp_path / "approvals.sqlite3")
-    seen: list[str | None] = []
+    seen: list[tuple[str | None, str | None]] = []
 
     def record_version(request: Any) -> None:
-        seen.append(request.version)
+        seen.append((request.version, request.requested_version))
 
     mcp = FastMCP(
         "versions",
@@ -433,16 +434,18 @@ async def test_an_approval_is_bound_to_the_version_the_call_asks_for(
         )
         assert second.is_error and "approval_required" in second.content[0].text
         assert v1_approval not in second.content[0].text
-        # nor on a call that asks for no version (FastMCP would run the highest, v2)
+        v2_approval = second.content[0].text.split("approval id ")[1].split(")")[0]
+        # nor on a call that asks for no version: FastMCP runs the highest, v2, whose
+        # (pending) approval that call needs
         third = await client.call_tool("purge", {"repo": "prod"}, raise_on_error=False)
         assert third.is_error and v1_approval not in third.content[0].text
-        unversioned = (await store.list())[-1]
-        assert unversioned.tool == "purge"  # the format unversioned approvals always had
+        assert v2_approval in third.content[0].text
+        assert [a.tool for a in await store.list()] == ["tools/call@2 purge"]
         assert ran == []
         # the v1 approval still serves the v1 call it was granted for
         ok = await client.call_tool("purge", {"repo": "prod"}, version="1", raise_on_error=False)
         assert not ok.is_error and ran == ["v1"]
-    assert seen == ["1", "2", None, "1"]
+    assert seen == [("1", "1"), ("2", "2"), ("2", None), ("1", "1")]
 
     from securemcp.cli import main
 
