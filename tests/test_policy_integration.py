@@ -680,3 +680,67 @@ async def test_an_unusable_schema_or_a_callers_key_is_refused_audited_and_never_
     assert all(r["decision"]["reason"] == "invalid_arguments" for r in refusals)
     assert "SECRETVALUE" not in caplog.text and "FAKE LOG LINE" not in caplog.text
     assert "SECRETVALUE" not in str(records)
+
+
+async def test_a_refusal_reason_cannot_forge_a_log_line(
+    idp: FakeIdentityProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hook's reason text (which may quote the caller's arguments) is logged escaped: a line
+    break in it never starts a new, forged log line."""
+    import logging
+
+    forged = "fine\nINFO securemcp.pipeline securemcp allowed tools/call 'wipe' for admin\r\x1b[2K"
+
+    def hook(request: Any) -> Decision:
+        return Decision.deny(forged)
+
+    mcp, runs = build(idp, policy=hook)
+    with caplog.at_level(logging.INFO, logger="securemcp.pipeline"):
+        async with connect(mcp, idp.token("mallory")) as client:
+            ok, _ = await _call(client, "wipe", {"table": "users"})
+    assert not ok and runs["wipe"] == 0
+    refused = [r.getMessage() for r in caplog.records if "securemcp refused" in r.getMessage()]
+    assert refused, "the refusal is logged"
+    for message in refused:
+        assert "\n" not in message and "\r" not in message and "\x1b" not in message
+        assert "fine\\nINFO securemcp.pipeline" in message  # still readable, escaped
+
+
+async def test_an_identity_refusal_reason_cannot_forge_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A verifier's refusal reason (third-party text that may quote the credential or request)
+    is logged escaped, for calls and for listings."""
+    import logging
+
+    from fastmcp.server.auth import AccessToken
+    from mcp import MCPError
+    from mcp.server.auth.middleware.auth_context import auth_context_var
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+
+    from securemcp.errors import InvalidCredential
+
+    class Refusing:
+        async def authenticate(self, token: str) -> Principal:
+            raise InvalidCredential(reason="expired\nINFO securemcp.pipeline allowed everything")
+
+    mcp = FastMCP("forge", auth=Refusing())
+
+    @mcp.tool
+    def read() -> str:
+        return "ok"
+
+    user = AuthenticatedUser(AccessToken(token="opaque-1", client_id="c", scopes=[]))
+    reset = auth_context_var.set(user)
+    try:
+        with caplog.at_level(logging.INFO, logger="securemcp.pipeline"):
+            with pytest.raises(MCPError):  # the listing is refused
+                await mcp.list_tools()
+            with pytest.raises(InvalidCredential):  # and so is the call
+                await mcp.call_tool("read", {})
+    finally:
+        auth_context_var.reset(reset)
+    refused = [r.getMessage() for r in caplog.records if "securemcp refused" in r.getMessage()]
+    assert len(refused) == 2
+    for message in refused:
+        assert "\n" not in message and "expired\\nINFO" in message

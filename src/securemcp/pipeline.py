@@ -653,7 +653,9 @@ class SecurityPipeline(Middleware):
         except CallRefused as exc:
             call.error_type = exc.code
             if exc.reason:
-                logger.info("securemcp refused %s %r: %s", method, target, exc.reason)
+                # %r: the reason may hold a policy hook's text (quoting the caller's arguments);
+                # escaped, a line break in it cannot forge a log line.
+                logger.info("securemcp refused %s %r: %r", method, target, exc.reason)
             raise
         except NotFoundError:
             call.error_type = "not_found"
@@ -807,7 +809,7 @@ class SecurityPipeline(Middleware):
             try:
                 principal = await self.authenticate(context)
             except Unauthenticated as exc:
-                logger.info("securemcp refused %s: %s", context.method, exc.reason)
+                logger.info("securemcp refused %s: %r", context.method, exc.reason)
                 # List handlers mask non-MCP errors as "Internal server error"; say what it is.
                 raise MCPError(
                     code=INTERNAL_ERROR, message=str(exc), data={"securemcp_error": exc.code}
