@@ -361,6 +361,23 @@ arguments = { argv = { ne = ["dd", "if=/dev/zero"] }, options = { ne = { force =
     assert ran == [["ls"]]
 
 
+def _swapped_constraints() -> Decision:
+    """A ``constrain`` decision whose constraints were swapped after it was built (a frozen
+    dataclass still yields to ``object.__setattr__``) for something that limits nothing."""
+
+    class NoLimits:
+        arguments: Any = {}
+        timeout_seconds = None
+        max_result_bytes = None
+
+        def __bool__(self) -> bool:
+            return False
+
+    decision = Decision.constrain("cap the answer", max_result_bytes=10)
+    object.__setattr__(decision, "constraints", NoLimits())
+    return decision
+
+
 @pytest.mark.parametrize(
     "hook",
     [
@@ -372,6 +389,7 @@ arguments = { argv = { ne = ["dd", "if=/dev/zero"] }, options = { ne = { force =
             id="constraints-dict",
         ),
         pytest.param(lambda r: Decision("allow", constraints=None), id="constraints-none"),  # type: ignore[arg-type]
+        pytest.param(lambda r: _swapped_constraints(), id="constraints-swapped-after"),
     ],
 )
 async def test_a_malformed_or_string_decision_refuses_and_is_audited(
