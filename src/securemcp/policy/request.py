@@ -48,6 +48,7 @@ __all__ = [
     "canonical_json",
     "finite_json",
     "freeze",
+    "is_number",
     "resource_target",
     "same_json",
     "thaw",
@@ -174,6 +175,18 @@ def same_json(a: Any, b: Any) -> bool:
     if isinstance(b, _ARRAYS) or isinstance(b, _OBJECTS):  # noqa: SIM101
         return False
     return bool(a == b)
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a JSON number: an ``int`` or a ``float`` (or a subclass), never a
+    ``bool`` (JSON ``true`` is not ``1``). NaN and infinities count; see :func:`finite_json`."""
+    cls = value.__class__
+    if cls is int or cls is float:
+        return True
+    return isinstance(value, _NUMBER_TYPES) and cls is not bool
+
+
+_NUMBER_TYPES: Final = (int, float)  # a tuple: isinstance against ``int | float`` is slower
 
 
 def finite_json(value: Any) -> bool:
