@@ -33,7 +33,7 @@ from securemcp.audit import (
     verify,
 )
 from securemcp.audit._lines import decision_json, identity_json
-from securemcp.audit.guard import check_encoded, screen
+from securemcp.audit.guard import check_encoded, screen, sensitive_key
 from securemcp.audit.records import args_sha256, decision_record, outcome_record
 from securemcp.audit.storage import list_segments
 from securemcp.context import Actor, Principal
@@ -425,9 +425,25 @@ def test_negative_zero_duration_is_written_as_the_generic_canonical_zero(log_dir
     assert report.records == 3 + len(NEGATIVE_ZERO_EDGES)
 
 
+def _masked(value: Any) -> Any:
+    """Every value under a key naming a secret as ``[REDACTED]`` (``None`` kept), at any depth:
+    what ``args_sha256`` hashes in place of a secret (see docs/audit.md)."""
+    if isinstance(value, dict):
+        return {
+            name: "[REDACTED]"
+            if item is not None and isinstance(name, str) and sensitive_key(name)
+            else _masked(item)
+            for name, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
+
+
 def _reference_args_sha256(arguments: Any) -> str | None:
     if arguments is None:
         return None
+    arguments = _masked(arguments)  # hypothesis finds keys such as "TOKEN"
     try:
         data = jcs.dumps(arguments)
     except (TypeError, ValueError):
