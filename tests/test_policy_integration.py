@@ -361,6 +361,23 @@ arguments = { argv = { ne = ["dd", "if=/dev/zero"] }, options = { ne = { force =
     assert ran == [["ls"]]
 
 
+def _swapped_constraints() -> Decision:
+    """A ``constrain`` decision whose constraints were swapped after it was built (a frozen
+    dataclass still yields to ``object.__setattr__``) for something that limits nothing."""
+
+    class NoLimits:
+        arguments: Any = {}
+        timeout_seconds = None
+        max_result_bytes = None
+
+        def __bool__(self) -> bool:
+            return False
+
+    decision = Decision.constrain("cap the answer", max_result_bytes=10)
+    object.__setattr__(decision, "constraints", NoLimits())
+    return decision
+
+
 @pytest.mark.parametrize(
     "hook",
     [
@@ -372,6 +389,7 @@ arguments = { argv = { ne = ["dd", "if=/dev/zero"] }, options = { ne = { force =
             id="constraints-dict",
         ),
         pytest.param(lambda r: Decision("allow", constraints=None), id="constraints-none"),  # type: ignore[arg-type]
+        pytest.param(lambda r: _swapped_constraints(), id="constraints-swapped-after"),
     ],
 )
 async def test_a_malformed_or_string_decision_refuses_and_is_audited(
@@ -393,16 +411,17 @@ async def test_a_malformed_or_string_decision_refuses_and_is_audited(
     assert records[0]["decision"]["reason"] == text.split(":")[0]
 
 
-async def test_an_approval_is_bound_to_the_version_the_call_asks_for(
+async def test_an_approval_is_bound_to_the_version_that_runs(
     idp: FakeIdentityProvider, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An approval granted for ``purge`` version 1 is never spent on version 2; an unversioned
-    call keeps the approval target it always had; hooks see the requested version."""
+    """An approval granted for ``purge`` version 1 is never spent on version 2, nor on a call
+    that asks for no version (FastMCP runs v2, so that call needs v2's approval); hooks see the
+    version that runs."""
     store = open_store(tmp_path / "approvals.sqlite3")
-    seen: list[str | None] = []
+    seen: list[tuple[str | None, str | None]] = []
 
     def record_version(request: Any) -> None:
-        seen.append(request.version)
+        seen.append((request.version, request.requested_version))
 
     mcp = FastMCP(
         "versions",
@@ -433,16 +452,18 @@ async def test_an_approval_is_bound_to_the_version_the_call_asks_for(
         )
         assert second.is_error and "approval_required" in second.content[0].text
         assert v1_approval not in second.content[0].text
-        # nor on a call that asks for no version (FastMCP would run the highest, v2)
+        v2_approval = second.content[0].text.split("approval id ")[1].split(")")[0]
+        # nor on a call that asks for no version: FastMCP runs the highest, v2, whose
+        # (pending) approval that call needs
         third = await client.call_tool("purge", {"repo": "prod"}, raise_on_error=False)
         assert third.is_error and v1_approval not in third.content[0].text
-        unversioned = (await store.list())[-1]
-        assert unversioned.tool == "purge"  # the format unversioned approvals always had
+        assert v2_approval in third.content[0].text
+        assert [a.tool for a in await store.list()] == ["tools/call@2 purge"]
         assert ran == []
         # the v1 approval still serves the v1 call it was granted for
         ok = await client.call_tool("purge", {"repo": "prod"}, version="1", raise_on_error=False)
         assert not ok.is_error and ran == ["v1"]
-    assert seen == ["1", "2", None, "1"]
+    assert seen == [("1", "1"), ("2", "2"), ("2", None), ("1", "1")]
 
     from securemcp.cli import main
 
@@ -677,3 +698,67 @@ async def test_an_unusable_schema_or_a_callers_key_is_refused_audited_and_never_
     assert all(r["decision"]["reason"] == "invalid_arguments" for r in refusals)
     assert "SECRETVALUE" not in caplog.text and "FAKE LOG LINE" not in caplog.text
     assert "SECRETVALUE" not in str(records)
+
+
+async def test_a_refusal_reason_cannot_forge_a_log_line(
+    idp: FakeIdentityProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hook's reason text (which may quote the caller's arguments) is logged escaped: a line
+    break in it never starts a new, forged log line."""
+    import logging
+
+    forged = "fine\nINFO securemcp.pipeline securemcp allowed tools/call 'wipe' for admin\r\x1b[2K"
+
+    def hook(request: Any) -> Decision:
+        return Decision.deny(forged)
+
+    mcp, runs = build(idp, policy=hook)
+    with caplog.at_level(logging.INFO, logger="securemcp.pipeline"):
+        async with connect(mcp, idp.token("mallory")) as client:
+            ok, _ = await _call(client, "wipe", {"table": "users"})
+    assert not ok and runs["wipe"] == 0
+    refused = [r.getMessage() for r in caplog.records if "securemcp refused" in r.getMessage()]
+    assert refused, "the refusal is logged"
+    for message in refused:
+        assert "\n" not in message and "\r" not in message and "\x1b" not in message
+        assert "fine\\nINFO securemcp.pipeline" in message  # still readable, escaped
+
+
+async def test_an_identity_refusal_reason_cannot_forge_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A verifier's refusal reason (third-party text that may quote the credential or request)
+    is logged escaped, for calls and for listings."""
+    import logging
+
+    from fastmcp.server.auth import AccessToken
+    from mcp import MCPError
+    from mcp.server.auth.middleware.auth_context import auth_context_var
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+
+    from securemcp.errors import InvalidCredential
+
+    class Refusing:
+        async def authenticate(self, token: str) -> Principal:
+            raise InvalidCredential(reason="expired\nINFO securemcp.pipeline allowed everything")
+
+    mcp = FastMCP("forge", auth=Refusing())
+
+    @mcp.tool
+    def read() -> str:
+        return "ok"
+
+    user = AuthenticatedUser(AccessToken(token="opaque-1", client_id="c", scopes=[]))
+    reset = auth_context_var.set(user)
+    try:
+        with caplog.at_level(logging.INFO, logger="securemcp.pipeline"):
+            with pytest.raises(MCPError):  # the listing is refused
+                await mcp.list_tools()
+            with pytest.raises(InvalidCredential):  # and so is the call
+                await mcp.call_tool("read", {})
+    finally:
+        auth_context_var.reset(reset)
+    refused = [r.getMessage() for r in caplog.records if "securemcp refused" in r.getMessage()]
+    assert len(refused) == 2
+    for message in refused:
+        assert "\n" not in message and "expired\\nINFO" in message

@@ -112,6 +112,7 @@ class CallAuditor:
         result: Any,
         reason: str = "",
         trace_id: str | None,
+        component_version: str | None = None,
     ) -> None:
         """Record the decision; raises ``AuditUnavailable`` if it cannot be written."""
         self.log.decision(
@@ -124,6 +125,7 @@ class CallAuditor:
             reason=reason,
             trace_id=trace_id,
             server=self.server_name,
+            component_version=component_version,
         )
 
     def refusal(
@@ -136,6 +138,7 @@ class CallAuditor:
         arguments: Mapping[str, Any] | None,
         code: str,
         trace_id: str | None,
+        component_version: str | None = None,
     ) -> None:
         """Record a refused call as a ``deny`` decision (best effort: it is refused anyway)."""
         try:
@@ -148,6 +151,7 @@ class CallAuditor:
                 result="deny",
                 reason=code,
                 trace_id=trace_id,
+                component_version=component_version,
             )
         except Exception:
             logger.exception("securemcp could not audit a refused call")

@@ -1,9 +1,10 @@
 """What securemcp needs to know about a FastMCP component to decide a call to it.
 
 A component's *facts* are its declared scopes and risk class (from ``scopes=``/``risk=``, stored
-in its MCP ``_meta``), its tags and its MCP annotations. They are read once per component and
-cached by the pipeline; :mod:`securemcp.admission` re-reads them from the component FastMCP
-actually runs, so the cache can never widen access.
+in its MCP ``_meta``), its tags, its MCP annotations and its version. They are read once per
+component and cached by the pipeline; :mod:`securemcp.admission` re-reads them from the
+component FastMCP actually runs, so the cache can never widen access (nor authorize one version
+of a component for another).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ class ComponentFacts:
     #: For a resource template, the query parameters its URI template names (``{?a,b}``): the
     #: only ones FastMCP reads, so the only ones a policy's view of the URI keeps.
     query_names: frozenset[str] | None = None
+    #: The component's version (``@mcp.tool(version="2")``), ``None`` when unversioned.
+    version: str | None = None
+    #: Unversioned here, but it forwards calls to versioned components elsewhere (a FastMCP
+    #: proxy of a versioned server advertises their versions in ``_meta.fastmcp``), which pick
+    #: the version that runs: securemcp cannot resolve it (:attr:`CallRequest.version_resolved`).
+    forwards_versions: bool = False
 
 
 def _annotations(component: Any) -> Mapping[str, Any]:
@@ -55,6 +62,9 @@ def facts_of(component: Any) -> ComponentFacts:
     from securemcp.policy.request import RiskClass
 
     annotations = _annotations(component)
+    version = getattr(component, "version", None)
+    if not isinstance(version, str):
+        version = None
     return ComponentFacts(
         scopes=declared_scopes(component),
         tags=frozenset(getattr(component, "tags", None) or ()),
@@ -63,7 +73,19 @@ def facts_of(component: Any) -> ComponentFacts:
         risk=RiskClass.classify(annotations, declared_risk(component)).value,
         input_schema=_input_schema(component),
         query_names=_query_names(component),
+        version=version,
+        forwards_versions=version is None and _advertises_versions(component),
     )
+
+
+def _advertises_versions(component: Any) -> bool:
+    """Whether ``component`` names component versions in its ``_meta.fastmcp`` (a forwarder's
+    copy of the listing of a versioned server: ``{"version": "2", "versions": ["2", "1"]}``)."""
+    meta = getattr(component, "meta", None)
+    fastmcp_meta = meta.get("fastmcp") if isinstance(meta, Mapping) else None
+    if not isinstance(fastmcp_meta, Mapping):
+        return False
+    return fastmcp_meta.get("version") is not None or bool(fastmcp_meta.get("versions"))
 
 
 _QUERY_PART = re.compile(r"\{\?([^}]+)\}")

@@ -145,8 +145,11 @@ def requested_version(context: MiddlewareContext[Any]) -> VersionSpec | None:
 
 
 def version_text(version: VersionSpec | None) -> str | None:
-    """A requested version as policies and approvals see it (:attr:`CallRequest.version`): the
-    exact version as asked (``"2"``), or a range as ``">=1,<3"``; ``None`` when none was asked."""
+    """A requested version as policies see it (:attr:`CallRequest.requested_version`): the exact
+    version as asked (``"2"``), or a range as ``">=1,<3"``; ``None`` when none was asked.
+
+    Policies and approvals decide on the version that runs (:attr:`CallRequest.version`, the
+    resolved component's), never on this text."""
     if version is None:
         return None
     if version.eq is not None:
@@ -514,6 +517,7 @@ class SecurityPipeline(Middleware):
             )
             arguments = _arguments(method, context)
             bound = _CURRENT.set(security_context)
+            component_version: str | None = None  # the version that runs, once resolved
             try:
                 try:
                     version = requested_version(context)
@@ -523,6 +527,7 @@ class SecurityPipeline(Middleware):
                         if facts is None:
                             raise self._not_found(method, target)
                     call.resolved = True
+                    component_version = facts.version
                     enforcement = self.enforcement
                     if enforcement is None or not enforcement.active:
                         self._check_scopes(method, target, principal, facts.scopes)
@@ -554,6 +559,7 @@ class SecurityPipeline(Middleware):
                             arguments=arguments,
                             code=exc.code,
                             trace_id=trace_id,
+                            component_version=component_version,
                         )
                     raise
                 if steps is not None:
@@ -570,6 +576,7 @@ class SecurityPipeline(Middleware):
                             arguments=arguments,
                             trace_id=trace_id,
                             server=auditor.server_name,
+                            component_version=component_version,
                         )
                     except Exception as exc:
                         if steps is not None:
@@ -646,7 +653,9 @@ class SecurityPipeline(Middleware):
         except CallRefused as exc:
             call.error_type = exc.code
             if exc.reason:
-                logger.info("securemcp refused %s %r: %s", method, target, exc.reason)
+                # %r: the reason may hold a policy hook's text (quoting the caller's arguments);
+                # escaped, a line break in it cannot forge a log line.
+                logger.info("securemcp refused %s %r: %r", method, target, exc.reason)
             raise
         except NotFoundError:
             call.error_type = "not_found"
@@ -800,7 +809,7 @@ class SecurityPipeline(Middleware):
             try:
                 principal = await self.authenticate(context)
             except Unauthenticated as exc:
-                logger.info("securemcp refused %s: %s", context.method, exc.reason)
+                logger.info("securemcp refused %s: %r", context.method, exc.reason)
                 # List handlers mask non-MCP errors as "Internal server error"; say what it is.
                 raise MCPError(
                     code=INTERNAL_ERROR, message=str(exc), data={"securemcp_error": exc.code}

@@ -33,7 +33,7 @@ from securemcp.audit import (
     verify,
 )
 from securemcp.audit._lines import decision_json, identity_json
-from securemcp.audit.guard import check_encoded, screen
+from securemcp.audit.guard import check_encoded, screen, sensitive_key
 from securemcp.audit.records import args_sha256, decision_record, outcome_record
 from securemcp.audit.storage import list_segments
 from securemcp.context import Actor, Principal
@@ -287,6 +287,7 @@ def fast_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AuditLo
     trace_id=OPT,
     server=OPT,
     record_arguments=st.none() | st.booleans(),
+    component_version=OPT | st.sampled_from(["2", "1.0.0", "v2"]) | st.integers(0, 3),
 )
 def test_decision_lines_are_the_generic_records_bytes(
     fast_log: tuple[AuditLog, Tail],
@@ -302,6 +303,7 @@ def test_decision_lines_are_the_generic_records_bytes(
     trace_id: str | None,
     server: str | None,
     record_arguments: bool | None,
+    component_version: Any,
 ) -> None:
     log, tail = fast_log
     kw: dict[str, Any] = {
@@ -315,6 +317,7 @@ def test_decision_lines_are_the_generic_records_bytes(
         "rule": rule,
         "policy_version": policy_version,
         "trace_id": trace_id,
+        "component_version": component_version,
     }
     appended(
         log,
@@ -422,9 +425,25 @@ def test_negative_zero_duration_is_written_as_the_generic_canonical_zero(log_dir
     assert report.records == 3 + len(NEGATIVE_ZERO_EDGES)
 
 
+def _masked(value: Any) -> Any:
+    """Every value under a key naming a secret as ``[REDACTED]`` (``None`` kept), at any depth:
+    what ``args_sha256`` hashes in place of a secret (see docs/audit.md)."""
+    if isinstance(value, dict):
+        return {
+            name: "[REDACTED]"
+            if item is not None and isinstance(name, str) and sensitive_key(name)
+            else _masked(item)
+            for name, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
+
+
 def _reference_args_sha256(arguments: Any) -> str | None:
     if arguments is None:
         return None
+    arguments = _masked(arguments)  # hypothesis finds keys such as "TOKEN"
     try:
         data = jcs.dumps(arguments)
     except (TypeError, ValueError):
@@ -457,7 +476,7 @@ def test_args_sha256_edge_values() -> None:
 # --- the secrets guard ----------------------------------------------------------------------
 
 DECISION_FIELDS = ("call_id", "method", "target", "trace_id", "server", "reason", "rule")
-DECISION_FIELDS += ("policy_version", "result")
+DECISION_FIELDS += ("policy_version", "result", "component_version")
 OUTCOME_FIELDS = ("call_id", "method", "target", "trace_id", "server", "error")
 IDENTITY_FIELDS = ("subject", "issuer", "client_id", "tenant", "authenticated_by", "actor")
 
@@ -656,6 +675,7 @@ def test_a_log_written_on_the_fast_path_verifies(log_dir: Path) -> None:
                 identity=identity,
                 arguments={"a": index, "b": [1.5, "x"]},
                 trace_id=f"{index:032x}",
+                component_version=rng.choice([None, "2", "1.0é"]),
             )
             log.outcome(
                 call_id=call_id,
@@ -707,3 +727,30 @@ def test_recorded_arguments_are_redacted_with_the_log_keys(tmp_path: Path) -> No
         log.decision(call_id="c", method="m", target="t", result="allow", arguments={"pin": "1234"})
     data = b"".join(p.read_bytes() for _, p in list_segments(tmp_path / "a"))
     assert b"1234" not in data and b'"pin":"[REDACTED]"' in data
+
+
+def test_an_unversioned_decision_line_is_unchanged_and_a_versioned_one_names_its_version(
+    log_dir: Path,
+) -> None:
+    """``component_version`` appears only for a versioned component, in RFC 8785 member order,
+    on the fast path and on the generic path (sinks make the log build the generic record)."""
+    kw: dict[str, Any] = {"call_id": "c1", "method": "tools/call", "target": "purge"}
+    kw |= {"result": "allow", "identity": REUSED[0], "arguments": {"repo": "prod"}}
+    stream = io.StringIO()
+    for directory, sinks in (
+        (log_dir, []),
+        (log_dir.parent / "with-sink", [JsonLinesSink(stream)]),
+    ):
+        with AuditLog(directory, signer=SIGNER, fsync="never", sinks=sinks) as log:
+            tail = Tail(log)
+            log.decision(**kw)
+            log.decision(**kw, component_version=None)
+            log.decision(**kw, component_version="2")
+            lines = tail.new().splitlines()
+        plain, unset, versioned = (json.loads(line) for line in lines)
+        assert "component_version" not in plain and "component_version" not in unset
+        assert versioned["component_version"] == "2"
+        assert lines[2].index(b'"call_id"') < lines[2].index(b'"component_version"')
+        assert lines[2].index(b'"component_version"') < lines[2].index(b'"decision"')
+        assert verify(directory, keyring=KEYRING).status == "verified"
+    assert '"component_version":"2"' in stream.getvalue()

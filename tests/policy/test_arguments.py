@@ -128,3 +128,27 @@ async def test_fastmcp_coerces_by_default() -> None:
     async with Client(server) as client:
         await client.call_tool("transfer", {"amount": "5000", "dry_run": "false"})
     assert seen == [(5000, False)]
+
+
+@pytest.mark.parametrize(
+    ("schema", "value", "fits"),
+    [
+        ({"const": "safe"}, "safe", True),
+        ({"const": "safe"}, "unsafe", False),
+        ({"const": 1}, 1, True),
+        ({"const": 1}, 1.0, True),  # the same JSON number
+        ({"const": 1}, True, False),  # true is not 1 (pydantic's lax mode would pass 1)
+        ({"const": 1}, "1", False),
+        ({"const": [1, {"a": True}]}, [1, {"a": True}], True),
+        ({"const": [1, {"a": True}]}, [1, {"a": 1}], False),
+        ({"const": None}, None, True),
+        ({"const": None}, 0, False),
+    ],
+)
+def test_a_const_without_a_type_is_checked_on_its_own(
+    schema: dict[str, Any], value: Any, fits: bool
+) -> None:
+    """A schema whose only constraint is ``const`` (hand-written or proxied tools; FastMCP adds a
+    ``type`` for ``Literal``) still refuses any other JSON value, ``true`` for ``1`` included."""
+    wrapped = {"type": "object", "properties": {"level": schema}}
+    assert argument_type_error(wrapped, {"level": value}) == (None if fits else "level")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from mcp.types import ToolAnnotations
@@ -270,3 +271,56 @@ def test_resource_target_keeps_what_fastmcp_reads_of_repeated_parameters() -> No
     uri = "data://x?fmt=raw&tags=a&fmt=zz&tags=b"
     # the first value of a plain parameter, every value of an exploded one
     assert resource_target(uri, names) == "data://x?fmt=raw&tags=a&tags=b"
+
+
+@pytest.mark.parametrize(
+    "bound",
+    [
+        {"min": "1"},
+        {"max": True},
+        {"min": float("nan")},
+        {"max": float("inf")},
+        {"max_length": -1},
+        {"max_length": "140"},
+        {"max_length": True},
+        {"max_length": 1.5},
+        {"enum": "ab"},
+        {"enum": [1, float("nan")]},
+    ],
+)
+def test_every_way_to_build_bounds_refuses_the_same_values(bound: dict[str, Any]) -> None:
+    """One validation for a bound and for constraints, however they are built: the constructor
+    a hook calls (``Decision.constrain(arguments=...)``) refuses what a rules file's
+    ``from_mapping`` refuses (a ``max_length`` of ``"140"`` would fail only once a call is
+    checked against it)."""
+    builders = [
+        lambda: ArgumentBound(**bound),
+        lambda: ArgumentBound.from_mapping(bound),
+        lambda: Constraints(arguments={"memo": bound}),
+        lambda: Constraints(arguments={"memo": ArgumentBound(**bound)}),
+        lambda: Constraints.from_mapping({"arguments": {"memo": bound}}),
+        lambda: Decision.constrain(arguments={"memo": bound}),
+    ]
+    for build in builders:
+        with pytest.raises(ValueError):
+            build()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"timeout_seconds": 0},
+        {"timeout_seconds": "5"},
+        {"timeout_seconds": True},
+        {"max_result_bytes": -1},
+        {"max_result_bytes": 1.0},
+        {"arguments": {"memo": 5}},
+        {"arguments": ["memo"]},
+        {"arguments": {"memo": {"maximum": 5}}},
+    ],
+)
+def test_constraints_refuse_the_same_values_from_either_builder(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Constraints(**spec)
+    with pytest.raises(ValueError):
+        Constraints.from_mapping(spec)

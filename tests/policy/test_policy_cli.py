@@ -127,3 +127,50 @@ def test_approvals_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_approvals_cli_store_unavailable(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("approvals", "list", "--store", "redis://127.0.0.1:1/0") == 2
     assert "unavailable" in capsys.readouterr().err
+
+
+def test_explain_judges_the_version_given_as_the_one_that_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "versions.toml"
+    path.write_text(
+        'default = "allow"\n[[rule]]\nname = "old"\neffect = "deny"\nversions = [">=1,<2"]\n'
+    )
+    assert (
+        run("policy", "explain", str(path), "--tool", "purge", "--subject", "a", "--version", "1.5")
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "call: tools/call 'purge' version 1.5 as" in out
+    assert "decision: deny by 'old'" in out
+    assert (
+        run("policy", "explain", str(path), "--tool", "purge", "--subject", "a", "--version", "2")
+        == 0
+    )
+    assert "version '2' is in none of ['>=1,<2']" in capsys.readouterr().out
+
+
+def test_approvals_list_names_versions_and_escapes_an_asked_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version asked for is the caller's text: listed escaped, never as a forged line."""
+    from securemcp.policy.approvals import approval_target
+
+    db = tmp_path / "approvals.sqlite3"
+    store = SQLiteApprovalStore(db)
+    targets = [
+        approval_target("tools/call", "purge", "2"),
+        approval_target("prompts/get", "brief", "1.0"),
+        approval_target("tools/call", "purge", None, resolved=False, requested="1"),
+        approval_target("tools/call", "purge", None, resolved=False, requested="1\nFORGED"),
+    ]
+    assert targets[0] == "tools/call@2 purge" and targets[2] == "tools/call@?1 purge"
+    for index, target in enumerate(targets):
+        asyncio.run(store.request(principal("alice"), target, f"sha256:{index}", "sha256:p"))
+    assert run("approvals", "list", "--store", str(db)) == 0
+    out = capsys.readouterr().out
+    assert "'purge' version 2 for alice" in out
+    assert "prompts/get 'brief' version 1.0 for alice" in out
+    assert "'purge' version unresolved (asked for 1) for alice" in out
+    assert "(asked for '1\\nFORGED')" in out
+    assert not any(line.startswith("FORGED") for line in out.splitlines())

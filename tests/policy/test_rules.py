@@ -7,6 +7,7 @@ import logging
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from policy_helpers import principal, request
@@ -434,7 +435,9 @@ async def test_reload_under_concurrent_load_always_decides(tmp_path: Path) -> No
     assert ("deny", "deny-add") in seen
 
 
-def test_versions_match_the_version_the_call_asks_for() -> None:
+def test_versions_match_the_version_that_runs() -> None:
+    """``versions`` judges the resolved component's version (exact entries compare as FastMCP
+    compares versions; range entries hold it), never the text the call asked for."""
     policy = RulesPolicy.from_string(
         textwrap.dedent(
             """
@@ -443,12 +446,73 @@ def test_versions_match_the_version_the_call_asks_for() -> None:
             name = "no-v2-purge"
             effect = "deny"
             tools = ["purge"]
-            versions = ["2", ">=2"]
+            versions = ["2", ">=5,<7"]
             """
         )
     )
-    assert policy.evaluate(request("purge", version="2")).effect is Effect.DENY
-    assert policy.evaluate(request("purge", version=">=2")).effect is Effect.DENY
-    assert policy.evaluate(request("purge", version="1")).effect is Effect.ALLOW
-    assert policy.evaluate(request("purge")).effect is Effect.ALLOW  # asks for no version
-    assert "version None" in str(policy.explain(request("purge")))
+    for runs in ("2", "2.0", "v2", "5", "6.9"):
+        # whatever was asked for (nothing, a range, another spelling)
+        for asked in (None, ">=1", "2"):
+            denied = request("purge", version=runs, requested_version=asked)
+            assert policy.evaluate(denied).effect is Effect.DENY, (runs, asked)
+    for runs in ("1", "3", "7", "10"):
+        allowed = request("purge", version=runs, requested_version="2")
+        assert policy.evaluate(allowed).effect is Effect.ALLOW, runs
+    assert policy.evaluate(request("purge")).effect is Effect.ALLOW  # unversioned component
+    assert "the component is unversioned" in str(policy.explain(request("purge")))
+    explained = str(policy.explain(request("purge", version="3")))
+    assert "version '3' is in none of ['2', '>=5,<7']" in explained
+
+
+@pytest.mark.parametrize("effect", ["allow", "deny", "require_approval", "constrain"])
+def test_an_unresolved_version_is_refused_where_a_versions_rule_could_apply(effect: str) -> None:
+    """A version securemcp cannot resolve could be any the call asks for: a rule naming one of
+    those refuses, whatever its effect (never more permissive than the version that may run)."""
+    extra = "[rule.constraints]\ntimeout_seconds = 5\n" if effect == "constrain" else ""
+    policy = RulesPolicy.from_string(
+        f'default = "allow"\n[[rule]]\nname = "v2"\neffect = "{effect}"\nversions = ["2"]\n{extra}'
+    )
+
+    def unresolved(asked: str | None) -> Any:
+        return request("purge", requested_version=asked, version_resolved=False)
+
+    for asked in (None, "2", "2.0", ">=1", "<3", ">=2,<4"):
+        decision = policy.evaluate(unresolved(asked))
+        assert decision.effect is Effect.DENY, asked
+        assert decision.rule == "v2" and decision.policy_version == policy.version
+        if effect != "deny":
+            assert decision.reason.startswith("version_unresolved")
+        explained = policy.explain(unresolved(asked))
+        assert explained.decision == decision
+    for asked in ("1", "<2", ">=3", ">=3,<9"):
+        assert policy.evaluate(unresolved(asked)).effect is Effect.ALLOW, asked
+        assert "the version asked for" in str(policy.explain(unresolved(asked)))
+
+
+@pytest.mark.parametrize("entry", ["", "==2", "<=2", ">2", "!=2", ">=1,>=2", "<", ">=1,,<2", "~=2"])
+def test_a_versions_entry_that_is_not_a_version_or_range_is_an_error(entry: str) -> None:
+    with pytest.raises(RulesFileError, match="versions"):
+        RulesPolicy.from_string(f'[[rule]]\nname = "r"\neffect = "deny"\nversions = ["{entry}"]\n')
+
+
+@pytest.mark.parametrize(
+    ("entry", "asked", "overlaps"),
+    [
+        (">=2", None, True),
+        (">=2", "<2", False),
+        (">=2", "<3", True),
+        (">=2,<4", ">=4", False),
+        (">=2,<4", ">=3.5,<9", True),
+        ("<2", ">=2", False),
+        ("<2", "1.9", True),
+        ("<2", "2.0", False),
+        ("v2", "2.0", True),
+        ("2", "weird-text", False),
+    ],
+)
+def test_version_ranges_overlap_as_fastmcp_orders_versions(
+    entry: str, asked: str | None, overlaps: bool
+) -> None:
+    from securemcp.policy.versions import parse_range, requested_range
+
+    assert parse_range(entry).overlaps(requested_range(asked)) is overlaps

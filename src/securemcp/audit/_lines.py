@@ -37,7 +37,15 @@ from securemcp.policy.decision import NO_CONSTRAINTS as _NO_CONSTRAINTS
 from securemcp.policy.decision import Decision as _Decision
 from securemcp.policy.decision import Effect as _Effect
 
-__all__ = ["OUTCOME_JSON", "Site", "decision_json", "identity_json", "site_json", "vetted"]
+__all__ = [
+    "OUTCOME_JSON",
+    "Site",
+    "decision_json",
+    "identity_json",
+    "site_json",
+    "version_json",
+    "vetted",
+]
 
 #: Fragment caches are cleared when they reach this many entries.
 _MEMO_LIMIT: Final = 1024
@@ -174,6 +182,16 @@ def _decision_text(
 
 def _json(value: str | None) -> str:
     return "null" if value is None else encode_basestring(value)
+
+
+def version_json(component_version: str) -> str:
+    """The ``,"component_version":<version>`` member of a decision line (it sorts between
+    ``call_id`` and ``decision``), for a versioned component; unversioned lines have none.
+
+    Raises:
+        TypeError: ``component_version`` is not a ``str`` (the caller takes the generic path).
+    """
+    return ',"component_version":' + encode_basestring(component_version)
 
 
 def decision_json(

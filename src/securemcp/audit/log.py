@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from securemcp.audit import jcs
-from securemcp.audit._lines import OUTCOME_JSON, decision_json, site_json, vetted
+from securemcp.audit._lines import OUTCOME_JSON, decision_json, site_json, version_json, vetted
 from securemcp.audit.chain import format_ts, genesis_prev, new_origin, parse_ts, valid_origin
 from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint
 from securemcp.audit.errors import AuditError, AuditLogLocked, AuditUnavailable
@@ -619,13 +619,15 @@ class AuditLog:
         trace_id: str | None = None,
         server: str | None = None,
         record_arguments: bool | None = None,
+        component_version: str | None = None,
     ) -> int:
         """Append the ``decision`` record written before a tool runs; returns its ``seq``.
 
         ``result`` is ``"allow"``/``"deny"``/... or a ``securemcp.policy.Decision`` (its effect,
         reason, rule, policy version and constraints are read). ``identity`` is a ``Principal``
         or a mapping. ``arguments`` are hashed; they are stored (redacted) only when
-        ``record_arguments`` (default: the log's setting) is true.
+        ``record_arguments`` (default: the log's setting) is true. ``component_version`` (the
+        version of a versioned component) is recorded only when given.
         """
         if server is None:
             server = self.server
@@ -639,6 +641,8 @@ class AuditLog:
                 call = "null" if call_id is None else _enc(call_id)
                 trace = "null" if trace_id is None else _enc(trace_id)
                 site = site_json(identity, method, target, server)
+                # ,"component_version":"2" sorts between call_id and decision (RFC 8785)
+                versioned = "" if component_version is None else version_json(component_version)
             except TypeError:
                 fragment = None
         body = None
@@ -657,19 +661,20 @@ class AuditLog:
                 server=server,
                 record_arguments=record_arguments,
                 redact_keys=self.redact_keys,
+                component_version=component_version,
             )
             if fragment is None:  # unusual values: screen all of the generic record
                 return self._append_body(body, screen(body))
         digest = args_sha256(arguments, self.redact_keys) if body is None else body["args_sha256"]
         hashed = "null" if digest is None else f'"{digest}"'
         decided, decided_vetted = fragment
-        caller = call + trace
+        caller = call + trace + versioned
         if not decided_vetted:
             caller += decided
         if not site.vetted:
             caller += site.text
         return self._append_template(
-            f'{{"args_sha256":{hashed},"call_id":{call},'
+            f'{{"args_sha256":{hashed},"call_id":{call}{versioned},'
             f'"decision":{decided},"identity":{site.identity},"log":',
             f'{site.method},"prev":"',
             f'{site.server_target}{trace},"ts":"',

@@ -7,7 +7,8 @@ is documented in ``docs/audit.md``; in short:
 * ``decision`` — written *before* the tool runs: ``call_id``, ``server``, ``identity``,
   ``method``, ``target``, ``args_sha256`` (SHA-256 of the RFC 8785 canonical JSON of the
   arguments; raw ``args`` only when recording arguments is enabled, and then redacted),
-  ``decision`` {``result``, ``reason``, ``rule``, ``policy_version``}, ``trace_id``;
+  ``decision`` {``result``, ``reason``, ``rule``, ``policy_version``}, ``trace_id``, and
+  ``component_version`` when the component decided on is versioned;
 * ``outcome`` — written after: the same ``call_id``, ``outcome`` (``ok`` / ``tool_error`` /
   ``error`` / ``timeout`` / ``refused``), ``duration_ms`` and an optional ``error`` code;
 * ``auth_failure`` (no tool ran), ``config_change``, ``policy_change``, ``key_rotation``,
@@ -343,8 +344,14 @@ def decision_record(
     server: str | None = None,
     record_arguments: bool = False,
     redact_keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS,
+    component_version: str | None = None,
 ) -> dict[str, Any]:
-    """A ``decision`` record. ``result`` is a string or a ``securemcp.policy.Decision``."""
+    """A ``decision`` record. ``result`` is a string or a ``securemcp.policy.Decision``.
+
+    ``component_version`` is the version of the component decided on (FastMCP component
+    versioning), recorded only when there is one: an unversioned component's record is what it
+    always was.
+    """
     record: dict[str, Any] = {
         "type": "decision",
         "call_id": call_id,
@@ -356,6 +363,8 @@ def decision_record(
         "decision": _decision_fields(result, reason, rule, policy_version),
         "trace_id": trace_id,
     }
+    if component_version is not None:
+        record["component_version"] = component_version
     if record_arguments and arguments is not None:
         record["args"] = redact(arguments, (*DEFAULT_SENSITIVE_KEYS, *redact_keys))
     return record

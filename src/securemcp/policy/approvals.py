@@ -7,7 +7,7 @@ scope approves (or denies) it through ``securemcp approvals approve ID`` or this
 same call then succeeds.
 
 An approval is **bound** to the requesting principal (tenant, issuer, subject, client id), the
-tool (and the component version the call asks for, if any), the SHA-256 of the canonical
+tool (and the version of the component that runs, if versioned), the SHA-256 of the canonical
 arguments and the policy version hash, so it cannot be replayed
 by another caller, for another tool, with other arguments or under a changed policy. It expires,
 and it is **single-use** unless the approver grants it reusable for a time window. The requesting
@@ -91,17 +91,33 @@ def principal_key(principal: Principal) -> str:
     return hashlib.sha256(canonical_json(parts)).hexdigest()
 
 
-def approval_target(method: str, target: str, version: str | None = None) -> str:
+def approval_target(
+    method: str,
+    target: str,
+    version: str | None = None,
+    *,
+    resolved: bool = True,
+    requested: str | None = None,
+) -> str:
     """What an approval names as its ``tool``: the tool's name for ``tools/call``, else the
-    method and the target (``prompts/get summarize``, ``resources/read notes://x``); for a call
-    that asks for a component version, ``METHOD@VERSION TARGET`` (``tools/call@2 purge``).
+    method and the target (``prompts/get summarize``, ``resources/read notes://x``); for a
+    versioned component, ``METHOD@VERSION TARGET`` (``tools/call@2 purge``), ``VERSION`` being
+    the version that runs (:attr:`CallRequest.version`), however the call asked for it.
 
     An approval is bound to the kind of call it was granted for: one granted for a prompt can
     never be spent on a tool of the same name (MCP tool names cannot contain a space), and one
-    granted for version 1 never on version 2. The version is percent-encoded (no space can
-    appear in it), so a versioned target never equals an unversioned one or another version's.
+    granted for version 1 never on version 2, even for a call that asks for no version and ran
+    v1 then (the highest) but runs v2 now. The version is percent-encoded (no space can appear
+    in it), so a versioned target never equals an unversioned one or another version's.
     Unversioned targets keep the form they always had, so existing approvals stay valid.
+
+    A version securemcp cannot resolve (``resolved=False``: a forwarder to versioned components
+    elsewhere) is bound to the version asked for, as ``METHOD@?ASKED TARGET`` (``ASKED`` empty
+    when none was): never the target of a resolved version, whose encoding cannot start with
+    ``?``.
     """
+    if not resolved:
+        return f"{method}@?{quote(requested or '', safe=_VERSION_SAFE)} {target}"
     if version is None:
         return target if method == "tools/call" else f"{method} {target}"
     return f"{method}@{quote(version, safe=_VERSION_SAFE)} {target}"
@@ -112,13 +128,23 @@ _VERSIONED: Final = re.compile(r"^(tools/call|prompts/get|resources/read)@(\S*) 
 
 
 def describe_target(tool: str) -> str:
-    """An approval's ``tool`` for people: ``'purge' version 2`` for ``tools/call@2 purge``."""
+    """An approval's ``tool`` for people: ``'purge' version 2`` for ``tools/call@2 purge``;
+    ``'purge' version unresolved (asked for 1)`` for ``tools/call@?1 purge``."""
     found = _VERSIONED.match(tool)
     if found is None:
         return repr(tool)
     method, version, target = found.groups()
     kind = "" if method == "tools/call" else f"{method} "
-    return f"{kind}{target!r} version {unquote(version)}"
+    if version.startswith("?"):
+        asked = _printable(unquote(version[1:]))
+        return f"{kind}{target!r} version unresolved" + (f" (asked for {asked})" if asked else "")
+    return f"{kind}{target!r} version {_printable(unquote(version))}"
+
+
+def _printable(text: str) -> str:
+    """``text`` as is when printable, else quoted with escapes: a version asked for is the
+    caller's text, and must not put a line break or a terminal control into a listing."""
+    return text if text.isprintable() else repr(text)
 
 
 def binding_key(principal: Principal, tool: str, args_hash: str, policy_hash: str) -> str:
@@ -426,7 +452,13 @@ class ApprovalGate:
         principal = request.principal
         args_hash = request.arguments_hash()
         policy_hash = decision.policy_version or ""
-        tool = approval_target(request.method, request.target, request.version)
+        tool = approval_target(
+            request.method,
+            request.target,
+            request.version,
+            resolved=request.version_resolved,
+            requested=request.requested_version,
+        )
         if approval_id is not None:
             return await self.store.consume(approval_id, principal, tool, args_hash, policy_hash)
         existing = await self.store.find(principal, tool, args_hash, policy_hash)

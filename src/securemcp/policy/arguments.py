@@ -34,7 +34,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from securemcp.policy.request import same_json
+from securemcp.policy.request import is_number, same_json
 
 __all__ = ["argument_type_error"]
 
@@ -50,17 +50,10 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and cls is not bool
 
 
-def _is_number(value: Any) -> bool:
-    cls = value.__class__
-    if cls is int or cls is float:
-        return True
-    return isinstance(value, int | float) and cls is not bool
-
-
 _TYPES: Final[dict[str, Callable[[Any], bool]]] = {
     "string": lambda v: isinstance(v, str),
     "integer": _is_integer,
-    "number": _is_number,
+    "number": is_number,
     "boolean": lambda v: v.__class__ is bool,
     "null": lambda v: v is None,
     "array": lambda v: isinstance(v, list | tuple),

@@ -247,7 +247,9 @@ def register(subparsers: Any) -> None:
     )
     explain.add_argument("--method", default="tools/call", help="MCP method (default tools/call)")
     explain.add_argument(
-        "--version", default=None, help="the component version the call asks for (e.g. 2)"
+        "--version",
+        default=None,
+        help="the version of the component the call runs (e.g. 2; default: unversioned)",
     )
     explain.set_defaults(func=_explain)
 

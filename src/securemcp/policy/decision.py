@@ -34,7 +34,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
-from securemcp.policy.request import finite_json, freeze, same_json, thaw
+from securemcp.policy.request import finite_json, freeze, is_number, same_json, thaw
 
 __all__ = ["NO_CONSTRAINTS", "ArgumentBound", "Constraints", "Decision", "Effect"]
 
@@ -48,12 +48,12 @@ class Effect(StrEnum):
     CONSTRAIN = "constrain"
 
 
-_NUMBERS: Final = (int, float)
 _SIZED: Final = (str, list, tuple, dict, MappingProxyType)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, _NUMBERS) and value.__class__ is not bool
+def _count(value: object) -> bool:
+    """``None`` or a non-negative integer (never a bool): a size or length limit."""
+    return value is None or (isinstance(value, int) and value.__class__ is not bool and value >= 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +73,14 @@ class ArgumentBound:
     max_length: int | None = None
 
     def __post_init__(self) -> None:
-        # A NaN bound compares false with everything, so it would silently never hold.
+        # The one validation of a bound, however it is built (see from_mapping).
         for key in ("min", "max"):
             bound = getattr(self, key)
-            if bound is not None and (not _is_number(bound) or not math.isfinite(bound)):
-                raise ValueError(f"{key} must be a finite number, got {bound!r}")
+            # A NaN bound compares false with everything, so it would silently never hold.
+            if bound is not None and (not is_number(bound) or not math.isfinite(bound)):
+                raise ValueError(f"{key} must be a finite number (not nan or inf), got {bound!r}")
+        if not _count(self.max_length):
+            raise ValueError("max_length must be a non-negative integer")
         enum: Any = self.enum
         if enum is not None:
             if not isinstance(enum, list | tuple):
@@ -92,7 +95,7 @@ class ArgumentBound:
         if self.enum is not None and not any(_same(value, e) for e in self.enum):
             return f"argument {name!r} is not one of the allowed values"
         if self.min is not None or self.max is not None:
-            if not _is_number(value) or (isinstance(value, float) and math.isnan(value)):
+            if not is_number(value) or (isinstance(value, float) and math.isnan(value)):
                 return f"argument {name!r} must be a number"
             if self.min is not None and value < self.min:
                 return f"argument {name!r} is below the minimum {self.min:g}"
@@ -126,27 +129,15 @@ class ArgumentBound:
         Raises:
             ValueError: unknown keys or values of the wrong type.
         """
+        if not isinstance(spec, Mapping):
+            raise ValueError("bounds must be a table of min, max, enum, max_length")
         unknown = set(spec) - {"min", "max", "enum", "max_length"}
         if unknown:
             raise ValueError(f"unknown argument bound(s): {', '.join(sorted(unknown))}")
-        for key in ("min", "max"):
-            if key in spec and not _is_number(spec[key]):
-                raise ValueError(f"{key} must be a number")
-            if key in spec and not math.isfinite(spec[key]):
-                raise ValueError(f"{key} must be a finite number (not nan or inf)")
-        if "max_length" in spec and (
-            not isinstance(spec["max_length"], int)
-            or isinstance(spec["max_length"], bool)
-            or spec["max_length"] < 0
-        ):
-            raise ValueError("max_length must be a non-negative integer")
-        enum = spec.get("enum")
-        if enum is not None and not isinstance(enum, list | tuple):
-            raise ValueError("enum must be a list")
         return cls(
             min=spec.get("min"),
             max=spec.get("max"),
-            enum=tuple(enum) if enum is not None else None,
+            enum=spec.get("enum"),
             max_length=spec.get("max_length"),
         )
 
@@ -191,19 +182,29 @@ class Constraints:
     arguments: Mapping[str, ArgumentBound] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
-        timeout = self.timeout_seconds
-        if timeout is not None and (
-            not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0
-        ):
-            raise ValueError("timeout_seconds must be a positive finite number")
-        size = self.max_result_bytes
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        # The one validation of constraints, however they are built (see from_mapping).
+        timeout: Any = self.timeout_seconds
+        if timeout is not None:
+            if not is_number(timeout) or not math.isfinite(timeout) or timeout <= 0:
+                raise ValueError("timeout_seconds must be a positive finite number")
+            object.__setattr__(self, "timeout_seconds", float(timeout))
+        if not _count(self.max_result_bytes):
             raise ValueError("max_result_bytes must be a non-negative integer")
-        if not isinstance(self.arguments, MappingProxyType):
-            bounds = {
-                str(k): v if isinstance(v, ArgumentBound) else ArgumentBound.from_mapping(v)
-                for k, v in self.arguments.items()
-            }
+        arguments: Any = self.arguments
+        if not isinstance(arguments, MappingProxyType):
+            if not isinstance(arguments, Mapping):
+                raise ValueError("arguments must be a table of argument name -> bounds")
+            bounds: dict[str, ArgumentBound] = {}
+            for name, bound in arguments.items():
+                if isinstance(bound, ArgumentBound):
+                    bounds[str(name)] = bound
+                    continue
+                if not isinstance(bound, Mapping):
+                    raise ValueError(f"bounds for argument {name!r} must be a table")
+                try:
+                    bounds[str(name)] = ArgumentBound.from_mapping(bound)
+                except ValueError as exc:
+                    raise ValueError(f"argument {name!r}: {exc}") from None
             object.__setattr__(self, "arguments", MappingProxyType(bounds))
 
     def __bool__(self) -> bool:
@@ -246,29 +247,10 @@ class Constraints:
         unknown = set(spec) - {"max_result_bytes", "timeout_seconds", "arguments"}
         if unknown:
             raise ValueError(f"unknown constraint(s): {', '.join(sorted(unknown))}")
-        size = spec.get("max_result_bytes")
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-            raise ValueError("max_result_bytes must be a non-negative integer")
-        timeout = spec.get("timeout_seconds")
-        if timeout is not None and (
-            not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0
-        ):
-            raise ValueError("timeout_seconds must be a positive finite number")
-        arguments = spec.get("arguments", {})
-        if not isinstance(arguments, Mapping):
-            raise ValueError("arguments must be a table of argument name -> bounds")
-        bounds: dict[str, ArgumentBound] = {}
-        for name, bound in arguments.items():
-            if not isinstance(bound, Mapping):
-                raise ValueError(f"bounds for argument {name!r} must be a table")
-            try:
-                bounds[str(name)] = ArgumentBound.from_mapping(bound)
-            except ValueError as exc:
-                raise ValueError(f"argument {name!r}: {exc}") from None
         return cls(
-            max_result_bytes=size,
-            timeout_seconds=float(timeout) if timeout is not None else None,
-            arguments=bounds,
+            max_result_bytes=spec.get("max_result_bytes"),
+            timeout_seconds=spec.get("timeout_seconds"),
+            arguments=spec.get("arguments", _EMPTY),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -167,9 +167,13 @@ class PolicyEnforcement:
         arguments: Mapping[str, Any] | None,
         facts: ComponentFacts,
         transport: str,
-        version: str | None = None,
+        requested_version: str | None = None,
     ) -> CallRequest:
         """The :class:`CallRequest` that rate limits and the policy see for one call.
+
+        ``facts`` are those of the component the call resolved to, so the request's ``version``
+        is the version that runs, whatever ``requested_version`` (the caller's text) says; a
+        forwarder to versioned components elsewhere leaves it unresolved.
 
         A resource template read's target is its URI the way FastMCP reads it
         (:func:`resource_target`), so percent-encoding cannot dodge a rule or get a fresh
@@ -188,8 +192,10 @@ class PolicyEnforcement:
             annotations=facts.annotations,
             risk=facts.risk,
             transport=transport,
-            version=version,
+            version=facts.version,
             uri=uri,
+            requested_version=requested_version,
+            version_resolved=not facts.forwards_versions,
         )
 
     async def decide(self, request: CallRequest) -> Decision | None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from securemcp.policy.request import finite_json, freeze, same_json, thaw
+from securemcp.policy.request import finite_json, freeze, is_number, same_json, thaw
 
 __all__ = ["MISSING", "Predicate", "compile_predicate"]
 
@@ -44,7 +44,6 @@ MISSING: Final = _Missing()
 
 
 # Concrete type tuples: isinstance against ``int | float`` or an ABC is several times slower.
-_NUMBERS: Final = (int, float)
 _SEQUENCES: Final = (list, tuple)
 _SIZED: Final = (str, list, tuple, dict, MappingProxyType)
 _SCALARS: Final = (str, int, float)
@@ -52,10 +51,6 @@ _SCALARS: Final = (str, int, float)
 
 #: JSON equality at every depth (``true`` is not ``1``, arrays and objects compare by content).
 _same: Final = same_json
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, _NUMBERS) and value.__class__ is not bool
 
 
 def _has_len(value: Any) -> bool:
@@ -78,7 +73,7 @@ _Check = Callable[[Any], bool]
 
 
 def _number_operand(op: str, operand: Any) -> float:
-    if not _is_number(operand):
+    if not is_number(operand):
         raise ValueError(f"'{op}' needs a number, got {_shown(operand)}")
     return float(operand)
 
@@ -124,7 +119,7 @@ def _build(op: str, operand: Any) -> _Check:
             "gt": float.__gt__,
             "ge": float.__ge__,
         }[op]
-        return lambda v: _is_number(v) and compare(float(v), bound)
+        return lambda v: is_number(v) and compare(float(v), bound)
     if op == "regex":
         if not isinstance(operand, str):
             raise ValueError(f"'regex' needs a string, got {_shown(operand)}")

@@ -48,6 +48,7 @@ __all__ = [
     "canonical_json",
     "finite_json",
     "freeze",
+    "is_number",
     "resource_target",
     "same_json",
     "thaw",
@@ -174,6 +175,18 @@ def same_json(a: Any, b: Any) -> bool:
     if isinstance(b, _ARRAYS) or isinstance(b, _OBJECTS):  # noqa: SIM101
         return False
     return bool(a == b)
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a JSON number: an ``int`` or a ``float`` (or a subclass), never a
+    ``bool`` (JSON ``true`` is not ``1``). NaN and infinities count; see :func:`finite_json`."""
+    cls = value.__class__
+    if cls is int or cls is float:
+        return True
+    return isinstance(value, _NUMBER_TYPES) and cls is not bool
+
+
+_NUMBER_TYPES: Final = (int, float)  # a tuple: isinstance against ``int | float`` is slower
 
 
 def finite_json(value: Any) -> bool:
@@ -305,12 +318,22 @@ class CallRequest:
         annotations: the component's MCP annotations, read-only.
         risk: the risk class (declared, or derived from ``annotations``).
         transport: ``stdio``, ``streamable-http``, ``sse`` or ``in-memory``.
-        version: the component version the call asks for (``_meta.fastmcp.version``, or
-            ``version=`` on a FastMCP client call), as the caller wrote it: an exact version
-            (``"2"``) or a range (``">=1,<3"``); ``None`` when the call asks for none (FastMCP
-            then runs the highest version). Approvals are bound to it.
+        version: the version of the component the call runs, as the server registered it
+            (``"2"``), whatever the call asked for: FastMCP runs the highest version when it
+            asks for none, and the highest in range for a range. ``None`` when the component is
+            unversioned, or when ``version_resolved`` is false. Rules and approvals judge it
+            (see :mod:`securemcp.policy.versions`).
         uri: for ``resources/read``, the URI exactly as the caller sent it (``target`` is it as
             FastMCP reads it, percent-decoded); ``None`` for other methods.
+        requested_version: the version the call asks for (``_meta.fastmcp.version``, or
+            ``version=`` on a FastMCP client call), as written: an exact version (``"2.0"``) or
+            a range (``">=1,<3"``); ``None`` when it asks for none. Informational: it need not
+            be the version that runs.
+        version_resolved: ``False`` when securemcp cannot tell which version runs: the
+            component is unversioned here but forwards the call (and the version asked for) to a
+            versioned component elsewhere, such as a FastMCP proxy of a versioned server, which
+            chooses. A policy must not be more permissive then than for any version the call
+            could run (a rules file refuses where a rule naming versions could apply).
     """
 
     principal: Principal
@@ -324,6 +347,8 @@ class CallRequest:
     transport: str = "in-memory"
     version: str | None = None
     uri: str | None = None
+    requested_version: str | None = None
+    version_resolved: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.arguments, MappingProxyType):
@@ -352,6 +377,8 @@ class CallRequest:
         transport: str = "in-memory",
         version: str | None = None,
         uri: str | None = None,
+        requested_version: str | None = None,
+        version_resolved: bool = True,
     ) -> CallRequest:
         """Describe a call; freezes ``arguments`` and derives ``risk`` unless declared."""
         hints = annotations_mapping(annotations)
@@ -374,6 +401,8 @@ class CallRequest:
                 transport=transport,
                 version=version,
                 uri=uri,
+                requested_version=requested_version,
+                version_resolved=version_resolved,
             )
         # Every field is already in the form __post_init__ would give it: set the slots directly
         # (this runs once per policed call).
@@ -389,6 +418,8 @@ class CallRequest:
         _set_transport(request, transport)
         _set_version(request, version)
         _set_uri(request, uri)
+        _set_requested_version(request, requested_version)
+        _set_version_resolved(request, version_resolved)
         return request
 
     def arguments_hash(self) -> str:
@@ -411,3 +442,5 @@ _set_risk = _slot_setter("risk")
 _set_transport = _slot_setter("transport")
 _set_version = _slot_setter("version")
 _set_uri = _slot_setter("uri")
+_set_requested_version = _slot_setter("requested_version")
+_set_version_resolved = _slot_setter("version_resolved")

@@ -119,7 +119,8 @@ def explain_ruleset(ruleset: RuleSet, request: CallRequest) -> Explanation:
         why_not = rule.why_not(request)
         trace.append(RuleTrace(rule.name, rule.line, why_not is None, why_not))
         if why_not is None:
-            return Explanation(rule.decision, rule.name, rule.line, tuple(trace), ruleset.version)
+            decided = rule.decision_for(request)
+            return Explanation(decided, rule.name, rule.line, tuple(trace), ruleset.version)
     decision = ruleset.default_decision(request)
     rule_name = decision.rule if decision is not None else None
     return Explanation(decision, rule_name, None, tuple(trace), ruleset.version)

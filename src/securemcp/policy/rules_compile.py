@@ -24,6 +24,7 @@ from securemcp.policy.decision import Constraints, Decision, Effect
 from securemcp.policy.hooks import RISK_DEFAULTS
 from securemcp.policy.predicates import MISSING, Predicate, compile_predicate
 from securemcp.policy.request import CallRequest, RiskClass
+from securemcp.policy.versions import VersionRange, parse_range, requested_range
 
 __all__ = ["Rule", "RuleIssue", "RuleSet", "RulesFileError", "compile_rules"]
 
@@ -86,7 +87,13 @@ class _Matcher:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A compiled rule: matchers plus the decision it yields when they all hold."""
+    """A compiled rule: matchers plus the decision it yields when they all hold.
+
+    ``unresolved`` is the decision of a rule naming ``versions`` for a call whose version
+    securemcp cannot resolve (:attr:`CallRequest.version_resolved` false) but could be one the
+    rule names: a deny (the rule's own, for a deny rule), since the call may run any version it
+    asked for, and the strictest of their decisions is a deny whenever one is denied.
+    """
 
     name: str
     line: int | None
@@ -94,10 +101,17 @@ class Rule:
     tool_patterns: tuple[str, ...]
     matchers: tuple[_Matcher, ...]
     _tools: re.Pattern[str] | None
+    unresolved: Decision | None = None
 
     def applies_to_target(self, target: str) -> bool:
         """Whether the rule's ``tools`` globs admit ``target`` (no globs: every target)."""
         return self._tools is None or self._tools.match(target) is not None
+
+    def decision_for(self, request: CallRequest) -> Decision:
+        """The decision of this rule for a ``request`` it matches."""
+        if self.unresolved is None or request.version_resolved:
+            return self.decision
+        return self.unresolved
 
     def matches(self, request: CallRequest) -> bool:
         """Whether every matcher holds (the target glob is checked by the caller)."""
@@ -180,7 +194,9 @@ class RuleSet:
         """The first matching rule's decision, else the default."""
         for rule in self.candidates(request.target):
             if rule.matches(request):
-                return rule.decision
+                if rule.unresolved is None or request.version_resolved:  # Rule.decision_for
+                    return rule.decision
+                return rule.unresolved
         return self.default_decision(request)
 
 
@@ -258,8 +274,6 @@ def _identity_matchers(spec: Mapping[str, tuple[str, ...]]) -> list[_Matcher]:
         "subjects": ("subject", lambda r: r.principal.subject),
         "issuers": ("issuer", lambda r: r.principal.issuer),
         "client_ids": ("client_id", lambda r: r.principal.client_id),
-        # The version the call asks for, as asked; a call that asks for none never matches.
-        "versions": ("version", lambda r: r.version),
     }
     matchers = []
     for key, (label, get) in getters.items():
@@ -307,6 +321,33 @@ def _tag_and_scope_matchers(spec: Mapping[str, tuple[str, ...]]) -> list[_Matche
             )
         )
     return matchers
+
+
+def _versions_matcher(ranges: tuple[VersionRange, ...]) -> _Matcher:
+    """The version that runs is in one of ``ranges``; for a version securemcp cannot resolve,
+    one of them could hold a version the call asks for (any, when it asks for none)."""
+    texts = [r.text for r in ranges]
+
+    def check(r: CallRequest) -> bool:
+        if r.version_resolved:
+            version = r.version
+            if version is None:
+                return False  # an unversioned component
+            for entry in ranges:  # noqa: SIM110 - hot path, no generator
+                if entry.admits(version):
+                    return True
+            return False
+        asked = requested_range(r.requested_version)
+        return any(entry.overlaps(asked) for entry in ranges)
+
+    def why_not(r: CallRequest) -> str:
+        if not r.version_resolved:
+            return f"the version asked for ({r.requested_version!r}) is in none of {texts}"
+        if r.version is None:
+            return f"the component is unversioned (rule names versions {texts})"
+        return f"version {r.version!r} is in none of {texts}"
+
+    return _Matcher("versions", check, why_not)
 
 
 def _claim_matcher(name: str, predicate: Predicate) -> _Matcher:
@@ -412,6 +453,12 @@ class _RuleCompiler:
         for risk in lists.get("risk", ()):
             if risk not in {r.value for r in RiskClass}:
                 self.problem(index, f"unknown risk class '{risk}'", "risk")
+        versions: list[VersionRange] = []
+        for text in lists.get("versions", ()):
+            try:
+                versions.append(parse_range(text))
+            except ValueError as exc:
+                self.problem(index, f"versions: {exc}", "versions")
         verified = rule.get("verified")
         if verified is not None and not isinstance(verified, bool):
             self.problem(index, "'verified' must be true or false", "verified")
@@ -421,6 +468,8 @@ class _RuleCompiler:
         if len(self.issues) > before or effect is None:
             return None
         matchers = _identity_matchers(lists) + _tag_and_scope_matchers(lists)
+        if versions:
+            matchers.append(_versions_matcher(tuple(versions)))
         if isinstance(verified, bool):
             matchers.append(
                 _Matcher(
@@ -439,6 +488,16 @@ class _RuleCompiler:
             policy_version=self.version,
             constraints=constraints,
         )
+        unresolved = None
+        if versions:
+            unresolved = decision
+            if effect is not Effect.DENY:
+                unresolved = Decision.deny(
+                    f"version_unresolved: rule '{name}' names component versions and the "
+                    "version this call runs cannot be resolved (fail closed)",
+                    rule=name,
+                    policy_version=self.version,
+                )
         return Rule(
             name=name,
             line=self.locator.line(index),
@@ -446,6 +505,7 @@ class _RuleCompiler:
             tool_patterns=tools or (),
             matchers=tuple(matchers),
             _tools=_glob_regex(tools) if tools else None,
+            unresolved=unresolved,
         )
 
     def constraints(
