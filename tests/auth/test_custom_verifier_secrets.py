@@ -113,3 +113,21 @@ async def test_http_refusal_never_quotes_the_token(
     assert token not in json.dumps(dict(response.headers))
     assert server._test_ran == []  # type: ignore[attr-defined]
     _assert_nowhere(token, caplog, audit_dir)
+
+
+class ForgingVerifier(QuotingVerifier):
+    """Refuses every token with a reason that holds a line break and a forged log line."""
+
+    async def authenticate(self, token: str) -> Principal:
+        raise InvalidCredential(reason="no\nINFO securemcp.auth: bearer token accepted: admin")
+
+
+async def test_a_refusal_reason_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """FastMCP's ``verify_token`` hook logs a refusal's reason escaped: a verifier's reason
+    (third-party code, possibly quoting what the caller sent) holding a line break must not
+    start a line of its own in the server log."""
+    caplog.set_level(logging.DEBUG, logger="securemcp.auth")
+    assert await ForgingVerifier("reason").verify_token("opaque-token-value") is None
+    refused = [r.getMessage() for r in caplog.records if "bearer token refused" in r.getMessage()]
+    assert refused, "the refusal was not logged"
+    assert all("\n" not in message for message in refused)

@@ -125,7 +125,7 @@ class VerifierBase(TokenVerifier):
         except Exception as exc:  # fail closed: a verifier bug must never let a token through
             from securemcp.identity import failed_verification
 
-            logger.info("bearer token refused: %s", failed_verification(exc, token).reason)
+            logger.info("bearer token refused: %r", failed_verification(exc, token).reason)
             return None
         # id(principal) -> (principal, token-less view); holding the principal keeps its id
         # from being reused while the entry exists.
