@@ -762,3 +762,71 @@ async def test_an_identity_refusal_reason_cannot_forge_a_log_line(
     assert len(refused) == 2
     for message in refused:
         assert "\n" not in message and "expired\\nINFO" in message
+
+
+async def test_a_resource_limit_is_not_evaded_by_respelling_or_by_another_value(
+    idp: FakeIdentityProvider,
+) -> None:
+    """Reads past a per-resource limit with URIs FastMCP serves as the same read are refused.
+
+    A concrete resource is served at its exact URI only (FastMCP 4.1.2 answers cfg://app?x=1,
+    cfg://app#f or cfg://%61pp with "not found", before any bucket is touched). A template's
+    typed parameter is converted by FastMCP (items://07, items://+7 and items://%207 all read
+    item 7 of ``id: int``; flags://x?on=1 and ?on=yes are ``on=True``), and every other value
+    is another read of the same template: its reads count against the template's bucket.
+    """
+    mcp = FastMCP(
+        "limited-resources",
+        auth=idp.verifier(audience=AUDIENCE),
+        audit=False,
+        rate_limits=[RateLimit("per-resource", "2/minute", per="principal_tool", tools=["*://*"])],
+    )
+    ran: list[Any] = []
+
+    @mcp.resource("cfg://app")
+    def app() -> str:
+        ran.append("app")
+        return "app"
+
+    @mcp.resource("items://{id}")
+    def item(id: int) -> str:
+        ran.append(id)
+        return f"item {id}"
+
+    @mcp.resource("flags://x{?on}")
+    def flags(on: bool = False) -> str:
+        ran.append(on)
+        return f"on {on}"
+
+    @mcp.resource("users://{email}/ssn")
+    def ssn(email: str) -> str:
+        ran.append(email)
+        return "078-05-1120"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        for uri in ("cfg://app", "cfg://app?x=1", "cfg://app#f", "cfg://%61pp", "cfg://app"):
+            if uri == "cfg://app":
+                await client.read_resource(uri)
+            else:
+                with pytest.raises(Exception, match="not found"):
+                    await client.read_resource(uri)
+        for uri in (
+            "items://7",
+            "items://07",
+            "flags://x?on=true",
+            "flags://x?on=1",
+            "users://a@example.com/ssn",
+            "users://b@example.com/ssn",
+        ):
+            await client.read_resource(uri)
+        for uri in (
+            "cfg://app",
+            "items://+7",
+            "items://%207",
+            "items://8",
+            "flags://x?on=yes",
+            "users://c@example.com/ssn",
+        ):
+            with pytest.raises(Exception, match="rate_limited"):
+                await client.read_resource(uri)
+    assert ran == ["app", "app", 7, 7, True, True, "a@example.com", "b@example.com"]

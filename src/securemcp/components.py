@@ -42,6 +42,9 @@ class ComponentFacts:
     #: proxy of a versioned server advertises their versions in ``_meta.fastmcp``), which pick
     #: the version that runs: securemcp cannot resolve it (:attr:`CallRequest.version_resolved`).
     forwards_versions: bool = False
+    #: For a resource template, its URI template (``users://{email}/ssn``): the component that
+    #: serves every read it matches, which rate limits count and audit records name.
+    uri_template: str | None = None
 
 
 def _annotations(component: Any) -> Mapping[str, Any]:
@@ -75,6 +78,7 @@ def facts_of(component: Any) -> ComponentFacts:
         query_names=_query_names(component),
         version=version,
         forwards_versions=version is None and _advertises_versions(component),
+        uri_template=_uri_template(component),
     )
 
 
@@ -91,9 +95,14 @@ def _advertises_versions(component: Any) -> bool:
 _QUERY_PART = re.compile(r"\{\?([^}]+)\}")
 
 
-def _query_names(component: Any) -> frozenset[str] | None:
+def _uri_template(component: Any) -> str | None:
     template = getattr(component, "uri_template", None)
-    if not isinstance(template, str):
+    return template if isinstance(template, str) else None
+
+
+def _query_names(component: Any) -> frozenset[str] | None:
+    template = _uri_template(component)
+    if template is None:
         return None
     names = [name.strip() for found in _QUERY_PART.findall(template) for name in found.split(",")]
     # every name without its "*", plus "name*" for an exploded one (FastMCP reads all its values)

@@ -16,9 +16,12 @@ import pytest
 from limits.aio.storage import MemoryStorage as AsyncMemoryStorage
 from policy_helpers import RedisServer, principal, request
 
+from securemcp.components import ComponentFacts
 from securemcp.policy import RateLimited
 from securemcp.policy._memory_windows import SWEEP_EVERY, MemoryWindows
+from securemcp.policy.enforcement import PolicyEnforcement
 from securemcp.policy.ratelimit import RateDecision, RateLimit, RateLimiter, StorageFailure
+from securemcp.policy.request import CallRequest
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -107,6 +110,41 @@ async def test_keys_are_hashed_and_cannot_collide(
     assert (await limiter.hit(request("b/c", who=principal("a")))).allowed
     keys = redis_server.keys()
     assert keys and not any("a/b" in k or "alice" in k or "idp.example" in k for k in keys)
+
+
+async def test_a_template_read_counts_against_the_template_that_serves_it(
+    storage_uri: str,
+) -> None:
+    """FastMCP reads items://7, items://07, items://+7 and items://%207 as one item when the
+    template declares ``id: int``: the bucket is the template's, not the URI text's, so neither
+    a re-spelling nor another item gets a fresh one (in memory and in a real Redis)."""
+    limiter = RateLimiter(
+        [
+            RateLimit("items", "2/minute", per="principal_tool", tools=["items://*"]),
+            RateLimit("notes", "1/minute", per="tool", tools=["notes://{name}"]),
+        ],
+        storage_uri,
+    )
+    items = ComponentFacts(uri_template="items://{id}", query_names=frozenset())
+
+    def read(uri: str, facts: ComponentFacts = items, who: str = "alice") -> CallRequest:
+        return PolicyEnforcement.call_request(
+            principal(who), "resources/read", uri, {}, facts, "in-memory"
+        )
+
+    assert read("items://07").target == "items://07"  # rules still see the URI read
+    assert (await limiter.hit(read("items://7"))).allowed
+    assert (await limiter.hit(read("items://07"))).allowed
+    for uri in ("items://+7", "items://%207", "items://8", "items://7#x"):
+        refused = await limiter.hit(read(uri))
+        assert not refused.allowed and refused.limit == "items", uri
+    assert (await limiter.hit(read("items://7", who="bob"))).allowed  # bob's own bucket
+    # A concrete resource with the same URI is another component, with a bucket of its own.
+    assert (await limiter.hit(read("items://7", ComponentFacts()))).allowed
+    # A limit may name the template by its URI template; all callers share a per="tool" one.
+    notes = ComponentFacts(uri_template="notes://{name}", query_names=frozenset())
+    assert (await limiter.hit(read("notes://a", notes))).allowed
+    assert not (await limiter.hit(read("notes://b", notes, who="bob"))).allowed
 
 
 async def test_pre_auth_address_limit(storage_uri: str) -> None:

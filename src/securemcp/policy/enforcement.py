@@ -176,13 +176,16 @@ class PolicyEnforcement:
         forwarder to versioned components elsewhere leaves it unresolved.
 
         A resource template read's target is its URI the way FastMCP reads it
-        (:func:`resource_target`), so percent-encoding cannot dodge a rule or get a fresh
-        rate-limit bucket; a concrete resource, which FastMCP finds by its exact URI, keeps it.
+        (:func:`resource_target`), so percent-encoding cannot dodge a rule; its ``template``
+        names the template that serves it, which rate limits count (no spelling of a value, and
+        no other value, gets a fresh bucket). A concrete resource, which FastMCP finds by its
+        exact URI only, keeps that URI.
         """
-        uri = None
-        if method == "resources/read" and facts.query_names is not None:
+        uri = template = None
+        if method == "resources/read" and facts.uri_template is not None:
             # a template read; a concrete resource is found by its exact URI, which stays
-            uri, target = target, resource_target(target, facts.query_names)
+            uri, template = target, facts.uri_template
+            target = resource_target(target, facts.query_names)
         return CallRequest.build(
             principal,
             target,
@@ -196,6 +199,7 @@ class PolicyEnforcement:
             uri=uri,
             requested_version=requested_version,
             version_resolved=not facts.forwards_versions,
+            template=template,
         )
 
     async def decide(self, request: CallRequest) -> Decision | None:

@@ -17,7 +17,11 @@ come from each client's clock, so keep replica clocks in sync (NTP).
 pitfall): each bucket key is the SHA-256 of the canonical JSON array
 ``[namespace, limit name, dimension, tenant, issuer, subject, tool]`` (only the parts the dimension
 uses), so ids containing ``/`` cannot collide and raw user ids never reach Redis. Principal keys
-use verified claims only (the request's :class:`~securemcp.context.Principal`).
+use verified claims only (the request's :class:`~securemcp.context.Principal`). The "tool" is the
+component that serves the call: a tool or prompt name, a concrete resource's URI, or for a
+resource template read ``["template", URI template]``. FastMCP turns many URIs into one read of a
+template (``items://7``, ``items://07`` and ``items://+7`` all read item 7 when ``id: int``), so
+a template's reads share one bucket, like a tool's calls whatever their arguments.
 
 **Order** (standards.md §7.2): :meth:`RateLimiter.hit_address` runs *before* authentication and
 costs no token verification (one SHA-256 of the address); :meth:`RateLimiter.hit` then checks
@@ -102,7 +106,8 @@ class RateLimit:
         per: ``principal`` (tenant, issuer, subject), ``principal_tool`` (… plus the tool),
             ``tenant``, ``tool`` (all callers together) or ``address`` (pre-authentication, by
             client address; checked only by :meth:`RateLimiter.hit_address`).
-        tools: tool-name globs the limit applies to (empty: every tool).
+        tools: tool-name globs the limit applies to (empty: every tool). For resources they
+            match the URI (as FastMCP reads it) or, for a template read, the URI template.
         cost: units each call consumes (an expensive tool may cost more).
         on_storage_error: overrides the limiter's behaviour when the storage fails.
     """
@@ -307,10 +312,15 @@ class RateLimiter:
             self._keys[parts] = key
         return key
 
-    def _parts(self, rule: RateLimit, request: _HasRequestParts) -> tuple[Any, ...] | None:
+    def _parts(
+        self, rule: RateLimit, request: _HasRequestParts, template: str | None = None
+    ) -> tuple[Any, ...] | None:
+        """The parts of ``rule``'s bucket key for ``request`` (``template``: the URI template
+        serving a resource template read, counted in place of the URI read)."""
         principal = request.principal
         if rule.per == "principal":
             return (rule.name, "principal", request.tenant, principal.issuer, principal.subject)
+        served: Any = request.target if template is None else ("template", template)
         if rule.per == "principal_tool":
             return (
                 rule.name,
@@ -318,13 +328,13 @@ class RateLimiter:
                 request.tenant,
                 principal.issuer,
                 principal.subject,
-                request.target,
+                served,
             )
         if rule.per == "tenant":
             if request.tenant is None:
                 return None  # no tenant: nothing to share a tenant budget with
             return (rule.name, "tenant", request.tenant)
-        return (rule.name, "tool", request.target)
+        return (rule.name, "tool", served)
 
     def _address(self, address: str) -> str:
         try:
@@ -350,14 +360,20 @@ class RateLimiter:
         self._on_failure = both
 
     async def hit(self, request: _HasRequestParts) -> RateDecision:
-        """Count one call against every applicable limit; stop at the first refusal."""
+        """Count one call against every applicable limit; stop at the first refusal.
+
+        A limit applies when its ``tools`` globs match the request's target or, for a resource
+        template read (a :class:`~securemcp.policy.request.CallRequest` whose ``template`` is
+        set), the template's URI template.
+        """
         tool = request.target
+        template: str | None = getattr(request, "template", None)
         degraded: RateDecision | None = None
         memory = self._memory
         for rule in self._call_rules:
-            if not rule.applies_to(tool):
+            if not rule.applies_to(tool) and (template is None or not rule.applies_to(template)):
                 continue
-            parts = self._parts(rule, request)
+            parts = self._parts(rule, request, template)
             if parts is None:
                 continue
             if memory is not None:  # in-process counters: no coroutine frame per rule

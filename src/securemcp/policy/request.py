@@ -323,8 +323,9 @@ class CallRequest:
             asks for none, and the highest in range for a range. ``None`` when the component is
             unversioned, or when ``version_resolved`` is false. Rules and approvals judge it
             (see :mod:`securemcp.policy.versions`).
-        uri: for ``resources/read``, the URI exactly as the caller sent it (``target`` is it as
-            FastMCP reads it, percent-decoded); ``None`` for other methods.
+        uri: for a resource template read, the URI exactly as the caller sent it (``target`` is
+            it as FastMCP reads it, percent-decoded); ``None`` otherwise (a concrete resource's
+            ``target`` is its URI, exactly as sent and registered).
         requested_version: the version the call asks for (``_meta.fastmcp.version``, or
             ``version=`` on a FastMCP client call), as written: an exact version (``"2.0"``) or
             a range (``">=1,<3"``); ``None`` when it asks for none. Informational: it need not
@@ -334,6 +335,9 @@ class CallRequest:
             versioned component elsewhere, such as a FastMCP proxy of a versioned server, which
             chooses. A policy must not be more permissive then than for any version the call
             could run (a rules file refuses where a rule naming versions could apply).
+        template: for a resource template read, the URI template of the template that serves
+            it (``users://{email}/ssn``); ``None`` otherwise. Rate limits count the reads of a
+            template together, as they count the calls of a tool whatever its arguments.
     """
 
     principal: Principal
@@ -349,6 +353,7 @@ class CallRequest:
     uri: str | None = None
     requested_version: str | None = None
     version_resolved: bool = True
+    template: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.arguments, MappingProxyType):
@@ -379,6 +384,7 @@ class CallRequest:
         uri: str | None = None,
         requested_version: str | None = None,
         version_resolved: bool = True,
+        template: str | None = None,
     ) -> CallRequest:
         """Describe a call; freezes ``arguments`` and derives ``risk`` unless declared."""
         hints = annotations_mapping(annotations)
@@ -403,6 +409,7 @@ class CallRequest:
                 uri=uri,
                 requested_version=requested_version,
                 version_resolved=version_resolved,
+                template=template,
             )
         # Every field is already in the form __post_init__ would give it: set the slots directly
         # (this runs once per policed call).
@@ -420,6 +427,7 @@ class CallRequest:
         _set_uri(request, uri)
         _set_requested_version(request, requested_version)
         _set_version_resolved(request, version_resolved)
+        _set_template(request, template)
         return request
 
     def arguments_hash(self) -> str:
@@ -444,3 +452,4 @@ _set_version = _slot_setter("version")
 _set_uri = _slot_setter("uri")
 _set_requested_version = _slot_setter("requested_version")
 _set_version_resolved = _slot_setter("version_resolved")
+_set_template = _slot_setter("template")
