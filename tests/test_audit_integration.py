@@ -267,3 +267,76 @@ async def test_a_result_whose_outcome_cannot_be_audited_is_withheld(
     log.close()
     decisions = [r for r in _records(tmp_path) if r["type"] == "decision"]
     assert [d["target"] for d in decisions] == ["echo"]
+
+
+@pytest.mark.parametrize("record_arguments", [False, True])
+async def test_a_template_read_is_recorded_by_its_template_with_its_values_hashed(
+    idp: FakeIdentityProvider, tmp_path: Path, record_arguments: bool
+) -> None:
+    """Guarantee 5 for resources: a template read's parameter values (an email, a token in the
+    query) are arguments, recorded as a hash under the template's URI template, on the fast
+    path and (recording arguments, redacted) on the generic one. Every spelling of one read
+    hashes the same; a concrete resource keeps its URI; a read refused before its URI was
+    resolved keeps the scheme only."""
+    from securemcp.audit.records import args_sha256
+
+    log = AuditLog(tmp_path, record_arguments=record_arguments)
+    mcp = FastMCP("resources", auth=idp.verifier(audience=AUDIENCE), audit=log)
+
+    @mcp.resource("cfg://app")
+    def app() -> str:
+        return "app"
+
+    @mcp.resource("users://{email}/ssn")
+    def ssn(email: str) -> str:
+        return "078-05-1120"
+
+    @mcp.resource("q://search{?token,page}")
+    def search(token: str = "", page: int = 0) -> str:
+        return "results"
+
+    @mcp.resource("vault://{name}", scopes=["vault"])
+    def vault(name: str) -> str:
+        return "sealed"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        await client.read_resource("users://alice@example.com/ssn")
+        await client.read_resource("users://alice%40example.com/ssn#frag")
+        await client.read_resource("q://search?page=2&token=hunter2-one-time&junk=1")
+        await client.read_resource("cfg://app")
+        with pytest.raises(Exception, match="insufficient_scope"):
+            await client.read_resource("vault://launch-codes")
+    async with connect(mcp, idp.bad_token("expired")) as client:
+        with pytest.raises(Exception, match="invalid_token"):
+            await client.read_resource("users://bob@example.com/ssn")
+    log.close()
+    records = _records(tmp_path)
+    decisions = [r for r in records if r["type"] == "decision"]
+    outcomes = [r for r in records if r["type"] == "outcome"]
+    email = {"email": "alice@example.com"}
+    query = {"token": "hunter2-one-time", "page": "2"}
+    assert [(r["target"], r["args_sha256"]) for r in decisions] == [
+        ("users://{email}/ssn", args_sha256(email)),
+        ("users://{email}/ssn", args_sha256(email)),
+        ("q://search{?token,page}", args_sha256(query)),
+        ("cfg://app", args_sha256({})),
+        ("vault://{name}", args_sha256({"name": "launch-codes"})),
+    ]
+    assert decisions[-1]["decision"]["reason"] == "insufficient_scope"
+    assert [r["target"] for r in outcomes] == [r["target"] for r in decisions[:4]]
+    (failure,) = [r for r in records if r["type"] == "auth_failure"]
+    assert failure["target"] == "users://"
+    if record_arguments:
+        assert [r.get("args") for r in decisions] == [
+            email,
+            email,
+            {"token": "[REDACTED]", "page": "2"},
+            {},
+            {"name": "launch-codes"},
+        ]
+    else:
+        assert not any("args" in r for r in decisions)
+        raw = _raw_log(tmp_path)
+        for value in (b"alice@example.com", b"alice%40", b"launch-codes", b"bob@example"):
+            assert value not in raw
+    assert b"hunter2" not in _raw_log(tmp_path)

@@ -36,6 +36,7 @@ from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
 from securemcp._request_spans import needs_request_span, request_span
+from securemcp._resource_reads import audited_read, unresolved_target
 from securemcp._session_state import install as _skip_absent_session_transforms
 from securemcp._span_exceptions import guard_span
 from securemcp._span_exceptions import install as _redact_span_exceptions
@@ -190,6 +191,7 @@ class _CallRecord:
 
     __slots__ = (
         "allowed",
+        "audited",
         "call_id",
         "error_type",
         "method",
@@ -204,6 +206,9 @@ class _CallRecord:
     def __init__(self, method: str, target: str, trace_id: str | None) -> None:
         self.method = method
         self.target = target
+        # The target audit records name: a resource read is named once its URI is resolved
+        # (securemcp._resource_reads); until then by its scheme only.
+        self.audited = target if method != "resources/read" else unresolved_target(target)
         self.trace_id = trace_id
         self.principal: Principal | None = None
         self.call_id: str | None = None
@@ -400,13 +405,20 @@ class SecurityPipeline(Middleware):
             self._facts[key] = facts
         return facts
 
+    async def requested_facts(
+        self, method: str, target: str, version: str | None = None
+    ) -> ComponentFacts | None:
+        """The facts of the target (exactly ``version``, if given), or ``None`` if no such
+        component exists for this caller."""
+        spec = VersionSpec(eq=version) if version is not None else None
+        return await self.facts(method, target, spec)
+
     async def required_scopes(
         self, method: str, target: str, version: str | None = None
     ) -> frozenset[str] | None:
         """Scopes the target (exactly ``version``, if given) requires, or ``None`` if no such
         component exists for this caller."""
-        spec = VersionSpec(eq=version) if version is not None else None
-        facts = await self.facts(method, target, spec)
+        facts = await self.requested_facts(method, target, version)
         return facts.scopes if facts is not None else None
 
     def _not_found(self, method: str, target: str) -> NotFoundError:
@@ -493,7 +505,7 @@ class SecurityPipeline(Middleware):
                     self.auditor.auth_failure(
                         reason=exc.reason,
                         method=method,
-                        target=target,
+                        target=call.audited,
                         transport=transport,
                         trace_id=trace_id,
                     )
@@ -515,7 +527,7 @@ class SecurityPipeline(Middleware):
                 parent_call_id,
                 origin,
             )
-            arguments = _arguments(method, context)
+            arguments = audited_arguments = _arguments(method, context)
             bound = _CURRENT.set(security_context)
             component_version: str | None = None  # the version that runs, once resolved
             try:
@@ -528,6 +540,8 @@ class SecurityPipeline(Middleware):
                             raise self._not_found(method, target)
                     call.resolved = True
                     component_version = facts.version
+                    if method == "resources/read":  # a template read is named like a tool call
+                        call.audited, audited_arguments = audited_read(target, facts.uri_template)
                     enforcement = self.enforcement
                     if enforcement is None or not enforcement.active:
                         self._check_scopes(method, target, principal, facts.scopes)
@@ -554,9 +568,9 @@ class SecurityPipeline(Middleware):
                         auditor.refusal(
                             call_id=call_id,
                             method=method,
-                            target=target,
+                            target=call.audited,
                             principal=principal,
-                            arguments=arguments,
+                            arguments=audited_arguments,
                             code=exc.code,
                             trace_id=trace_id,
                             component_version=component_version,
@@ -570,10 +584,10 @@ class SecurityPipeline(Middleware):
                         auditor.log.decision(  # CallAuditor.decision, minus its frame
                             call_id=call_id,
                             method=method,
-                            target=target,
+                            target=call.audited,
                             result=decision if decision is not None else "allow",
                             identity=principal,
-                            arguments=arguments,
+                            arguments=audited_arguments,
                             trace_id=trace_id,
                             server=auditor.server_name,
                             component_version=component_version,
@@ -624,7 +638,7 @@ class SecurityPipeline(Middleware):
                     auditor.log.outcome(  # CallAuditor.outcome, minus its frame
                         call_id=call_id,
                         method=method,
-                        target=target,
+                        target=call.audited,
                         outcome="tool_error" if call.error_type else "ok",
                         duration_ms=(time.perf_counter() - started) * 1000,
                         identity=principal,
@@ -768,7 +782,7 @@ class SecurityPipeline(Middleware):
             auditor.outcome(
                 call_id=call.call_id or "",
                 method=call.method,
-                target=call.target,
+                target=call.audited,
                 principal=principal,
                 outcome=outcome,
                 duration_ms=(time.perf_counter() - started) * 1000,

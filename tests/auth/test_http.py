@@ -300,6 +300,40 @@ async def test_insufficient_scope_for_resources_and_prompts(
     assert counter.runs == 0
 
 
+async def test_a_step_up_refusal_of_a_template_read_records_its_values_as_a_hash(
+    idp: FakeIdentityProvider, tmp_path: Any
+) -> None:
+    """The 403 decided at the HTTP layer is recorded like the pipeline's refusal: a template
+    read is named by its URI template, its parameter values hashed (never in the log)."""
+    from securemcp.audit import AuditLog, iter_records
+    from securemcp.audit.records import args_sha256
+
+    counter = Counter()
+    server = counted_server(idp.verifier(), counter, audit=AuditLog(tmp_path))
+
+    @server.resource("vault://{name}", scopes=["notes:admin"])
+    def vault(name: str) -> str:
+        counter.runs += 1
+        return "sealed"
+
+    token = idp.token("alice", scopes=["notes:read"])
+    async with serve_http(server, stateless_http=True) as url, httpx.AsyncClient() as client:
+        for uri in ("vault://launch-codes", "notes://secret"):
+            response = await client.post(
+                url, headers=request_headers(token), content=call_body("resources/read", uri)
+            )
+            assert response.status_code == 403
+    assert counter.runs == 0
+    refusals = [r for r in iter_records(tmp_path) if r["type"] == "decision"]
+    assert [(r["target"], r["args_sha256"]) for r in refusals] == [
+        ("vault://{name}", args_sha256({"name": "launch-codes"})),
+        ("notes://secret", args_sha256({})),
+    ]
+    assert all(r["decision"]["reason"] == "insufficient_scope" for r in refusals)
+    raw = b"".join(path.read_bytes() for path in tmp_path.glob("audit-*.jsonl"))
+    assert b"launch-codes" not in raw
+
+
 async def test_mcp_client_sees_the_refusal_message(idp: FakeIdentityProvider) -> None:
     counter = Counter()
     server = counted_server(idp.verifier(), counter)

@@ -44,7 +44,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mcp.types import INTERNAL_ERROR
 
@@ -61,6 +61,9 @@ from securemcp.auth.resource import (
 from securemcp.context import Principal
 from securemcp.errors import InsufficientScope, InvalidCredential
 from securemcp.identity import failed_verification, remember_verified
+
+if TYPE_CHECKING:
+    from securemcp.components import ComponentFacts
 
 __all__ = ["HTTPGuard", "protect_http_app"]
 
@@ -306,7 +309,12 @@ class HTTPGuard:
         self._log(scope, log_reason or reason, trace_id)
 
     def _record_scope_refusal(
-        self, scope: Scope, body: bytes, principal: Principal, exc: InsufficientScope
+        self,
+        scope: Scope,
+        body: bytes,
+        principal: Principal,
+        exc: InsufficientScope,
+        facts: ComponentFacts,
     ) -> None:
         """A 403 step-up refusal: traced and audited like the in-process refusal it replaces.
 
@@ -339,12 +347,17 @@ class HTTPGuard:
         )
         auditor = self._pipeline.auditor
         if auditor is not None:
+            audited, arguments = target, arguments if isinstance(arguments, dict) else {}
+            if method == "resources/read":  # a template read is named like a tool call
+                from securemcp._resource_reads import audited_read
+
+                audited, arguments = audited_read(target, facts.uri_template)
             auditor.refusal(
                 call_id=call_id,
                 method=method,
-                target=target,
+                target=audited,
                 principal=principal,
-                arguments=arguments if isinstance(arguments, dict) else {},
+                arguments=arguments,
                 code=exc.code,
                 trace_id=trace_id,
             )
@@ -491,8 +504,8 @@ class HTTPGuard:
                 if body is not None:
                     denied = await self._scope_refusal(body, principal)
                     if denied is not None:
-                        request_id, exc = denied
-                        self._record_scope_refusal(scope, body, principal, exc)
+                        request_id, exc, facts = denied
+                        self._record_scope_refusal(scope, body, principal, exc, facts)
                         await self._insufficient_scope(send, request_id, exc, metadata_url)
                         return
         if metadata_url is not None:
@@ -525,21 +538,22 @@ class HTTPGuard:
 
     async def _scope_refusal(
         self, body: bytes, principal: Principal
-    ) -> tuple[Any, InsufficientScope] | None:
+    ) -> tuple[Any, InsufficientScope, ComponentFacts] | None:
         parsed = _call_target(body)
         if parsed is None:
             return None
         method, target, request_id, version = parsed
         try:
-            required = await self._pipeline.required_scopes(method, target, version)
+            facts = await self._pipeline.requested_facts(method, target, version)
         except Exception:  # unknown or broken target: the pipeline refuses it in-process
             return None
-        if required is None:
+        if facts is None:
             return None
+        required = facts.scopes
         missing = principal.missing_scopes(required)
         if not missing:
             return None
-        return request_id, InsufficientScope(required, missing)
+        return request_id, InsufficientScope(required, missing), facts
 
     async def _refuse(
         self, send: Send, status: int, error: str, description: str, metadata_url: str | None
