@@ -9,6 +9,7 @@ propagates), and that once an SDK is installed FastMCP's span is back, enriched 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -208,3 +209,58 @@ async def test_fastmcps_off_mode_is_left_off(
     assert secure == bare
     # "off" touches no context at all: the _meta parent is not attached, on either server.
     assert secure[0] == {"trace_id": None, "traceparent_trace_id": None}
+
+
+async def test_a_task_spawned_during_a_call_gets_fastmcps_spans_once_an_sdk_is_installed(
+    no_sdk: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task a tool starts copies the call's context, and with it the suppression of
+    FastMCP's spans. The marker holds only while no span could record: a long-lived worker
+    started during warm-up (asyncio or anyio) gets FastMCP's spans, and FastMCP's view of the
+    telemetry mode, back as soon as an SDK is installed. (The marker never hid the
+    application's own spans: only FastMCP reads it.)"""
+    import anyio
+    from fastmcp.telemetry import native_spans_enabled
+
+    backend = fastmcp.FastMCP("backend")
+
+    @backend.tool
+    def ping() -> str:
+        return "pong"
+
+    go = anyio.Event()
+    seen: dict[str, tuple[bool, Any]] = {}
+
+    async def worker(name: str) -> None:
+        await go.wait()
+        with trace.get_tracer("app").start_as_current_span(f"work {name}"):
+            seen[name] = (native_spans_enabled(), (await backend.call_tool("ping", {})).content)
+
+    server = securemcp.FastMCP("spawner", audit=False)
+    spawned: list[Any] = []
+
+    async with anyio.create_task_group() as workers:
+
+        @server.tool
+        async def start() -> str:
+            spawned.append(asyncio.ensure_future(worker("asyncio")))
+            workers.start_soon(worker, "anyio")
+            return "started"
+
+        async with Client(server) as client:
+            assert (await client.call_tool("start", {})).data == "started"
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)  # the SDK arrives later
+        go.set()
+        await asyncio.gather(*spawned)
+    assert {name: enabled for name, (enabled, _) in seen.items()} == {
+        "asyncio": True,
+        "anyio": True,
+    }
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert sorted(names) == sorted(
+        ["work asyncio", "work anyio", "tools/call ping", "tools/call ping"]
+    ), names
+    provider.shutdown()

@@ -19,16 +19,32 @@ provider is configured, ``securemcp.FastMCP`` runs its core paths under that sco
 SDK, the next call gets FastMCP's spans exactly as before, enriched by securemcp as usual.
 FastMCP's ``off`` mode is never changed (suppression cannot override it).
 
-Standard: OpenTelemetry API, global ``TracerProvider`` (``opentelemetry.trace``).
+The scope is FastMCP's suppression marker, a value in the OpenTelemetry context, so everything
+started inside the call copies it: a task the tool body spawns (``asyncio.create_task``, an
+anyio task group's ``start_soon``) keeps it for its whole life. A worker started during warm-up,
+before the application installed its SDK, would then never get FastMCP's spans (its
+``fastmcp.Client`` calls, the servers it calls in-process), nor securemcp's request spans,
+which follow FastMCP's mode. (The marker never hides the application's own spans: only FastMCP
+reads it.) So the marker set here is not FastMCP's plain ``True`` but :data:`_QUIET`, which is
+true only while no span could record: FastMCP tests the marker by truth, so once an SDK is
+installed every holder of the marker, in-flight or spawned, gets FastMCP's spans back. While it
+holds, suppressing changes nothing anyone could observe (see above). If FastMCP no longer has
+the marker this module sets, the public ``suppress_fastmcp_telemetry()`` is used instead.
+
+Standard: OpenTelemetry API, global ``TracerProvider`` (``opentelemetry.trace``) and context
+(``opentelemetry.context``).
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager, nullcontext
-from typing import Final
+from types import TracebackType
+from typing import Any, Final
 
+import fastmcp.telemetry as _fastmcp_telemetry
 from fastmcp.telemetry import suppress_fastmcp_telemetry
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
 
@@ -61,6 +77,46 @@ def spans_cannot_record() -> bool:
     return type(provider) in _NON_RECORDING_PROVIDERS
 
 
+class _WhileNothingRecords:
+    """FastMCP's suppression marker, true only while no span could record."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return spans_cannot_record()
+
+    def __repr__(self) -> str:
+        return "<suppressed while no span can record>"
+
+
+_QUIET: Final = _WhileNothingRecords()
+
+#: FastMCP's context key for its suppression marker (``fastmcp.telemetry``, private).
+_SUPPRESS_KEY: Final[Any] = getattr(_fastmcp_telemetry, "_SUPPRESS_KEY", None)
+
+
+class _QuietScope:
+    """``suppress_fastmcp_telemetry()`` with :data:`_QUIET` as the marker (see the module)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, _QUIET))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        otel_context.detach(self._token)
+
+
 def quiet_core_path() -> AbstractContextManager[object]:
-    """The scope to run a FastMCP core path in: suppressed while spans cannot record."""
-    return suppress_fastmcp_telemetry() if spans_cannot_record() else _NO_SCOPE
+    """The scope to run a FastMCP core path in: suppressed while spans cannot record (and, for
+    anything started inside it, only for as long as that lasts)."""
+    if not spans_cannot_record():
+        return _NO_SCOPE
+    if _SUPPRESS_KEY is None:
+        return suppress_fastmcp_telemetry()
+    return _QuietScope()
