@@ -271,14 +271,19 @@ async def test_a_result_whose_outcome_cannot_be_audited_is_withheld(
 
 @pytest.mark.parametrize("record_arguments", [False, True])
 async def test_a_template_read_is_recorded_by_its_template_with_its_values_hashed(
-    idp: FakeIdentityProvider, tmp_path: Path, record_arguments: bool
+    idp: FakeIdentityProvider,
+    tmp_path: Path,
+    record_arguments: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Guarantee 5 for resources: a template read's parameter values (an email, a token in the
     query) are arguments, recorded as a hash under the template's URI template, on the fast
     path and (recording arguments, redacted) on the generic one. Every spelling of one read
     hashes the same; a concrete resource keeps its URI; a read refused before its URI was
-    resolved keeps the scheme only."""
+    resolved keeps the scheme only. The server log names refusals the same way."""
     from securemcp.audit.records import args_sha256
+
+    caplog.set_level("INFO", logger="securemcp")
 
     log = AuditLog(tmp_path, record_arguments=record_arguments)
     mcp = FastMCP("resources", auth=idp.verifier(audience=AUDIENCE), audit=log)
@@ -340,3 +345,5 @@ async def test_a_template_read_is_recorded_by_its_template_with_its_values_hashe
         for value in (b"alice@example.com", b"alice%40", b"launch-codes", b"bob@example"):
             assert value not in raw
     assert b"hunter2" not in _raw_log(tmp_path)
+    assert "refused resources/read 'vault://{name}'" in caplog.text
+    assert "launch-codes" not in caplog.text and "bob@example" not in caplog.text

@@ -425,16 +425,22 @@ class SecurityPipeline(Middleware):
         return NotFoundError(f"Unknown {_KIND_BY_METHOD[method]}: {target!r}")
 
     def _check_scopes(
-        self, method: str, target: str, principal: Principal, scopes: frozenset[str]
+        self,
+        method: str,
+        target: str,
+        principal: Principal,
+        scopes: frozenset[str],
+        logged: str | None = None,
     ) -> None:
-        """Refuse a caller missing any declared scope (the body never runs)."""
+        """Refuse a caller missing any declared scope (the body never runs). ``logged``: the
+        target as the log names it (a template read by its URI template, as audit records do)."""
         missing = principal.missing_scopes(scopes)
         if not missing:
             return
         logger.info(
             "securemcp refused %s %r for %s: missing scope(s) %s",
             method,
-            target,
+            target if logged is None else logged,
             principal.pseudonym,
             " ".join(sorted(missing)),
         )
@@ -544,7 +550,7 @@ class SecurityPipeline(Middleware):
                         call.audited, audited_arguments = audited_read(target, facts.uri_template)
                     enforcement = self.enforcement
                     if enforcement is None or not enforcement.active:
-                        self._check_scopes(method, target, principal, facts.scopes)
+                        self._check_scopes(method, target, principal, facts.scopes, call.audited)
                         decision = None
                     else:
                         decision = await self._enforce(
@@ -556,6 +562,7 @@ class SecurityPipeline(Middleware):
                             transport,
                             facts,
                             version,
+                            call.audited,
                         )
                         if decision is not None:
                             call.policy_version = decision.policy_version
@@ -669,7 +676,7 @@ class SecurityPipeline(Middleware):
             if exc.reason:
                 # %r: the reason may hold a policy hook's text (quoting the caller's arguments);
                 # escaped, a line break in it cannot forge a log line.
-                logger.info("securemcp refused %s %r: %r", method, target, exc.reason)
+                logger.info("securemcp refused %s %r: %r", method, call.audited, exc.reason)
             raise
         except NotFoundError:
             call.error_type = "not_found"
@@ -722,15 +729,18 @@ class SecurityPipeline(Middleware):
         transport: str,
         facts: ComponentFacts,
         version: VersionSpec | None = None,
+        logged: str | None = None,
     ) -> Any:
-        """Rate limits, scopes and policy for a call to a resolved target; returns the decision."""
+        """Rate limits, scopes and policy for a call to a resolved target; returns the decision.
+
+        ``logged`` is the target as logs name it (see :meth:`_check_scopes`)."""
         request = enforcement.call_request(
             principal, method, target, arguments, facts, transport, version_text(version)
         )
         limiter = enforcement.rate_limiter
         if limiter is not None:
             (await limiter.hit(request)).raise_if_refused()  # as enforcement.rate_limit does
-        self._check_scopes(method, target, principal, facts.scopes)
+        self._check_scopes(method, target, principal, facts.scopes, logged)
         if enforcement.policy is None:
             return None
         if arguments and facts.input_schema is not None and method == "tools/call":
