@@ -200,3 +200,36 @@ async def test_approvals_are_counted(spans: InMemorySpanExporter, tmp_path: Any)
         for p in _metric_points("securemcp.approvals")
     }
     assert events == {"requested": 1, "consumed": 1}
+
+
+async def test_a_template_reads_values_stay_out_of_its_span(spans: InMemorySpanExporter) -> None:
+    """A resource template's parameter values are the read's arguments: the span names the read
+    by its URI template, as the audit record does, never by the URI the caller sent (FastMCP's
+    core path sets ``mcp.resource.uri`` and ``fastmcp.component.key`` to that URI)."""
+    idp = FakeIdentityProvider(audience=AUDIENCE)
+    mcp = FastMCP("otel-reads", auth=idp.verifier(audience=AUDIENCE))
+
+    @mcp.resource("users://{email}/ssn", scopes=["use"])
+    def ssn(email: str) -> str:
+        return "on file"
+
+    @mcp.resource("config://app", scopes=["use"])
+    def config() -> str:
+        return "cfg"
+
+    async with connect(mcp, idp.token("alice", scopes=["use"])) as client:
+        await client.read_resource("users://alice.secret%40example.com/ssn")
+        await client.read_resource("config://app")
+    reads = [
+        s
+        for s in spans.get_finished_spans()
+        if s.kind == trace.SpanKind.SERVER and s.name.startswith("resources/read")
+    ]
+    assert len(reads) == 2
+    recorded = [dict(s.attributes or {}) for s in reads]
+    for attributes, span in zip(recorded, reads, strict=True):
+        assert "alice.secret" not in repr(attributes) + span.name
+        assert all("alice.secret" not in repr(e.attributes) for e in span.events)
+    uris = sorted(a["mcp.resource.uri"] for a in recorded)
+    assert uris == ["config://app", "users://{email}/ssn"]  # a concrete URI stays as it is
+    assert sorted(a["fastmcp.component.key"] for a in recorded) == uris

@@ -688,7 +688,8 @@ class SecurityPipeline(Middleware):
             self._telemetry.record(
                 span,
                 method=method,
-                target=target,
+                # as audited: a template read by its URI template, never the caller's values
+                target=call.audited,
                 decision="allow" if call.allowed else "deny",
                 reason=call.error_type or "ok",
                 error_type=call.error_type,

@@ -333,6 +333,8 @@ class Telemetry:
             attributes[target_attribute] = target
             if method != "resources/read":  # name stays low-cardinality: no URIs
                 span.update_name(f"{method} {target}")
+            else:  # FastMCP's core path named the component by the URI the caller sent
+                attributes["fastmcp.component.key"] = target
         if method == "tools/call":
             attributes["gen_ai.operation.name"] = "execute_tool"
         if call_id is not None:

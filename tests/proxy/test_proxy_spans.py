@@ -9,8 +9,8 @@ Proves, with a real SDK and in-memory exporter, for tool errors, resource-read a
 (over loopback HTTP with a static secret and with RFC 8693 exchanged tokens, and over stdio with
 an injected environment secret), timeouts and transport failures: no span the proxy exports for
 a call holds the injected secret, an exchanged token, the caller's token or the argument value
-(a read's URI keeps it only as the read's target, ``mcp.resource.uri`` and
-``fastmcp.component.key``, as on the proxy's own request span), while the upstream spans keep
+(a template read is named by its URI template on the proxy's own request span, and by the URI's
+scheme alone on the upstream spans), while the upstream spans keep
 their name, kind, ``ERROR`` status and a bounded ``error.type``. Spans of other FastMCP clients
 are left alone.
 """
@@ -225,9 +225,13 @@ async def test_upstream_errors_reach_no_span_with_their_text(
     for name in ("MCP send resources/read", "MCP send prompts/get summarize"):
         (sdk_span,) = failed(found, name)
         assert sdk_span.attributes is not None and sdk_span.attributes["error.type"] == "-32603"
-    # The proxy's own request span names the read by its target, as before.
+    # The proxy's own request span names the read by its URI template, as the audit log does;
+    # the upstream calls keep the URI's scheme only (the topic is the caller's argument).
     read = next(s for s in found if s.kind is SpanKind.SERVER and s.name == "resources/read")
-    assert (read.attributes or {}).get("mcp.resource.uri") == f"notes://{ARGUMENT}"
+    assert (read.attributes or {}).get("mcp.resource.uri") == "notes://{topic}"
+    assert_no_leak(found, [ARGUMENT])
+    (client_read,) = [s for s in upstream_client_spans(found) if s.name == "resources/read"]
+    assert (client_read.attributes or {}).get("mcp.resource.uri") == "notes://"
 
 
 @pytest.mark.http

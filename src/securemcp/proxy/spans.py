@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Final
 
 from fastmcp.client import telemetry as _fastmcp_client_telemetry
 from fastmcp.telemetry import get_tracer as _fastmcp_get_tracer
@@ -44,6 +44,7 @@ from mcp.shared import _otel as _mcp_otel
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Tracer, TracerProvider
 
+from securemcp._resource_reads import unresolved_target
 from securemcp._span_exceptions import redact_span
 from securemcp._unrecorded_spans import spans_cannot_record
 
@@ -66,9 +67,19 @@ def upstream_spans() -> Iterator[None]:
         _UPSTREAM_CALL.reset(token)
 
 
-def _redacted(span: Span) -> Span:
+#: The attributes of an upstream read's ``CLIENT`` span that hold the URI the proxy sent.
+_READ_URI_ATTRIBUTES: Final = ("mcp.resource.uri", "fastmcp.component.key")
+
+
+def _redacted(span: Span, attributes: Any = None) -> Span:
     if span.is_recording():
         redact_span(span, keep_identifiers=False)
+        if attributes and attributes.get("mcp.resource.uri") is not None:
+            # A read's URI carries a template's parameter values (the caller's arguments): the
+            # proxy's own request span names the read by its template, as the audit log does;
+            # the upstream call keeps the scheme only.
+            uri = str(attributes["mcp.resource.uri"])
+            span.set_attributes(dict.fromkeys(_READ_URI_ATTRIBUTES, unresolved_target(uri)))
     return span
 
 
@@ -105,7 +116,7 @@ class _RedactingTracer(Tracer):
             record_exception,
             set_status_on_exception,
         )
-        return _redacted(span)
+        return _redacted(span, attributes)
 
     @contextmanager
     def start_as_current_span(  # type: ignore[override]
