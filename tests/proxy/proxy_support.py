@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from securemcp.proxy.config import ProxyConfig, parse_config
 from securemcp.proxy.locking import lock_upstreams
 from securemcp.proxy.server import create_proxy
 from securemcp.testing import FakeIdentityProvider
-from securemcp.testing.http import serve_http
+from securemcp.testing.http import serve_asgi, serve_http
 
 UPSTREAM_SCRIPT = str(Path(upstream_app.__file__).resolve())
 STDIO_COMMAND = [sys.executable, UPSTREAM_SCRIPT]
@@ -50,6 +51,49 @@ async def http_upstream(variant: str = "original") -> AsyncIterator[tuple[str, A
     server = upstream_app.build(variant)
     async with serve_http(server) as url:
         yield url, server
+
+
+@dataclass
+class HttpRequest:
+    """One HTTP request an upstream received, and its answer's status."""
+
+    method: str
+    session_id: str | None
+    authorization: str | None
+    status: int | None = None
+
+
+@asynccontextmanager
+async def recorded_http_upstream(
+    auth: Any = None,
+) -> AsyncIterator[tuple[str, list[HttpRequest]]]:
+    """A plain FastMCP server on loopback HTTP (requiring ``auth`` when given) that records every
+    HTTP request it receives (method, ``Mcp-Session-Id``, ``Authorization``) and the status it
+    answered; yields (MCP URL, the records)."""
+    reset_upstream_records()
+    server = upstream_app.build()
+    server.auth = auth
+    app = server.http_app(path="/mcp")
+    seen: list[HttpRequest] = []
+
+    async def recording(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request = HttpRequest(
+            scope["method"], headers.get("mcp-session-id"), headers.get("authorization")
+        )
+        seen.append(request)
+
+        async def answer(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                request.status = message["status"]
+            await send(message)
+
+        await app(scope, receive, answer)
+
+    async with serve_asgi(recording) as base_url:
+        yield f"{base_url}/mcp", seen
 
 
 def config(tmp_path: Path, upstreams: Mapping[str, Mapping[str, Any]], **proxy: Any) -> ProxyConfig:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from typing import Any
 
 import pytest
 
 from securemcp.context import Principal
-from securemcp.proxy.sessions import PoolExhausted, Session, SessionPool, identity_key
+from securemcp.proxy.sessions import (
+    PoolExhausted,
+    Session,
+    SessionCredential,
+    SessionPool,
+    identity_key,
+)
 
 
 class Clock:
@@ -76,18 +84,116 @@ async def test_busy_sessions_are_never_evicted() -> None:
                 pass
 
 
-async def test_idle_sessions_are_closed_and_subject_tokens_dropped() -> None:
+async def test_idle_sessions_are_closed_with_their_credential_then_drop_it() -> None:
     clock = Clock()
-    sessions, opened, closed = pool(idle_seconds=10, clock=clock)
-    async with sessions.lease("a", subject_token="tok") as first:
-        assert first.subject_token == "tok"
+    opened: dict[str, Session[Any]] = {}
+    closed_with: list[tuple[str, SessionCredential | None]] = []
+
+    async def connect(session: Session[Any]) -> str:
+        opened[f"client-{session.key}"] = session
+        return f"client-{session.key}"
+
+    async def close(client: str) -> None:
+        closed_with.append((client, opened[client].credential))
+
+    sessions: SessionPool[str] = SessionPool(connect, close, idle_seconds=10, clock=clock)
+    alice = SessionCredential({"Authorization": "Bearer for-alice"}, expires_at=100.0)
+    async with sessions.lease("a", credential=alice) as first:
+        assert first.credential is alice
     clock.now = 11
-    async with sessions.lease("b"):
+    async with sessions.lease("b", credential=SessionCredential({}, expires_at=100.0)):
         pass
-    assert closed == ["client-a-1"] and first.subject_token is None
+    # Closed with its own credential (its upstream termination is authenticated), then dropped.
+    assert closed_with == [("client-a", alice)] and first.credential is None
     async with sessions.lease("a") as again:
         assert again is not first
-    assert opened == ["a", "b", "a"]
+
+
+async def test_a_lease_replaces_the_sessions_credential() -> None:
+    sessions, _, _ = pool(clock=Clock())
+    older = SessionCredential({"Authorization": "Bearer 1"}, expires_at=100.0)
+    newer = SessionCredential({"Authorization": "Bearer 2"}, expires_at=50.0)
+    async with sessions.lease("a", credential=older) as session:
+        pass
+    async with sessions.lease("a", credential=newer):
+        assert session.credential is newer  # the latest call's, even if it lapses sooner
+    async with sessions.lease("a"):
+        assert session.credential is newer
+
+
+async def test_an_idle_session_is_closed_when_its_credential_lapses() -> None:
+    clock = Clock()
+    sessions, _, closed = pool(idle_seconds=300, clock=clock)
+    async with sessions.lease("a", credential=SessionCredential({}, expires_at=20.0)):
+        pass
+    clock.now = 19
+    async with sessions.lease("b"):
+        pass
+    assert closed == []
+    clock.now = 20  # idle for 20s only, but its credential could no longer end it
+    async with sessions.lease("b"):
+        pass
+    assert closed == ["client-a-1"]
+
+
+async def test_a_busy_session_is_never_reaped() -> None:
+    clock = Clock()
+    sessions, _, closed = pool(idle_seconds=10, clock=clock)
+    async with sessions.lease("a", credential=SessionCredential({}, expires_at=5.0)):
+        clock.now = 50
+        async with sessions.lease("b"):
+            pass
+        assert closed == []
+
+
+async def test_idle_sessions_are_closed_in_the_background() -> None:
+    """Before: idle sessions were only closed when some later call leased a session, so on a
+    quiet proxy they stayed open upstream indefinitely."""
+    sessions, _, closed = pool(idle_seconds=0.05, reap_in_background=True)
+    async with sessions.lease("a"):
+        pass
+    async with sessions.lease("b", credential=SessionCredential({}, time.monotonic() + 0.05)):
+        pass
+    for _ in range(50):
+        if len(closed) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(closed) == ["client-a-1", "client-b-2"]
+    await sessions.aclose()
+
+
+async def test_the_reaper_runs_outside_the_callers_context() -> None:
+    """The reaper outlives the call that started it: it must not carry that caller's context."""
+    seen: list[str | None] = []
+    marker: contextvars.ContextVar[str | None] = contextvars.ContextVar("marker", default=None)
+
+    async def close(client: str) -> None:
+        seen.append(marker.get())
+
+    async def connect(session: Session[Any]) -> str:
+        return "client"
+
+    sessions: SessionPool[str] = SessionPool(
+        connect, close, idle_seconds=0.01, reap_in_background=True
+    )
+    marker.set("alice's call")
+    async with sessions.lease("a"):
+        pass
+    for _ in range(50):
+        if seen:
+            break
+        await asyncio.sleep(0.05)
+    assert seen == [None]
+
+
+async def test_aclose_stops_the_reaper_and_closes_everything() -> None:
+    sessions, _, closed = pool(idle_seconds=300, reap_in_background=True)
+    async with sessions.lease("a"):
+        pass
+    reaper = sessions._reaper
+    assert reaper is not None and not reaper.done()
+    await sessions.aclose()
+    assert reaper.done() and closed == ["client-a-1"] and len(sessions) == 0
 
 
 async def test_failed_connect_is_not_cached() -> None:

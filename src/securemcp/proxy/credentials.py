@@ -508,7 +508,7 @@ class TokenExchange:
         self._cache: dict[tuple[str, bytes], tuple[str, float]] = {}
         #: The cached tokens that are JWTs (see :meth:`issued_jwt`).
         self._issued_jwts: set[str] = set()
-        self._inflight: SingleFlight[tuple[str, bytes], str] = SingleFlight()
+        self._inflight: SingleFlight[tuple[str, bytes], tuple[str, float]] = SingleFlight()
 
     def __repr__(self) -> str:
         return (
@@ -557,6 +557,17 @@ class TokenExchange:
         Raises:
             UpstreamAuthError: the exchange failed (``reason`` says why; never a token).
         """
+        token, _ = await self.exchange_with_lifetime(on_behalf_of)
+        return token
+
+    async def exchange_with_lifetime(self, on_behalf_of: OnBehalfOf) -> tuple[str, float]:
+        """:meth:`exchange`'s token and how many more seconds it may be used (at most until
+        ``refresh_skew`` seconds before it expires; zero or less for a token too short-lived to
+        cache).
+
+        Raises:
+            UpstreamAuthError: the exchange failed (``reason`` says why; never a token).
+        """
         subject_token = on_behalf_of.subject_token
         identity_key = on_behalf_of.identity_key
         if not isinstance(subject_token, str) or not subject_token:
@@ -568,12 +579,16 @@ class TokenExchange:
         hit = self._cache.get(key)
         if hit is not None:
             token, valid_until = hit
-            if self._clock() < valid_until:
-                return token
+            now = self._clock()
+            if now < valid_until:
+                return token, valid_until - now
             self._forget(key)
-        return await self._inflight.run(key, lambda: self._exchange(subject_token, key))
+        token, valid_until = await self._inflight.run(
+            key, lambda: self._exchange(subject_token, key)
+        )
+        return token, valid_until - self._clock()
 
-    async def _exchange(self, subject_token: str, key: tuple[str, bytes]) -> str:
+    async def _exchange(self, subject_token: str, key: tuple[str, bytes]) -> tuple[str, float]:
         secret = _read_for_request(self.client_secret)
         form = {
             "grant_type": TOKEN_EXCHANGE_GRANT,
@@ -610,7 +625,7 @@ class TokenExchange:
         valid_until = started + expires_in - self._refresh_skew
         if valid_until > self._clock():
             self._remember(key, token, valid_until)
-        return token
+        return token, valid_until
 
     def _remember(self, key: tuple[str, bytes], token: str, valid_until: float) -> None:
         cache = self._cache

@@ -73,7 +73,7 @@ async def fetch_live(
     session: Session[object] = Session(
         key="securemcp-proxy-lock", client=None, created=0.0, last_used=0.0
     )
-    session.subject_token = subject_token
+    session.credential = await upstream.session_credential(subject_token, session.key)
     client = await upstream._open(session)
     try:
         return await upstream.live_definitions(client, set(ALL_KINDS))

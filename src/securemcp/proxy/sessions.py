@@ -6,27 +6,40 @@ per session (a working directory, a login, a cursor, cached data) therefore stay
 who created it. The pool is bounded (least recently used idle sessions are closed first), idle
 sessions are closed after ``idle_seconds``, and a session whose transport failed is discarded so
 the next call starts a fresh one.
+
+A session reached by token exchange carries a :class:`SessionCredential`: the upstream token its
+own caller's latest call obtained. What the session sends outside a call (its termination, the
+HTTP ``DELETE`` with its ``Mcp-Session-Id`` of MCP streamable HTTP; a reconnected event stream)
+carries that credential, never another caller's. An idle session is closed, at the latest, when
+that credential is about to lapse: afterwards the proxy could no longer end it. A background
+reaper does the closing, so an idle session ends on time even when no further call arrives.
+The caller's own token is never kept on a session: each call brings it, and it is only used, in
+the caller's task, to obtain the session's credential.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from securemcp.context import Principal
 
-__all__ = ["PoolExhausted", "Session", "SessionPool", "identity_key"]
+__all__ = ["PoolExhausted", "Session", "SessionCredential", "SessionPool", "identity_key"]
 
 logger = logging.getLogger("securemcp.proxy")
 
 ClientT = TypeVar("ClientT")
+
+#: Shortest wait of the background reaper (a busy session past its deadline is polled this often).
+_REAPER_MIN_WAIT: Final = 0.5
 
 
 def identity_key(principal: Principal) -> str:
@@ -45,6 +58,20 @@ class PoolExhausted(Exception):
     """Every session slot is busy with an in-flight call."""
 
 
+@dataclass(frozen=True, slots=True)
+class SessionCredential:
+    """What one session presents upstream, obtained for its own caller (token exchange).
+
+    Attributes:
+        headers: the HTTP headers carrying it (never in ``repr``).
+        expires_at: when it stops being usable, on the pool's clock; the session is closed
+            before then, while its termination can still be authenticated.
+    """
+
+    headers: Mapping[str, str] = field(repr=False)
+    expires_at: float
+
+
 @dataclass(eq=False)
 class Session(Generic[ClientT]):
     """One identity's connected upstream client and what the proxy knows about it."""
@@ -58,7 +85,7 @@ class Session(Generic[ClientT]):
     checked_at: float = 0.0
     live_digests: dict[tuple[str, str], str] = field(default_factory=dict)
     stale: bool = False
-    subject_token: str | None = None
+    credential: SessionCredential | None = None
     check_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
 
@@ -72,6 +99,9 @@ class SessionPool(Generic[ClientT]):
         max_sessions: most sessions kept open at once.
         idle_seconds: sessions unused this long are closed.
         clock: monotonic clock (tests inject one).
+        reap_in_background: close idle sessions (and sessions whose credential is about to
+            lapse) from a background task when they are due, not only when the next session is
+            leased. Off for pools driven by an injected clock.
     """
 
     def __init__(
@@ -82,12 +112,15 @@ class SessionPool(Generic[ClientT]):
         max_sessions: int = 64,
         idle_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        reap_in_background: bool = False,
     ) -> None:
         self._connect = connect
         self._close = close
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
         self._clock = clock
+        self._reap_in_background = reap_in_background
+        self._reaper: asyncio.Task[None] | None = None
         self._sessions: OrderedDict[str, Session[ClientT]] = OrderedDict()
         self._opening: dict[str, asyncio.Future[Session[ClientT]]] = {}
         self.opened = 0  # sessions ever opened (observability and tests)
@@ -100,17 +133,18 @@ class SessionPool(Generic[ClientT]):
 
     @asynccontextmanager
     async def lease(
-        self, key: str, *, subject_token: str | None = None
+        self, key: str, *, credential: SessionCredential | None = None
     ) -> AsyncIterator[Session[ClientT]]:
         """The identity's session, opened on first use, held for the duration of one call.
 
-        ``subject_token`` (the caller's current credential, for token exchange only) is stored on
-        the session before it connects, so even the upstream handshake is made on the caller's
-        behalf; it is dropped when the session closes.
+        ``credential`` (token exchange only: the upstream credential obtained for this call's
+        caller) is set on the session before it connects, so even the upstream handshake is made
+        on the caller's behalf, and replaces the session's previous one on every later lease; it
+        is dropped once the session has been closed with it.
         """
-        session = await self._get(key, subject_token)
-        if subject_token:
-            session.subject_token = subject_token
+        session = await self._get(key, credential)
+        if credential is not None:
+            session.credential = credential
         session.in_use += 1
         try:
             yield session
@@ -118,7 +152,7 @@ class SessionPool(Generic[ClientT]):
             session.in_use -= 1
             session.last_used = self._clock()
 
-    async def _get(self, key: str, subject_token: str | None = None) -> Session[ClientT]:
+    async def _get(self, key: str, credential: SessionCredential | None) -> Session[ClientT]:
         await self._reap()
         session = self._sessions.get(key)
         if session is not None and not session.closed:
@@ -133,10 +167,11 @@ class SessionPool(Generic[ClientT]):
             await self._make_room()
             now = self._clock()
             session = Session(key=key, client=None, created=now, last_used=now)  # type: ignore[arg-type]
-            session.subject_token = subject_token
+            session.credential = credential
             session.client = await self._connect(session)
             self._sessions[key] = session
             self.opened += 1
+            self._start_reaper()
             future.set_result(session)
             return session
         except BaseException as exc:
@@ -156,30 +191,67 @@ class SessionPool(Generic[ClientT]):
                 raise PoolExhausted(f"all {self.max_sessions} upstream sessions are in use")
             await self.discard(victim)
 
+    def _deadline(self, session: Session[ClientT]) -> float:
+        """When an idle session is closed: idle too long, or its credential about to lapse."""
+        deadline = session.last_used + self.idle_seconds
+        if session.credential is not None:
+            deadline = min(deadline, session.credential.expires_at)
+        return deadline
+
     async def _reap(self) -> None:
-        now = self._clock()
-        idle = [
-            s
-            for s in self._sessions.values()
-            if s.in_use == 0 and now - s.last_used >= self.idle_seconds
-        ]
-        for session in idle:
-            await self.discard(session)
+        for session in list(self._sessions.values()):
+            # Checked right before each close: an earlier close may have let a call lease it.
+            if session.in_use == 0 and self._clock() >= self._deadline(session):
+                await self.discard(session)
+
+    def _start_reaper(self) -> None:
+        if not self._reap_in_background or (self._reaper is not None and not self._reaper.done()):
+            return
+        # A fresh context: the reaper outlives the call that opened the session and must not
+        # run (or close other callers' sessions) inside that caller's security context.
+        self._reaper = asyncio.get_running_loop().create_task(
+            self._reap_when_due(), context=contextvars.Context()
+        )
+
+    async def _reap_when_due(self) -> None:
+        while self._sessions:
+            wait = min(self._deadline(s) for s in self._sessions.values()) - self._clock()
+            await asyncio.sleep(max(wait, _REAPER_MIN_WAIT))
+            try:
+                await self._reap()
+            except Exception:  # the reaper must outlive one failed close
+                logger.debug("securemcp proxy: error reaping upstream sessions", exc_info=True)
 
     async def discard(self, session: Session[ClientT]) -> None:
-        """Close one session (after a transport failure, eviction or idling out)."""
+        """Close one session (after a transport failure, eviction or idling out).
+
+        The session's credential is kept until its client is closed: the upstream session is
+        terminated with the credential of the caller it belongs to.
+        """
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
         if session.closed:
             return
         session.closed = True
-        session.subject_token = None
+        # Shielded: a caller cancelled meanwhile (or the reaper stopped) does not leave the
+        # upstream session half closed.
+        await asyncio.shield(self._close_session(session))
+
+    async def _close_session(self, session: Session[ClientT]) -> None:
         try:
             await self._close(session.client)
         except Exception:  # closing a broken session must not fail the caller
             logger.debug("securemcp proxy: error closing an upstream session", exc_info=True)
+        finally:
+            session.credential = None
 
     async def aclose(self) -> None:
-        """Close every session."""
+        """Close every session and stop the reaper."""
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None and not reaper.done():
+            reaper.cancel()
+            if reaper.get_loop() is asyncio.get_running_loop():
+                with suppress(asyncio.CancelledError):
+                    await reaper
         for session in list(self._sessions.values()):
             await self.discard(session)

@@ -5,7 +5,9 @@ Every request the proxy sends upstream goes through :meth:`Upstream.request`, wh
 1. refuses a component that is blocked because its definition changed (rug pull), before any
    upstream traffic;
 2. takes the caller's own upstream session (:mod:`securemcp.proxy.sessions`), opening it on
-   first use with the upstream's configured credentials (:mod:`securemcp.proxy.credentials`):
+   first use with the upstream's configured credentials (:mod:`securemcp.proxy.credentials`),
+   or with a token exchanged for this call's caller, which the session then presents (up to its
+   termination) in place of the previous one:
    **the caller's token is never sent upstream**. A plain FastMCP ``Client`` forwards no inbound
    header, redirects are not followed (a redirect must not carry an injected credential to
    another origin), and nothing from the caller's ``_meta`` is forwarded (the upstream request
@@ -56,10 +58,22 @@ from securemcp.errors import (
     UpstreamUnavailable,
 )
 from securemcp.proxy.config import UpstreamConfig
-from securemcp.proxy.credentials import JWT_SHAPE, OnBehalfOf, TokenExchange, UpstreamAuth
+from securemcp.proxy.credentials import (
+    JWT_SHAPE,
+    OnBehalfOf,
+    TokenExchange,
+    UpstreamAuth,
+    UpstreamAuthError,
+)
 from securemcp.proxy.pinning import PinnedDefinition, definition_of
 from securemcp.proxy.pinstate import PinState
-from securemcp.proxy.sessions import PoolExhausted, Session, SessionPool, identity_key
+from securemcp.proxy.sessions import (
+    PoolExhausted,
+    Session,
+    SessionCredential,
+    SessionPool,
+    identity_key,
+)
 from securemcp.proxy.spans import install as _install_upstream_spans
 from securemcp.proxy.spans import upstream_spans
 
@@ -97,16 +111,18 @@ _TRANSPORT_FAILURES: Final = (
 
 
 class _InjectedCredentials(httpx2.Auth):
-    """Adds the upstream's configured credentials to each upstream HTTP request (nothing else)."""
+    """Adds the upstream's credentials to each upstream HTTP request of one session (nothing
+    else): the session's own exchanged credential, or the configured static one."""
 
     def __init__(self, auth: UpstreamAuth, session: Session[Any]) -> None:
         self._auth = auth
         self._session = session
 
     async def async_auth_flow(self, request: httpx2.Request) -> Any:
-        subject = self._session.subject_token
-        on_behalf_of = OnBehalfOf(subject, self._session.key) if subject else None
-        for name, value in (await self._auth.http_headers(on_behalf_of)).items():
+        credential = self._session.credential
+        # No session credential under token exchange: http_headers(None) refuses (fail closed).
+        headers = credential.headers if credential else await self._auth.http_headers(None)
+        for name, value in headers.items():
             request.headers[name] = value
         yield request
 
@@ -171,7 +187,7 @@ class Upstream:
         self.pins = pins
         self._credential_of_call = credential_of_call
         self._clock = clock
-        self._needs_subject_token = isinstance(auth, TokenExchange)
+        self._exchange = auth if isinstance(auth, TokenExchange) else None
         _install_upstream_spans()  # before any client: its spans never carry upstream text
         self.sessions: SessionPool[Client[Any]] = SessionPool(
             self._open,
@@ -179,6 +195,7 @@ class Upstream:
             max_sessions=config.max_sessions,
             idle_seconds=config.idle_seconds,
             clock=clock,
+            reap_in_background=True,
         )
 
     def __repr__(self) -> str:
@@ -248,6 +265,27 @@ class Upstream:
 
     async def aclose(self) -> None:
         await self.sessions.aclose()
+
+    async def session_credential(
+        self, subject_token: str | None, identity: str
+    ) -> SessionCredential | None:
+        """The credential a session of ``identity`` presents upstream, exchanged (RFC 8693) for
+        the caller's verified ``subject_token``; ``None`` when the upstream's credentials are
+        static (they are read afresh for every request instead).
+
+        Raises:
+            UpstreamAuthError: token exchange without a subject token, or the exchange failed.
+        """
+        if self._exchange is None:
+            return None
+        if not subject_token:
+            raise UpstreamAuthError(reason="token exchange needs the caller's verified token")
+        token, seconds_left = await self._exchange.exchange_with_lifetime(
+            OnBehalfOf(subject_token, identity)
+        )
+        return SessionCredential(
+            headers={"Authorization": f"Bearer {token}"}, expires_at=self._clock() + seconds_left
+        )
 
     # --- pins ----------------------------------------------------------------------------
 
@@ -339,19 +377,17 @@ class Upstream:
         """Send one request for component ``(kind, key)`` as the current caller."""
         self._check_blocked(kind, key)
         key_of_caller = identity_key(current().principal)
-        subject_token = None
-        if self._needs_subject_token:
+        credential = None
+        if self._exchange is not None:
+            # Exchanged here, in the caller's task, with the caller's own token, before any
+            # upstream traffic: a failure is a clean upstream_auth_failed. The session keeps the
+            # exchanged credential (for its later requests and its termination), never the
+            # caller's token.
             subject_token = self._credential_of_call() if self._credential_of_call else None
-            # Exchange here, in the caller's task, before any upstream traffic: a failure is a
-            # clean upstream_auth_failed, and the HTTP flow of the session only reads the cache.
-            await self.auth.http_headers(
-                OnBehalfOf(subject_token, key_of_caller) if subject_token else None
-            )
+            credential = await self.session_credential(subject_token, key_of_caller)
         try:
             try:
-                async with self.sessions.lease(
-                    key_of_caller, subject_token=subject_token
-                ) as session:
+                async with self.sessions.lease(key_of_caller, credential=credential) as session:
                     return await self._send(session, kind, key, send, timeout_seconds)
             except PoolExhausted:
                 raise UpstreamUnavailable(
