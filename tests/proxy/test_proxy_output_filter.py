@@ -262,3 +262,121 @@ def test_exchanged_jwts_are_looked_up_not_searched_one_by_one(
     # An evicted token is no longer the exchange's: it leaves the lookup with its cache entry.
     exchange._forget(("caller-1234", b"subject"))
     assert not exchange.issued_jwt(tokens[1234])
+
+
+# --- tokens obtained by token exchange: found however they are encoded ------------------------
+
+#: An exchanged token as an authorization server issues it (RS256: a 342-character signature).
+EXCHANGED = (
+    "eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCJ9"
+    ".eyJzdWIiOiJhbGljZSIsImF1ZCI6Imh0dHBzOi8vdmVuZG9yLmV4YW1wbGUvbWNwIn0."
+    + base64.urlsafe_b64encode(bytes((7 * i + 3) % 256 for i in range(256))).decode().rstrip("=")
+)
+
+
+def mime(text: str) -> str:
+    return "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+
+
+EXCHANGED_ENCODINGS = {
+    "verbatim": lambda s: f"Bearer {s}",
+    "glued both sides": lambda s: f"xx{s}yy",
+    "glued to more base64url": lambda s: f"eyJx{s}AAAA",
+    "base64, aligned": lambda s: "dump: " + b64(s),
+    "base64, one byte in": lambda s: "dump: " + b64(f"x{s}"),
+    "base64, two bytes in": lambda s: "dump: " + b64(f"xy{s} and more"),
+    "base64url, shifted, unpadded": lambda s: b64(f"ab{s}", base64.urlsafe_b64encode).rstrip("="),
+    "base64 glued to base64 characters": lambda s: "Q" + b64(f"Authorization: Bearer {s}"),
+    "base64 wrapped in lines": lambda s: mime(b64(f"GET / HTTP/1.1\r\nAuthorization: {s}")),
+    "URL-encoded base64": lambda s: "?d=" + urllib.parse.quote(b64(f"z{s}"), safe=""),
+}
+
+
+def exchange_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *tokens: str
+) -> tuple[Upstream, Any]:
+    from securemcp.proxy.credentials import TokenExchange
+
+    monkeypatch.setenv("EXCHANGE_CLIENT_SECRET", "exchange-client-secret-0123")
+    exchange = TokenExchange(
+        token_endpoint="https://idp.example/token",
+        client_id="securemcp-proxy",
+        client_secret=SecretSource(env="EXCHANGE_CLIENT_SECRET"),
+        audience="https://vendor.example/mcp",
+    )
+    for i, token in enumerate(tokens):
+        exchange._remember((f"caller-{i}", b"subject"), token, float("inf"))
+    pins = PinState(tmp_path / "lock.json", quiet=True)
+    upstream = Upstream(upstream_from("vendor", url="http://127.0.0.1:9/mcp"), exchange, pins)
+    return upstream, exchange
+
+
+@pytest.mark.parametrize("encoding", sorted(EXCHANGED_ENCODINGS))
+def test_an_exchanged_token_is_found_in_every_encoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """Before: an exchanged JWT was found only as a whole JWT-shaped string, so glued to other
+    characters, or base64-encoded inside text, it reached the client."""
+    upstream, _ = exchange_upstream(tmp_path, monkeypatch, EXCHANGED)
+    text = EXCHANGED_ENCODINGS[encoding](EXCHANGED)
+    with pytest.raises(UpstreamOutputRejected):
+        upstream.check_output(result(t.TextContent(type="text", text=text)))
+
+
+def test_an_exchanged_token_is_found_in_binary_content_and_split_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream, _ = exchange_upstream(tmp_path, monkeypatch, EXCHANGED)
+    leaks = [
+        result(t.ImageContent(type="image", data=b64(f"hdr {EXCHANGED}"), mimeType="image/png")),
+        result(  # a base64 text inside a blob
+            t.ImageContent(type="image", data=b64("pixels " + b64(EXCHANGED)), mimeType="image/png")
+        ),
+        result(
+            t.TextContent(type="text", text=EXCHANGED[:150]),
+            t.TextContent(type="text", text=EXCHANGED[150:]),
+        ),
+        t.CallToolResult(content=[], structuredContent={b64(EXCHANGED): 1}, isError=False),
+    ]
+    for leak in leaks:
+        with pytest.raises(UpstreamOutputRejected):
+            upstream.check_output(leak)
+
+
+def test_other_jwts_and_base64_are_not_mistaken_for_an_exchanged_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream, _ = exchange_upstream(tmp_path, monkeypatch, EXCHANGED)
+    header_and_claims = EXCHANGED[: EXCHANGED.rindex(".") + 1]
+    another = header_and_claims + base64.urlsafe_b64encode(bytes(256)).decode().rstrip("=")
+    upstream.check_output(
+        result(
+            t.TextContent(type="text", text=f"{another} {b64(another)} {header_and_claims}"),
+            t.TextContent(type="text", text=b64(bytes(range(256)).decode("latin-1"))),
+            t.ImageContent(type="image", data=b64("just pixels" * 100), mimeType="image/png"),
+        )
+    )
+
+
+def test_a_token_cached_twice_is_looked_for_until_both_entries_are_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The authorization server may return one token for two cache entries (two subject tokens
+    of one caller): evicting one entry must not drop from the index a token still in use."""
+    upstream, exchange = exchange_upstream(tmp_path, monkeypatch, EXCHANGED, EXCHANGED)
+    leak = result(t.TextContent(type="text", text=f"xx{EXCHANGED}"))
+    exchange._forget(("caller-0", b"subject"))
+    with pytest.raises(UpstreamOutputRejected):
+        upstream.check_output(leak)
+    exchange._forget(("caller-1", b"subject"))
+    upstream.check_output(leak)
+
+
+def test_an_opaque_exchanged_token_is_searched_in_every_encoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opaque = "opaque-exchanged-token-0123456789abcdef"
+    upstream, exchange = exchange_upstream(tmp_path, monkeypatch, opaque)
+    assert opaque in exchange.searched_secrets()
+    with pytest.raises(UpstreamOutputRejected):
+        upstream.check_output(result(t.TextContent(type="text", text=b64(f"k={opaque}"))))

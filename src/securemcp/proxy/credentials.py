@@ -16,10 +16,11 @@ token is for *this* server (RFC 8707 audience); an upstream gets a credential of
   sent to the token endpoint, never to the upstream.
 
 Exchanged tokens are cached per (identity, SHA-256 of the subject token) until shortly before they
-expire; concurrent requests for one key share one exchange; failures are never cached. The token
-endpoint is reached through the auth layer's SSRF-guarded, size- and time-capped HTTP
-(:mod:`securemcp.auth._http`). Every failure is an :class:`UpstreamAuthError` whose client
-message is generic and whose ``reason`` (internal) never contains a token or secret.
+expire, and indexed for the proxy's output check (:mod:`securemcp.proxy.issued`); the subject
+token itself is never kept. Concurrent requests for one key share one exchange; failures are
+never cached. The token endpoint is reached through the auth layer's SSRF-guarded, size- and
+time-capped HTTP (:mod:`securemcp.auth._http`). Every failure is an :class:`UpstreamAuthError`
+whose client message is generic and whose ``reason`` (internal) never contains a token or secret.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from securemcp._singleflight import SingleFlight
 from securemcp.auth._config import check_policy
 from securemcp.auth._http import FetchError, check_fetch_url, post_form_json
 from securemcp.errors import CallRefused, ConfigurationError
+from securemcp.proxy.issued import IssuedTokens
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
@@ -506,8 +508,8 @@ class TokenExchange:
         self._max_entries = max_cache_entries
         self._clock = clock
         self._cache: dict[tuple[str, bytes], tuple[str, float]] = {}
-        #: The cached tokens that are JWTs (see :meth:`issued_jwt`).
-        self._issued_jwts: set[str] = set()
+        #: The cached tokens, indexed for the proxy's output check (see :meth:`searched_secrets`).
+        self.issued: Final = IssuedTokens()
         self._inflight: SingleFlight[tuple[str, bytes], tuple[str, float]] = SingleFlight()
 
     def __repr__(self) -> str:
@@ -532,19 +534,24 @@ class TokenExchange:
         secret = _try_read(self.client_secret)
         return tuple(dict.fromkeys([*tokens, *([secret] if secret is not None else [])]))
 
-    def issued_jwt(self, value: str) -> bool:
-        """Whether ``value`` is a JWT this exchange issued and still caches.
+    def searched_secrets(self) -> tuple[str, ...]:
+        """The secrets to search an answer for one by one, in every encoding: the client secret
+        and any cached token :attr:`issued` cannot index (not a JWT).
 
-        The proxy's output check finds those (one per caller, possibly thousands) by pulling
-        JWT-shaped strings out of an answer and looking them up, instead of searching for each
-        one in every encoding as it does for the client secret and every configured secret.
+        The cached JWTs (one per caller, possibly thousands) are found by :attr:`issued` in one
+        pass over the answer instead (:mod:`securemcp.proxy.issued`).
         """
-        return value in self._issued_jwts
+        secret = _try_read(self.client_secret)
+        return (*([secret] if secret is not None else []), *self.issued.unindexed())
+
+    def issued_jwt(self, value: str) -> bool:
+        """Whether ``value`` is a JWT this exchange issued and still caches (and indexes)."""
+        return self.issued.indexed(value)
 
     def _forget(self, key: tuple[str, bytes]) -> None:
         entry = self._cache.pop(key, None)
         if entry is not None:
-            self._issued_jwts.discard(entry[0])
+            self.issued.discard(entry[0])
 
     # --- exchange ---------------------------------------------------------------------------
 
@@ -637,8 +644,7 @@ class TokenExchange:
                 self._forget(next(iter(cache)))  # oldest first (insertion order)
         self._forget(key)
         cache[key] = (token, valid_until)
-        if JWT_SHAPE.fullmatch(token):
-            self._issued_jwts.add(token)
+        self.issued.add(token)
 
 
 def _check_response(response: Mapping[str, Any], subject_token: str) -> tuple[str, float]:

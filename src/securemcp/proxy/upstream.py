@@ -36,7 +36,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import unquote, unquote_plus
 
 import anyio
@@ -471,30 +471,31 @@ class Upstream:
         for verbatim, JSON-escaped and in base64 / base64url at each of the three byte
         alignments (so inside any larger base64 text), whatever they look like: a configured
         key that is itself a JWT, or starts like one, included. Exchanged JWTs (one per caller,
-        possibly thousands) are found by pulling JWT-shaped strings out of every view of the
-        answer and looking them up, so the check costs the same for one caller or ten
-        thousand. An answer too large to search is withheld (fail closed).
+        possibly thousands) are found by their index (:mod:`securemcp.proxy.issued`) in one
+        pass over every view, verbatim (also glued to other characters) and inside base64 /
+        base64url text, so the check costs the same for one caller or ten thousand. An answer
+        too large to search is withheld (fail closed).
         """
-        secrets = self.auth.secret_values()
-        if not secrets:
-            return
+        exchange = self._exchange
+        if exchange is not None:
+            secrets = exchange.searched_secrets()
+            if not secrets and not exchange.issued:
+                return
+        else:
+            secrets = self.auth.secret_values()
+            if not secrets:
+                return
         views = _views(result)
         if views is None:
             self._withhold("answer too large to check for credentials")
         assert views is not None
-        candidates: set[str] = set()
-        for view in views:
-            candidates.update(_JWT.findall(view))
-        leaked = bool(candidates) and not candidates.isdisjoint(secrets)
-        if not leaked:
-            exchange = self.auth if isinstance(self.auth, TokenExchange) else None
-            for secret in secrets:
-                if len(secret) < 8 or (exchange is not None and exchange.issued_jwt(secret)):
-                    continue  # too short to search for; or an exchanged JWT, looked up above
+        leaked = exchange is not None and exchange.issued.found_in(views.for_jwts)
+        for secret in secrets:
+            if leaked:
+                break
+            if len(secret) >= 8:  # shorter: too short to search for
                 needles = _needles(secret)
-                if any(needle in view for view in views for needle in needles):
-                    leaked = True
-                    break
+                leaked = any(needle in view for view in views.every for needle in needles)
         if leaked:
             self._withhold("answer contained an injected credential")
 
@@ -542,7 +543,18 @@ def _b64decode(text: str) -> bytes:
         return b""
 
 
-def _views(result: Any) -> list[str] | None:
+class _Views(NamedTuple):
+    """The views of an answer a credential could hide in."""
+
+    every: list[str]
+    #: The views searched for exchanged JWTs: all but the form-decoded (``unquote_plus``) ones,
+    #: which differ from the URL-decoded ones only in turning ``+`` into a space. ``+`` is never
+    #: in a JWT, and is a base64 character: a base64 run of the URL-decoded view holds whatever
+    #: the form-decoded one splits.
+    for_jwts: list[str]
+
+
+def _views(result: Any) -> _Views | None:
     """Every view of an answer a credential could hide in, or ``None`` when too large."""
     if hasattr(result, "model_dump"):
         data = result.model_dump(mode="json", by_alias=True)
@@ -556,16 +568,18 @@ def _views(result: Any) -> list[str] | None:
     binary: list[str] = []
     _strings(data, strings, texts, binary)
     views = [dumped]
+    form_decoded = []
     for joined in ("".join(strings), "".join(texts)):  # a secret split over several blocks
-        views += [joined, unquote(joined), unquote_plus(joined)]
-    total = sum(len(v) for v in views)
+        views += [joined, unquote(joined)]
+        form_decoded.append(unquote_plus(joined))
+    total = sum(len(v) for v in views) + sum(len(v) for v in form_decoded)
     for blob in binary:
         total += len(blob)
         if total > _MAX_SCANNED:
             return None
         decoded = _b64decode(blob).decode("latin-1")
         views += [decoded, unquote(decoded)]
-    return views if total <= _MAX_SCANNED else None
+    return _Views(views + form_decoded, views) if total <= _MAX_SCANNED else None
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,163 @@
+"""Finding the tokens a token exchange issued in an upstream's answer, however they are encoded.
+
+The proxy may hold thousands of exchanged tokens (one per caller, RFC 8693). Searching for each
+one in every encoding, as is done for a configured secret, would cost one search per token per
+answer. Instead every issued JWT (RFC 7519 compact serialization, RFC 7515 §7.1
+``header.payload.signature``) is indexed by the first :data:`SIGNATURE_SLICE` characters of its
+signature segment: 96 bits of a signature, distinct for every token.
+
+An answer is then searched once, whatever the number of tokens:
+
+* **verbatim** (also glued to other characters, ``xx<jwt>yy``): every ``.`` followed by
+  :data:`SIGNATURE_SLICE` base64url characters is where a signature may start; those slices are
+  looked up in the index, and a hit is confirmed by comparing the whole token at the position it
+  implies;
+* **base64 / base64url inside text** (RFC 4648 §4, §5, also wrapped in lines): every run of
+  base64 characters long enough to hold a token is decoded at each of its four character offsets
+  (one of them is where its encoder started, whatever precedes it) and the decoded bytes are
+  searched verbatim.
+
+The cost is linear in the size of the answer (each run decoded four times), independent of how
+many tokens were issued. Tokens the index cannot hold (not a JWT, or a signature shorter than
+the slice) are listed by :meth:`IssuedTokens.unindexed`, to be searched for one by one.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+__all__ = ["SIGNATURE_SLICE", "IssuedTokens"]
+
+#: Characters of a JWT's signature segment that index it (6 bits each).
+SIGNATURE_SLICE: Final = 16
+
+_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_SIGNATURE_START: Final = re.compile(rf"\.([A-Za-z0-9_-]{{{SIGNATURE_SLICE}}})")
+#: The shortest indexed JWT is ``eyJ?.?.`` and a signature slice (23 characters), so its base64
+#: form is at least 31 characters long; shorter runs cannot hold one.
+_MIN_RUN: Final = 31
+_BASE64_CHARS: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_\r\n"
+)
+#: Maps each base64 / base64url character (and line break) to ``a``, anything else to a space.
+_RUN_MAP: Final = bytes(ord("a") if i in _BASE64_CHARS else ord(" ") for i in range(256))
+_RUN_START: Final = b"a" * _MIN_RUN
+_TO_STANDARD_ALPHABET: Final = bytes.maketrans(b"-_", b"+/")
+
+
+class IssuedTokens:
+    """The tokens a token exchange issued and still holds, indexed for leak searches.
+
+    A token may be added more than once (the authorization server may return one token for two
+    cache entries); it stays until it has been discarded as many times.
+    """
+
+    def __init__(self) -> None:
+        self._count: dict[str, int] = {}
+        #: Signature slice -> the indexed tokens with that slice, and where their signature starts.
+        self._by_slice: dict[str, dict[str, int]] = {}
+        self._unindexed: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._count)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._count
+
+    def add(self, token: str) -> None:
+        count = self._count.get(token, 0)
+        self._count[token] = count + 1
+        if count:
+            return
+        if _JWT.fullmatch(token) and len(token) - token.rindex(".") > SIGNATURE_SLICE:
+            at = token.rindex(".") + 1
+            self._by_slice.setdefault(token[at : at + SIGNATURE_SLICE], {})[token] = at
+        else:
+            self._unindexed.add(token)
+
+    def discard(self, token: str) -> None:
+        count = self._count.get(token, 0)
+        if count > 1:
+            self._count[token] = count - 1
+            return
+        if not count:
+            return
+        del self._count[token]
+        self._unindexed.discard(token)
+        at = token.rindex(".") + 1 if "." in token else 0
+        key = token[at : at + SIGNATURE_SLICE]
+        tokens = self._by_slice.get(key)
+        if tokens is not None:
+            tokens.pop(token, None)
+            if not tokens:
+                del self._by_slice[key]
+
+    def indexed(self, token: str) -> bool:
+        """Whether ``token`` is held in the index (found by :meth:`found_in`)."""
+        return token in self._count and token not in self._unindexed
+
+    def unindexed(self) -> tuple[str, ...]:
+        """The held tokens :meth:`found_in` does not look for (to be searched one by one)."""
+        return tuple(self._unindexed)
+
+    def found_in(self, views: Iterable[str]) -> bool:
+        """Whether an indexed token appears in any of ``views``, verbatim or base64-encoded."""
+        if not self._by_slice:
+            return False
+        runs: set[str] = set()
+        for view in views:
+            if self._found_verbatim(view):
+                return True
+            runs.update(_base64_runs(view))
+        return any(self._found_verbatim(text) for text in _decodings(runs))
+
+    def _found_verbatim(self, text: str) -> bool:
+        by_slice = self._by_slice
+        hits = by_slice.keys() & set(_SIGNATURE_START.findall(text))
+        if not hits:
+            return False
+        for match in _SIGNATURE_START.finditer(text):
+            tokens = by_slice.get(match.group(1)) if match.group(1) in hits else None
+            for token, at in (tokens or {}).items():
+                start = match.start() + 1 - at
+                if start >= 0 and text.startswith(token, start):
+                    return True
+        return False
+
+
+def _base64_runs(text: str) -> Iterator[str]:
+    """Every run of at least :data:`_MIN_RUN` base64 characters in ``text``.
+
+    Found with ``bytes.translate`` and ``bytes.find`` (several times faster than a regular
+    expression, which tries every position of every word); ``encode("ascii", "replace")`` keeps
+    one byte per character, so positions match ``text``.
+    """
+    mapped = text.encode("ascii", "replace").translate(_RUN_MAP)
+    start = mapped.find(_RUN_START)
+    while start != -1:
+        end = mapped.find(b" ", start + _MIN_RUN)
+        if end == -1:
+            end = len(mapped)
+        yield text[start:end]
+        start = mapped.find(_RUN_START, end)
+
+
+def _decodings(runs: Iterable[str]) -> Iterator[str]:
+    """The runs of base64 characters decoded at each of their four offsets: one text per offset.
+
+    At offset ``o`` every run loses its first ``o`` characters and its last quantum is filled
+    with ``A`` (zero bits, as ``=`` padding would); the runs are joined with ``////``, which
+    decodes to 0xFF bytes no token contains, and decoded at once (as latin-1 text).
+    """
+    standard = [run.encode("ascii").translate(_TO_STANDARD_ALPHABET, b"\r\n") for run in runs]
+    for offset in range(4):
+        parts = []
+        for run in standard:
+            part = run[offset:]
+            if len(part) % 4 == 1:  # not a whole byte: the last character is noise
+                part = part[:-1]
+            parts.append(part + b"A" * (-len(part) % 4))
+        yield binascii.a2b_base64(b"////".join(parts)).decode("latin-1")
