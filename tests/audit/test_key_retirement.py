@@ -412,8 +412,9 @@ def test_keys_retire_with_an_explicit_bound(
     assert main([*retire, f"a+{one.key_id.hex()}", "--after-size", "9"]) == 2
     assert "already retired after 7" in capsys.readouterr().err
     other = Ed25519Signer.generate("gone").verifier_key()
-    assert main([*retire, str(other), "--after-size", "0"]) == 0  # added, trusted for nothing
-    assert path.read_text().endswith(f"{other} retired-after-size=0\n")
+    before = path.read_text()
+    assert main([*retire, str(other), "--after-size", "0"]) == 2  # never added: see below
+    assert path.read_text() == before
     with pytest.raises(SystemExit):
         main([*retire, "a"])  # --log or --after-size is required
 
@@ -437,3 +438,33 @@ def test_a_non_ascii_key_line_is_a_keyring_error(tmp_path: Path) -> None:
         Keyring.parse(key[:-2] + "\u0665=\n")
     with pytest.raises(KeyringError):
         Ed25519Signer.from_private_key_line("PRIVATE+KEY+k+00000000+AQ\u0665")
+
+
+def test_keys_retire_never_adds_trust_in_a_key_the_keyring_does_not_pin(
+    rotated: Rotated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A retired key's line still trusts the key up to its bound: "retiring" a key the keyring
+    never held (given in full, e.g. copied from a suspicious rotation record, or learned from a
+    log's rotation) must be refused with nothing written, never append a line that trusts it."""
+    directory, old, new, _ = rotated
+    forger = Ed25519Signer.generate("audit-forger")
+    path = tmp_path / "keyring.txt"
+    original = f"# our keys\n{old.verifier_key()}\n"
+    path.write_text(original)
+    for spec, extra in (
+        (str(forger.verifier_key()), ["--after-size", "1000"]),
+        (str(new.verifier_key()), ["--log", str(directory)]),  # learned from the rotation
+    ):
+        assert main(["keys", "retire", spec, "--keyring", str(path), *extra]) == 2
+        assert "not in the keyring" in capsys.readouterr().err
+        assert path.read_text() == original
+    assert forger.verifier_key() not in Keyring.load(path)
+
+
+def test_the_writer_reports_a_keyring_that_is_not_text_as_an_audit_error(tmp_path: Path) -> None:
+    signer = Ed25519Signer.generate("audit-2026")
+    path = tmp_path / "keyring.txt"
+    path.write_bytes(b"\xff\xfe not utf-8\n")
+    with pytest.raises(AuditError, match="cannot read the audit keyring"):
+        AuditLog(tmp_path / "audit", signer=signer, keyring=path).open()
+    assert not list((tmp_path / "audit").glob("audit-*.jsonl"))

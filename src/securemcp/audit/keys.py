@@ -407,7 +407,9 @@ def refuse_retired_signer(signer: Signer, keyring: Keyring | str | os.PathLike[s
         return
     try:
         pinned = keyring if isinstance(keyring, Keyring) else Keyring.load(keyring)
-    except OSError as exc:
+    except KeyringError:
+        raise
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8 text
         raise AuditError(f"cannot read the audit keyring {keyring}: {exc}") from exc
     key = verifier_key(signer)
     bound = pinned.retired_after_size(key) if key in pinned else None

@@ -11,7 +11,9 @@ the result before anything is written:
   checkpoint is refused (rotate first), and so is retiring the key that vouched for a rotation
   to a key the keyring does not pin (a key learned on a retired key's word inherits its bound).
   The new key is never pinned automatically: if the old key leaked, a forged rotation may name
-  the forger's key, so the operator adds the line of the key they generated;
+  the forger's key, so the operator adds the line of the key they generated. Only a key the
+  keyring pins can be retired: a retired key's line still trusts the key up to its bound, so
+  "retiring" a key the keyring never held (one named by a rotation record) would add trust;
 * or given (``--after-size N``), when the logs are not at hand.
 
 :func:`retire_in_text` edits the file's text (comments and the other lines are kept) and
@@ -93,6 +95,15 @@ def plan_retirement(
             )
     learned = [VerifierKey.parse(text) for report in before for text in report.learned_keys]
     key = find_key(spec, [*keyring, *learned])
+    if key not in keyring:
+        # A retired key's line still trusts it up to its bound: writing one for a key the
+        # keyring does not pin (a key named in a rotation record, a suspicious key) would add
+        # trust in it, not take trust away.
+        raise KeyringError(
+            f"{key.name!r} is not in the keyring, so it is not trusted on its own: there is "
+            "nothing to retire (a retired key's line still trusts it up to its bound). If the "
+            "key is yours, add its line to the keyring first"
+        )
     if after_size is None:
         sizes = [r.last_signed[str(key)] for r in before if str(key) in r.last_signed]
         if not sizes:
@@ -134,8 +145,9 @@ def _remedy(unpinned: list[VerifierKey]) -> str:
 
 
 def retire_in_text(text: str, plan: Retirement) -> str:
-    """The keyring file ``text`` with ``plan`` applied: the key's line gains its bound (or is
-    added); comments and other lines are kept."""
+    """The keyring file ``text`` with ``plan`` applied: the key's line gains its bound;
+    comments and other lines are kept. ``plan`` names a key ``text`` pins
+    (:func:`plan_retirement` refuses any other)."""
     lines = text.splitlines()
     found = False
     for index, line in enumerate(lines):
@@ -146,7 +158,7 @@ def retire_in_text(text: str, plan: Retirement) -> str:
             lines[index] = keyring_line(key, plan.after_size)
             found = True
     if not found:
-        lines.append(keyring_line(plan.key, plan.after_size))
+        raise KeyringError(f"{plan.key.name!r} is not in the keyring: nothing to retire")
     return "".join(f"{line}\n" for line in lines)
 
 
