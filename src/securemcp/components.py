@@ -13,9 +13,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securemcp.scopes import declared_risk, declared_scopes
+
+if TYPE_CHECKING:
+    from securemcp._template_values import MountedTemplate, TemplateValues
 
 __all__ = ["ComponentFacts", "facts_of", "facts_of_cached"]
 
@@ -45,6 +48,11 @@ class ComponentFacts:
     #: For a resource template, its URI template (``users://{email}/ssn``): the component that
     #: serves every read it matches, which rate limits count and audit records name.
     uri_template: str | None = None
+    #: For a FastMCP function template whose parameter values FastMCP converts (``id: int``),
+    #: how it converts them, or a mount's forwarder to a template of the mounted server: a read
+    #: is also judged under its canonical spelling (:mod:`securemcp._template_values`).
+    #: ``None`` for everything else.
+    template_values: TemplateValues | MountedTemplate | None = None
 
 
 def _annotations(component: Any) -> Mapping[str, Any]:
@@ -68,6 +76,7 @@ def facts_of(component: Any) -> ComponentFacts:
     version = getattr(component, "version", None)
     if not isinstance(version, str):
         version = None
+    uri_template = _uri_template(component)
     return ComponentFacts(
         scopes=declared_scopes(component),
         tags=frozenset(getattr(component, "tags", None) or ()),
@@ -78,7 +87,8 @@ def facts_of(component: Any) -> ComponentFacts:
         query_names=_query_names(component),
         version=version,
         forwards_versions=version is None and _advertises_versions(component),
-        uri_template=_uri_template(component),
+        uri_template=uri_template,
+        template_values=_template_values(component) if uri_template is not None else None,
     )
 
 
@@ -95,6 +105,12 @@ def _advertises_versions(component: Any) -> bool:
 _QUERY_PART = re.compile(r"\{\?([^}]+)\}")
 
 
+def _template_values(component: Any) -> TemplateValues | MountedTemplate | None:
+    from securemcp._template_values import template_values
+
+    return template_values(component)
+
+
 def _uri_template(component: Any) -> str | None:
     template = getattr(component, "uri_template", None)
     return template if isinstance(template, str) else None
@@ -102,8 +118,12 @@ def _uri_template(component: Any) -> str | None:
 
 def _query_names(component: Any) -> frozenset[str] | None:
     template = _uri_template(component)
-    if template is None:
-        return None
+    return template_query_names(template) if template is not None else None
+
+
+def template_query_names(template: str) -> frozenset[str]:
+    """The query parameters a URI template names (``{?a,b*}``), as
+    :func:`~securemcp.policy.request.resource_target` takes them."""
     names = [name.strip() for found in _QUERY_PART.findall(template) for name in found.split(",")]
     # every name without its "*", plus "name*" for an exploded one (FastMCP reads all its values)
     return frozenset(name.rstrip("*") for name in names) | {n for n in names if n.endswith("*")}

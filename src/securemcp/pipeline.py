@@ -769,7 +769,11 @@ class SecurityPipeline(Middleware):
                     reason=f"argument {name!r} has a JSON type the input schema does not "
                     "declare (refused: the tool would receive a coerced value)",
                 )
-        decision = await enforcement.decide(request)
+        if facts.template_values is None:  # every tool call and prompt
+            decision = await enforcement.decide(request)
+        else:  # a template read whose values FastMCP converts: judge its canonical spelling too
+            spellings = await enforcement.spellings(facts, target)
+            decision = await enforcement.decide(request, spellings)
         if decision is not None and decision.effect == "require_approval":
             self._telemetry.approval("consumed")  # the gate admitted it: an approval was used
         return decision

@@ -174,3 +174,32 @@ def test_approvals_list_names_versions_and_escapes_an_asked_version(
     assert "'purge' version unresolved (asked for 1) for alice" in out
     assert "(asked for '1\\nFORGED')" in out
     assert not any(line.startswith("FORGED") for line in out.splitlines())
+
+
+def test_explain_shows_a_template_reads_canonical_spelling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --template and the parameters' types, explain judges the read as the server does:
+    as FastMCP reads the URI and as the template function receives its values."""
+    path = tmp_path / "items.toml"
+    path.write_text(
+        'default = "allow"\n[[rule]]\nname = "no-item-7"\neffect = "deny"\n'
+        'tools = ["items://7?on=true"]\n'
+    )
+    argv = ("policy", "explain", str(path), "--subject", "a", "--template", "items://{id}{?on}")
+    assert (
+        run(*argv, "--tool", "items://%2007?on=YES#x", "--param", "id=int", "--param", "on=bool")
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "call: resources/read 'items:// 07?on=YES' as 'a'" in out
+    assert "canonical spelling: 'items://7?on=true'" in out
+    assert "strictest decision: deny by 'no-item-7'" in out
+    assert run(*argv, "--tool", "items://8?on=1", "--param", "id=int", "--param", "on=bool") == 0
+    assert "strictest decision: allow by 'default'" in capsys.readouterr().out
+    # untyped parameters are read as text: no other spelling
+    assert run(*argv, "--tool", "items://07?on=YES") == 0
+    out = capsys.readouterr().out
+    assert "canonical spelling" not in out and "decision: allow by 'default'" in out
+    assert run(*argv, "--tool", "items://7", "--param", "id=long") == 2
+    assert "--param must look like NAME=TYPE" in capsys.readouterr().err

@@ -6,7 +6,9 @@ which takes the parsed ``argparse.Namespace`` and returns the exit code::
     securemcp policy check FILE              0 valid, 1 invalid (file:line: message), 2 unreadable
     securemcp policy explain FILE --tool T --subject S [--issuer I] [--client-id C]
         [--tenant T] [--scope S ...] [--claim k=v ...] [--arg k=v ...] [--tag T ...]
-        [--risk R] [--method M]             0 explained, 1 invalid file, 2 unreadable
+        [--risk R] [--method M] [--version V]
+        [--template URI_TEMPLATE [--param NAME=TYPE ...]]
+                                             0 explained, 1 invalid file, 2 unreadable
     securemcp approvals list [--all] [--json] [--store PATH|URL]
     securemcp approvals approve ID [--reusable-for SECONDS] [--store ...]
     securemcp approvals deny ID [--reason TEXT] [--store ...]
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
@@ -107,22 +110,77 @@ def _explain(args: argparse.Namespace) -> int:
         tenant=args.tenant,
         claims=claims,
     )
+    method, target, uri = args.method, args.tool, None
+    spellings: tuple[str, ...] = ()
+    if args.template is not None:
+        try:
+            method, target, spellings = _template_read(args.template, args.tool, args.param)
+        except ValueError as exc:
+            print(f"securemcp policy explain: {exc}", file=sys.stderr)
+            return 2
+        uri = args.tool
     request = CallRequest.build(
         principal,
-        args.tool,
+        target,
         arguments,
-        method=args.method,
+        method=method,
         tags=args.tag or (),
         risk=args.risk,
         version=args.version,
+        uri=uri,
+        template=args.template,
     )
     version = f" version {request.version}" if request.version is not None else ""
     print(
         f"call: {request.method} {request.target!r}{version} as {principal.subject!r}"
         f" (risk {request.risk})"
     )
-    print(explain_ruleset(ruleset, request))
+    if not spellings:
+        print(explain_ruleset(ruleset, request))
+        return 0
+    # a template read is judged as FastMCP reads it and as the function receives it
+    from securemcp.policy.hooks import strictest
+
+    others = [text for text in spellings if text != request.target]
+    print(
+        f"canonical spelling: {spellings[0]!r}"
+        + (f" (also {others[-1]!r})" if len(spellings) > 1 and others else "")
+        + "; each spelling is judged, the strictest decision wins"
+    )
+    decisions = []
+    for text in (request.target, *others):
+        explanation = explain_ruleset(ruleset, dataclasses.replace(request, target=text))
+        decisions.append(explanation.decision)
+        print(f"as {text!r}:")
+        print(explanation)
+    decided = strictest(decisions)
+    effect = decided.effect.value if decided is not None else "abstain"
+    rule = f" by {decided.rule!r}" if decided is not None and decided.rule else ""
+    print(f"strictest decision: {effect}{rule}")
     return 0
+
+
+def _template_read(
+    template: str, uri: str, declared: list[str] | None
+) -> tuple[str, str, tuple[str, ...]]:
+    """(method, target, canonical spellings) of a read of ``uri`` served by ``template`` whose
+    parameters are annotated as ``declared`` (``NAME=TYPE``), as a server would judge it."""
+    from securemcp._template_values import DECLARABLE, declared_values
+    from securemcp.components import template_query_names
+    from securemcp.policy.request import resource_target
+
+    types: dict[str, type] = {}
+    for item in declared or ():
+        name, sep, kind = item.partition("=")
+        if not sep or not name or kind not in DECLARABLE:
+            raise ValueError(
+                f"--param must look like NAME=TYPE with TYPE one of "
+                f"{', '.join(DECLARABLE)}, got {item!r}"
+            )
+        types[name] = DECLARABLE[kind]
+    query_names = template_query_names(template)
+    spellings = declared_values(template, types).spellings(uri, query_names)
+    return "resources/read", resource_target(uri, query_names), spellings
 
 
 # --- approvals -------------------------------------------------------------------------------
@@ -250,6 +308,20 @@ def register(subparsers: Any) -> None:
         "--version",
         default=None,
         help="the version of the component the call runs (e.g. 2; default: unversioned)",
+    )
+    explain.add_argument(
+        "--template",
+        default=None,
+        metavar="URI_TEMPLATE",
+        help="for a resource template read (--tool is then the URI read): the URI template "
+        "that serves it, e.g. 'items://{id}'",
+    )
+    explain.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=TYPE",
+        help="with --template: a parameter's annotation in the template function, "
+        "int, float, bool or str (the default), e.g. id=int (repeatable)",
     )
     explain.set_defaults(func=_explain)
 

@@ -12,6 +12,7 @@ it, a result size limit after it. Every failure mode refuses (XACML's PEP rule).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -23,7 +24,7 @@ from securemcp.errors import CallTimedOut, PolicyDenied, ResultTooLarge
 from securemcp.policy.approvals import ApprovalGate, ApprovalStore, open_store
 from securemcp.policy.decision import Constraints, Decision, Effect
 from securemcp.policy.errors import PolicyError
-from securemcp.policy.hooks import PolicyLike, refusal, settle, start
+from securemcp.policy.hooks import PolicyLike, refusal, settle, start, strictest
 from securemcp.policy.ratelimit import RateLimit, RateLimiter
 from securemcp.policy.request import CallRequest, resource_target
 
@@ -176,7 +177,8 @@ class PolicyEnforcement:
         forwarder to versioned components elsewhere leaves it unresolved.
 
         A resource template read's target is its URI the way FastMCP reads it
-        (:func:`resource_target`), so percent-encoding cannot dodge a rule; its ``template``
+        (:func:`resource_target`), so percent-encoding cannot dodge a rule (nor, judged with
+        :meth:`spellings`, re-spelling a typed value); its ``template``
         names the template that serves it, which rate limits count (no spelling of a value, and
         no other value, gets a fresh bucket). A concrete resource, which FastMCP finds by its
         exact URI only, keeps that URI.
@@ -202,8 +204,48 @@ class PolicyEnforcement:
             template=template,
         )
 
-    async def decide(self, request: CallRequest) -> Decision | None:
+    @staticmethod
+    async def spellings(facts: ComponentFacts, uri: str) -> tuple[str, ...]:
+        """The canonical spellings of a template read of ``uri`` (``()`` for any other call):
+        the URI with each value FastMCP converts for the template function (``id: int``)
+        written as the function receives it, see :mod:`securemcp._template_values`. A mount's
+        forwarder is followed to the mounted server's template (one lookup there).
+
+        Raises:
+            PolicyError: how the template converts a value cannot be told (fail closed).
+        """
+        found = facts.template_values
+        if found is None:
+            return ()
+        from securemcp._template_values import MountedTemplate, UnknownConversion
+
+        try:
+            values = await found.values(uri) if isinstance(found, MountedTemplate) else found
+            return values.spellings(uri, facts.query_names) if values is not None else ()
+        except UnknownConversion as exc:
+            logger.error(
+                "securemcp cannot tell how %r converts a read: %s", found.uri_template, exc
+            )
+            raise PolicyError(reason=f"policy_error (template values: {exc})") from None
+        except Exception as exc:  # failing unlike FastMCP's own conversion: fail closed
+            logger.error(
+                "securemcp could not convert a read of %r: %s",
+                found.uri_template,
+                type(exc).__name__,
+            )
+            raise PolicyError(
+                reason=f"policy_error (template values: {type(exc).__name__})"
+            ) from None
+
+    async def decide(
+        self, request: CallRequest, spellings: tuple[str, ...] = ()
+    ) -> Decision | None:
         """The policy decision for ``request`` (``None`` when no policy is configured).
+
+        ``spellings`` (from :meth:`spellings`) are other texts of the same read, as the
+        template function receives it: the policy judges each as the request's target too,
+        and the strictest decision wins (:func:`~securemcp.policy.hooks.strictest`). An
+        approval is then bound to the first, the read's canonical spelling.
 
         Raises:
             PolicyDenied / PolicyError: the policy denied the call or failed.
@@ -216,6 +258,8 @@ class PolicyEnforcement:
         decision = start(policy, request)
         if type(decision) is not Decision:
             decision = await settle(policy, decision)
+        if spellings:
+            request, decision = await self._judge_spellings(policy, request, decision, spellings)
         if not decision.well_formed:
             # Fields changed behind the dataclass's back: fail closed, as for a raising hook.
             logger.error("securemcp policy returned a malformed Decision; denying (fail closed)")
@@ -229,6 +273,31 @@ class PolicyEnforcement:
         if violations:
             raise PolicyDenied(reason=f"constraint violated: {'; '.join(violations)}")
         return decision
+
+    @staticmethod
+    async def _judge_spellings(
+        policy: PolicyLike, request: CallRequest, decision: Decision, spellings: tuple[str, ...]
+    ) -> tuple[CallRequest, Decision]:
+        """``request`` as its canonical spelling, and the strictest decision on every spelling."""
+        decisions = [decision]
+        canonical = request
+        for target in spellings:
+            if target == request.target:
+                continue
+            variant = dataclasses.replace(request, target=target)
+            if canonical is request and target == spellings[0]:
+                canonical = variant
+            judged = start(policy, variant)
+            if type(judged) is not Decision:
+                judged = await settle(policy, judged)
+            decisions.append(judged)
+        if not all(judged.well_formed for judged in decisions):
+            logger.error("securemcp policy returned a malformed Decision; denying (fail closed)")
+            raise PolicyError(reason="policy_error (malformed decision)")
+        combined = strictest(decisions)
+        if combined is None:  # cannot happen: settle never abstains
+            raise PolicyError(reason="policy_error (no decision)")
+        return canonical, combined
 
     @staticmethod
     async def run(constraints: Constraints | None, call: Callable[[], Awaitable[Any]]) -> Any:

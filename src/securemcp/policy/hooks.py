@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Protocol, TypeAlias, runtime_checkable
 
@@ -60,6 +60,7 @@ __all__ = [
     "risk_defaults",
     "settle",
     "start",
+    "strictest",
 ]
 
 logger = logging.getLogger("securemcp.policy")
@@ -285,31 +286,58 @@ class _Combinator:
         return self._result(state)
 
 
+def _all_of_state() -> list[Any]:
+    return [None, None, None, NO_CONSTRAINTS]  # approval, constrained, allowed, merged
+
+
+def _all_of_step(state: list[Any], decision: Decision | None) -> _Step:
+    if decision is None:
+        return _CONTINUE
+    if decision.effect is Effect.DENY:
+        return decision
+    state[3] = state[3].merge(decision.constraints)
+    if decision.effect is Effect.REQUIRE_APPROVAL:
+        state[0] = state[0] or decision
+    elif decision.effect is Effect.CONSTRAIN:
+        state[1] = state[1] or decision
+    else:
+        state[2] = state[2] or decision
+    return _CONTINUE
+
+
+def _all_of_result(state: list[Any]) -> Decision | None:
+    decisive: Decision | None = state[0] or state[1] or state[2]
+    if decisive is None or state[3] is decisive.constraints:
+        return decisive
+    return dataclasses.replace(decisive, constraints=state[3])
+
+
+def strictest(decisions: Iterable[Decision | None]) -> Decision | None:
+    """The strictest of several decisions on one call, as :func:`all_of` combines its members'.
+
+    The first deny; otherwise the first ``require_approval``, then the first ``constrain``,
+    then the first allow, carrying every decision's constraints merged (the tighter of each).
+    ``None`` (abstain) is ignored; ``None`` when every decision abstains.
+    """
+    state = _all_of_state()
+    for decision in decisions:
+        step = _all_of_step(state, decision)
+        if step is not _CONTINUE:
+            return step  # type: ignore[return-value]
+    return _all_of_result(state)
+
+
 class _AllOf(_Combinator):
     kind = "all_of"
 
     def _state(self) -> list[Any]:
-        return [None, None, None, NO_CONSTRAINTS]  # approval, constrained, allowed, merged
+        return _all_of_state()
 
     def _step(self, state: list[Any], decision: Decision | None) -> _Step:
-        if decision is None:
-            return _CONTINUE
-        if decision.effect is Effect.DENY:
-            return decision
-        state[3] = state[3].merge(decision.constraints)
-        if decision.effect is Effect.REQUIRE_APPROVAL:
-            state[0] = state[0] or decision
-        elif decision.effect is Effect.CONSTRAIN:
-            state[1] = state[1] or decision
-        else:
-            state[2] = state[2] or decision
-        return _CONTINUE
+        return _all_of_step(state, decision)
 
     def _result(self, state: list[Any]) -> Decision | None:
-        decisive: Decision | None = state[0] or state[1] or state[2]
-        if decisive is None or state[3] is decisive.constraints:
-            return decisive
-        return dataclasses.replace(decisive, constraints=state[3])
+        return _all_of_result(state)
 
 
 class _AnyOf(_Combinator):

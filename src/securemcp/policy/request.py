@@ -312,7 +312,11 @@ class CallRequest:
         principal: the verified caller.
         tenant: the caller's tenant (defaults to ``principal.tenant``).
         method: MCP method (``tools/call``, ``resources/read``, ``prompts/get``).
-        target: tool name, resource URI or prompt name.
+        target: tool name, resource URI or prompt name. For a resource template read, the URI
+            as FastMCP reads it (:func:`resource_target`); when the template function receives
+            typed values (``items://07`` is item 7 of ``id: int``), the policy is asked again
+            with ``target`` set to the read's canonical spelling (``items://7``) and the
+            strictest decision wins (``PolicyEnforcement.spellings``).
         arguments: the call's arguments, deeply read-only (lists become tuples).
         tags: the component's FastMCP tags.
         annotations: the component's MCP annotations, read-only.
