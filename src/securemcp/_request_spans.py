@@ -34,16 +34,38 @@ same enrichment for the span of a guarded call without that second lookup, and
 :func:`auth_attributes` finds the auth attributes without the exception FastMCP raises and
 catches outside HTTP.
 
+Inside a call securemcp guards, FastMCP also opens spans securemcp's pipeline does not record:
+the ``INTERNAL`` span around a call a parent delegates to a mounted server
+(``fastmcp.server.telemetry.delegate_span``), and the core path's ``SERVER`` span of a server
+securemcp did not build (a FastMCP server mounted on a securemcp one, or read in process by a
+guarded tool). FastMCP names a resource template read on both by the URI the caller sent
+(``delegate users://alice@example.com/ssn``, ``mcp.resource.uri``), whose parameter values are
+the read's arguments (DESIGN guarantee 5; OpenTelemetry semantic conventions for MCP: arguments
+are opt-in). :func:`delegate_span` names the delegation by the component, as FastMCP identifies
+it (``delegate users://{email}/ssn``: the URI template of a template read, a concrete resource's
+URI, a tool's or prompt's name), and :func:`server_span` opens such a read's ``SERVER`` span
+without the URI and names the read once FastMCP has resolved it (by its URI template, or a
+concrete resource's URI). Both record exceptions without messages from the moment they open
+(``redact_span``). Outside guarded calls, and while no span could record, both are FastMCP's.
+
+A core path nested in a guarded call's own (a guarded tool reading a FastMCP server in process)
+opens its own span: FastMCP would find the guarded call's span current and overwrite its
+attributes with the nested read's, URI included.
+
 This module relies on FastMCP internals (``_active_seam_span``, the seam middleware and its
 ``_seam_span`` hook, ``_get_parent_trace_context``, the core path's ``server_span`` reference in
-``fastmcp.server.server`` and the request context variables); ``tests/test_request_spans.py``
-and ``tests/test_seam_spans.py`` pin them.
+``fastmcp.server.server``, the mount provider's ``delegate_span`` reference in
+``fastmcp.server.providers.fastmcp_provider``, the component span attributes
+(``fastmcp.component.type``, and the ``template:<uri template>@<version>`` key of a template)
+and the request context variables); ``tests/test_request_spans.py``, ``tests/test_seam_spans.py``
+and ``tests/test_mount_spans.py`` pin them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import Token
 from typing import Any
 
 from fastmcp.server import dependencies as _fastmcp_dependencies
@@ -52,6 +74,7 @@ from fastmcp.server import telemetry as _fastmcp_server_telemetry
 from fastmcp.server.auth import AccessToken
 from fastmcp.server.http import _current_http_request
 from fastmcp.server.low_level import FastMCPServerMiddleware
+from fastmcp.server.providers import fastmcp_provider as _fastmcp_provider
 from fastmcp.telemetry import INSTRUMENTATION_NAME, extract_trace_context, native_spans_enabled
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from opentelemetry import context as otel_context
@@ -59,13 +82,16 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 
+from securemcp._resource_reads import unresolved_target
 from securemcp._span_exceptions import is_guarded, redact_span
 from securemcp._unrecorded_spans import spans_cannot_record
+from securemcp.context import _CURRENT
 from securemcp.telemetry import usable_trace_meta
 
 __all__ = [
     "SeamSpans",
     "auth_attributes",
+    "delegate_span",
     "install_core_spans",
     "install_seam_spans",
     "install_trace_meta",
@@ -256,17 +282,25 @@ _fastmcp_server_span = _fastmcp_server_telemetry.server_span
 
 class _EnrichedSeam:
     """The context manager :func:`server_span` returns for a guarded request span: yields it and
-    records an exception escaping the core path on it, as FastMCP's enrichment branch does."""
+    records an exception escaping the core path on it, as FastMCP's enrichment branch does.
 
-    __slots__ = ("_span",)
+    While the core path runs, the span is no longer offered as the request's seam: a core path
+    nested in it (a tool reading a FastMCP server in process) is another request, which opens
+    its own span instead of overwriting this one's attributes.
+    """
+
+    __slots__ = ("_seam", "_span")
+    _seam: Token[Span | None]
 
     def __init__(self, span: Span) -> None:
         self._span = span
 
     def __enter__(self) -> Span:
+        self._seam = _ACTIVE_SEAM.set(None)
         return self._span
 
     def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        _ACTIVE_SEAM.reset(self._seam)
         if isinstance(exc, Exception):
             _fastmcp_server_telemetry.record_span_exception(self._span, exc)  # securemcp's
 
@@ -291,8 +325,11 @@ def server_span(
     span for the same request. For the span of a call securemcp guards (opened by FastMCP's
     seam, :class:`SeamSpans` or :func:`request_span`, all of which set them), the name, the
     component's attributes and the session attributes (unknown when the seam opened) are set,
-    as FastMCP sets them; the protocol and auth attributes stay as the seam set them. Any other
-    span (an unguarded seam, no seam, FastMCP's modes without spans) is FastMCP's function.
+    as FastMCP sets them; the protocol and auth attributes stay as the seam set them.
+
+    A resource read's span opened inside a guarded call is FastMCP's without the URI, named once
+    resolved (:func:`_read_span_in_guarded_call`). Any other span (an unguarded seam, no seam,
+    FastMCP's modes without spans) is FastMCP's function.
     """
     seam = _ACTIVE_SEAM.get()
     if (
@@ -303,6 +340,10 @@ def server_span(
         or not seam.get_span_context().is_valid
         or not native_spans_enabled()
     ):
+        if resource_uri is not None and not spans_cannot_record() and _CURRENT.get() is not None:
+            return _read_span_in_guarded_call(
+                name, method, server_name, component_type, resource_uri
+            )
         return _fastmcp_server_span(
             name,
             method,
@@ -331,10 +372,110 @@ def server_span(
     return _EnrichedSeam(seam)
 
 
+#: FastMCP's template component key: ``template:<URI template>@<version>`` (the ``@`` is always
+#: there, so the key parses unambiguously: ``fastmcp.utilities.components``).
+_TEMPLATE_KEY_PREFIX = "template:"
+
+
+def _resolved_read(span: Span, uri: str) -> str | None:
+    """How a read of ``uri`` is named once FastMCP's core path set the component's attributes on
+    ``span``: a concrete resource by its URI, a template by its URI template, anything else (not
+    found, a component FastMCP does not describe this way) not at all."""
+    attributes = getattr(span, "attributes", None)
+    if not attributes:
+        return None
+    kind = attributes.get("fastmcp.component.type")
+    if kind == "resource":
+        return uri
+    key = attributes.get("fastmcp.component.key")
+    if (
+        kind == "resource_template"
+        and isinstance(key, str)
+        and key.startswith(_TEMPLATE_KEY_PREFIX)
+    ):
+        template, at, _version = key[len(_TEMPLATE_KEY_PREFIX) :].rpartition("@")
+        if at:
+            return template
+    return None
+
+
+@contextmanager
+def _read_span_in_guarded_call(
+    name: str, method: str, server_name: str, component_type: str, uri: str
+) -> Iterator[Span]:
+    """FastMCP's core-path span of a read inside a guarded call that securemcp's pipeline does not
+    record (a FastMCP server mounted on, or read in process by, a securemcp server).
+
+    Opened without ``mcp.resource.uri`` and with the URI's scheme as its component key (neither a
+    sampler nor a span processor's ``on_start`` sees the caller's template values), exceptions
+    recorded without messages, and named when it ends: ``mcp.resource.uri`` is the template's URI
+    template, or a concrete resource's URI, from the component FastMCP resolved.
+    """
+    with _fastmcp_server_span(
+        name, method, server_name, component_type, unresolved_target(uri)
+    ) as span:
+        recording = span.is_recording()
+        if recording:
+            redact_span(span)
+        try:
+            yield span
+        finally:
+            if recording:
+                read = _resolved_read(span, uri)
+                if read is not None:
+                    span.set_attribute("mcp.resource.uri", read)
+
+
+#: FastMCP's span around a call delegated to a mounted server, for every other delegation.
+_fastmcp_delegate_span = _fastmcp_server_telemetry.delegate_span
+
+
+def delegate_span(
+    name: str, provider_type: str, component_key: str, method: str | None = None
+) -> AbstractContextManager[Span]:
+    """``fastmcp.server.telemetry.delegate_span``, named by the component inside a guarded call.
+
+    FastMCP's mount provider names the span ``delegate <name>``: for a resource template read,
+    ``name`` is the URI the caller sent (``users://alice@example.com/ssn``) and ``component_key``
+    the template's URI template; otherwise the two are the same (a tool's or prompt's name, a
+    concrete resource's URI). Inside a guarded call the span is named by ``component_key``, with
+    FastMCP's attributes, and records exceptions without messages from the moment it opens
+    (a child's error can quote its arguments). Outside one, or while no span could record or
+    FastMCP's spans are off, it is FastMCP's function.
+    """
+    if spans_cannot_record() or _CURRENT.get() is None or not native_spans_enabled():
+        return _fastmcp_delegate_span(name, provider_type, component_key, method)
+    return _named_delegate_span(provider_type, component_key, method)
+
+
+@contextmanager
+def _named_delegate_span(
+    provider_type: str, component_key: str, method: str | None
+) -> Iterator[Span]:
+    """FastMCP's delegate span, named ``delegate <component_key>`` and redacted (see above)."""
+    attributes = {"fastmcp.provider.type": provider_type, "fastmcp.component.key": component_key}
+    if method is not None:
+        attributes["mcp.method.name"] = method
+    with fastmcp_tracer().start_as_current_span(
+        f"delegate {component_key}", attributes=attributes
+    ) as span:
+        if span.is_recording():
+            _restore_dropped(span, attributes)
+            redact_span(span)
+        try:
+            yield span
+        except Exception as exc:
+            _fastmcp_server_telemetry.record_span_exception(span, exc)  # securemcp's
+            raise
+
+
 def install_core_spans() -> None:
-    """Route FastMCP's core-path spans through :func:`server_span` (idempotent)."""
+    """Route FastMCP's core-path spans through :func:`server_span`, and its mount provider's
+    delegation spans through :func:`delegate_span` (idempotent)."""
     if getattr(_fastmcp_server, "server_span", None) is not server_span:
         _fastmcp_server.server_span = server_span  # type: ignore[attr-defined,assignment]
+    if getattr(_fastmcp_provider, "delegate_span", None) is not delegate_span:
+        _fastmcp_provider.delegate_span = delegate_span  # type: ignore[attr-defined,assignment]
 
 
 def parent_trace_context() -> Context | None:
