@@ -15,6 +15,12 @@ that credential is about to lapse: afterwards the proxy could no longer end it. 
 reaper does the closing, so an idle session ends on time even when no further call arrives.
 The caller's own token is never kept on a session: each call brings it, and it is only used, in
 the caller's task, to obtain the session's credential.
+
+Every token a session may still send is held in the pool's ``index`` (the exchange's
+:class:`~securemcp.proxy.issued.IssuedTokens`, searched in every upstream answer): a session's
+current credential until the session is closed, and a credential a later lease replaced until
+every call that was in flight when it was replaced has ended (any of their requests may have
+carried it, and their answers may echo it).
 """
 
 from __future__ import annotations
@@ -24,15 +30,22 @@ import contextvars
 import hashlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from securemcp.context import Principal
 
-__all__ = ["PoolExhausted", "Session", "SessionCredential", "SessionPool", "identity_key"]
+__all__ = [
+    "CredentialIndex",
+    "PoolExhausted",
+    "Session",
+    "SessionCredential",
+    "SessionPool",
+    "identity_key",
+]
 
 logger = logging.getLogger("securemcp.proxy")
 
@@ -70,6 +83,18 @@ class SessionCredential:
 
     headers: Mapping[str, str] = field(repr=False)
     expires_at: float
+    #: The secret the headers carry (the exchanged token), held in the pool's ``index`` while
+    #: the session may still send it.
+    token: str | None = field(default=None, repr=False)
+
+
+class CredentialIndex(Protocol):
+    """Where the tokens sessions may still send are held (reference counted), to be searched
+    for in upstream answers (:class:`securemcp.proxy.issued.IssuedTokens`)."""
+
+    def add(self, token: str) -> None: ...
+
+    def discard(self, token: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -88,6 +113,11 @@ class Session(Generic[ClientT]):
     credential: SessionCredential | None = None
     check_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
+    #: The calls in flight, by lease number (inserted in increasing order).
+    leases: dict[int, None] = field(default_factory=dict)
+    #: Credentials replaced by a later lease, with that lease's number: still held in the index
+    #: until every earlier lease has ended.
+    retired: deque[tuple[int, SessionCredential]] = field(default_factory=deque)
 
 
 class SessionPool(Generic[ClientT]):
@@ -102,6 +132,8 @@ class SessionPool(Generic[ClientT]):
         reap_in_background: close idle sessions (and sessions whose credential is about to
             lapse) from a background task when they are due, not only when the next session is
             leased. Off for pools driven by an injected clock.
+        index: holds every credential ``token`` a session may still send (see the module
+            docstring); ``None`` when credentials are static.
     """
 
     def __init__(
@@ -113,8 +145,11 @@ class SessionPool(Generic[ClientT]):
         idle_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         reap_in_background: bool = False,
+        index: CredentialIndex | None = None,
     ) -> None:
         self._connect = connect
+        self._index = index
+        self._leases = 0  # lease numbers handed out
         self._close = close
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
@@ -143,14 +178,49 @@ class SessionPool(Generic[ClientT]):
         is dropped once the session has been closed with it.
         """
         session = await self._get(key, credential)
-        if credential is not None:
-            session.credential = credential
+        self._leases += 1
+        number = self._leases
+        if credential is not None and credential is not session.credential:
+            self._replace_credential(session, credential, number)
+        session.leases[number] = None
         session.in_use += 1
         try:
             yield session
         finally:
             session.in_use -= 1
             session.last_used = self._clock()
+            del session.leases[number]
+            if session.retired:
+                self._release_retired(session)
+
+    def _hold(self, credential: SessionCredential | None) -> None:
+        if credential is not None and credential.token is not None and self._index is not None:
+            self._index.add(credential.token)
+
+    def _release(self, credential: SessionCredential | None) -> None:
+        if credential is not None and credential.token is not None and self._index is not None:
+            self._index.discard(credential.token)
+
+    def _replace_credential(
+        self, session: Session[ClientT], credential: SessionCredential, number: int
+    ) -> None:
+        """Give ``session`` the credential of lease ``number``; the one it replaces stays held
+        while a call leased before may have sent it."""
+        previous = session.credential
+        session.credential = credential
+        if previous is not None and previous.token == credential.token:
+            return  # the same token (cached): nothing to hold or retire
+        self._hold(credential)
+        if previous is not None:
+            session.retired.append((number, previous))
+            self._release_retired(session)
+
+    def _release_retired(self, session: Session[ClientT]) -> None:
+        """Release the replaced credentials no call in flight can have sent."""
+        oldest = next(iter(session.leases), None)
+        retired = session.retired
+        while retired and (oldest is None or retired[0][0] <= oldest):
+            self._release(retired.popleft()[1])
 
     async def _get(self, key: str, credential: SessionCredential | None) -> Session[ClientT]:
         await self._reap()
@@ -168,7 +238,13 @@ class SessionPool(Generic[ClientT]):
             now = self._clock()
             session = Session(key=key, client=None, created=now, last_used=now)  # type: ignore[arg-type]
             session.credential = credential
-            session.client = await self._connect(session)
+            self._hold(credential)
+            try:
+                session.client = await self._connect(session)
+            except BaseException:
+                session.credential = None
+                self._release(credential)
+                raise
             self._sessions[key] = session
             self.opened += 1
             self._start_reaper()
@@ -243,6 +319,9 @@ class SessionPool(Generic[ClientT]):
         except Exception:  # closing a broken session must not fail the caller
             logger.debug("securemcp proxy: error closing an upstream session", exc_info=True)
         finally:
+            self._release(session.credential)
+            while session.retired:
+                self._release(session.retired.popleft()[1])
             session.credential = None
 
     async def aclose(self) -> None:

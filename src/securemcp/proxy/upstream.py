@@ -196,6 +196,7 @@ class Upstream:
             idle_seconds=config.idle_seconds,
             clock=clock,
             reap_in_background=True,
+            index=self._exchange.issued if self._exchange is not None else None,
         )
 
     def __repr__(self) -> str:
@@ -284,7 +285,9 @@ class Upstream:
             OnBehalfOf(subject_token, identity)
         )
         return SessionCredential(
-            headers={"Authorization": f"Bearer {token}"}, expires_at=self._clock() + seconds_left
+            headers={"Authorization": f"Bearer {token}"},
+            expires_at=self._clock() + seconds_left,
+            token=token,
         )
 
     # --- pins ----------------------------------------------------------------------------
@@ -377,14 +380,34 @@ class Upstream:
         """Send one request for component ``(kind, key)`` as the current caller."""
         self._check_blocked(kind, key)
         key_of_caller = identity_key(current().principal)
-        credential = None
-        if self._exchange is not None:
-            # Exchanged here, in the caller's task, with the caller's own token, before any
-            # upstream traffic: a failure is a clean upstream_auth_failed. The session keeps the
-            # exchanged credential (for its later requests and its termination), never the
-            # caller's token.
-            subject_token = self._credential_of_call() if self._credential_of_call else None
-            credential = await self.session_credential(subject_token, key_of_caller)
+        exchange = self._exchange
+        if exchange is None:
+            return await self._request(kind, key, send, timeout_seconds, key_of_caller, None)
+        # Exchanged here, in the caller's task, with the caller's own token, before any upstream
+        # traffic: a failure is a clean upstream_auth_failed. The session keeps the exchanged
+        # credential (for its later requests and its termination), never the caller's token.
+        subject_token = self._credential_of_call() if self._credential_of_call else None
+        credential = await self.session_credential(subject_token, key_of_caller)
+        token = credential.token if credential is not None else None
+        if token is None:  # pragma: no cover - session_credential always sets it
+            raise UpstreamAuthError(reason="token exchange gave no token")
+        # Held for the whole call, whatever the cache and the session do with it meanwhile (too
+        # short-lived to cache, re-exchanged, evicted): the call's answer is searched for it.
+        exchange.issued.add(token)
+        try:
+            return await self._request(kind, key, send, timeout_seconds, key_of_caller, credential)
+        finally:
+            exchange.issued.discard(token)
+
+    async def _request(
+        self,
+        kind: str,
+        key: str,
+        send: Callable[[Client[Any]], Awaitable[T]],
+        timeout_seconds: float | None,
+        key_of_caller: str,
+        credential: SessionCredential | None,
+    ) -> T:
         try:
             try:
                 async with self.sessions.lease(key_of_caller, credential=credential) as session:
