@@ -29,6 +29,7 @@ import asyncio
 import contextvars
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -156,6 +157,9 @@ class SessionPool(Generic[ClientT]):
         self._clock = clock
         self._reap_in_background = reap_in_background
         self._reaper: asyncio.Task[None] | None = None
+        #: When the sleeping reaper wakes up next, and what wakes it earlier.
+        self._reaper_due = math.inf
+        self._wake_reaper = asyncio.Event()
         self._sessions: OrderedDict[str, Session[ClientT]] = OrderedDict()
         self._opening: dict[str, asyncio.Future[Session[ClientT]]] = {}
         self.opened = 0  # sessions ever opened (observability and tests)
@@ -182,6 +186,7 @@ class SessionPool(Generic[ClientT]):
         number = self._leases
         if credential is not None and credential is not session.credential:
             self._replace_credential(session, credential, number)
+            self._start_reaper(session)
         session.leases[number] = None
         session.in_use += 1
         try:
@@ -247,7 +252,7 @@ class SessionPool(Generic[ClientT]):
                 raise
             self._sessions[key] = session
             self.opened += 1
-            self._start_reaper()
+            self._start_reaper(session)
             future.set_result(session)
             return session
         except BaseException as exc:
@@ -280,8 +285,13 @@ class SessionPool(Generic[ClientT]):
             if session.in_use == 0 and self._clock() >= self._deadline(session):
                 await self.discard(session)
 
-    def _start_reaper(self) -> None:
-        if not self._reap_in_background or (self._reaper is not None and not self._reaper.done()):
+    def _start_reaper(self, session: Session[ClientT]) -> None:
+        """Start the background reaper, or wake it if ``session`` is due before it would wake."""
+        if not self._reap_in_background:
+            return
+        if self._reaper is not None and not self._reaper.done():
+            if self._deadline(session) < self._reaper_due:
+                self._wake_reaper.set()
             return
         # A fresh context: the reaper outlives the call that opened the session and must not
         # run (or close other callers' sessions) inside that caller's security context.
@@ -290,13 +300,20 @@ class SessionPool(Generic[ClientT]):
         )
 
     async def _reap_when_due(self) -> None:
-        while self._sessions:
-            wait = min(self._deadline(s) for s in self._sessions.values()) - self._clock()
-            await asyncio.sleep(max(wait, _REAPER_MIN_WAIT))
-            try:
-                await self._reap()
-            except Exception:  # the reaper must outlive one failed close
-                logger.debug("securemcp proxy: error reaping upstream sessions", exc_info=True)
+        try:
+            while self._sessions:
+                self._reaper_due = min(self._deadline(s) for s in self._sessions.values())
+                self._wake_reaper.clear()
+                wait = max(self._reaper_due - self._clock(), _REAPER_MIN_WAIT)
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake_reaper.wait()  # an earlier deadline turned up
+                try:
+                    await self._reap()
+                except Exception:  # the reaper must outlive one failed close
+                    logger.debug("securemcp proxy: error reaping upstream sessions", exc_info=True)
+        finally:
+            self._reaper_due = math.inf
 
     async def discard(self, session: Session[ClientT]) -> None:
         """Close one session (after a transport failure, eviction or idling out).
