@@ -219,6 +219,34 @@ async def test_aclose_stops_the_reaper_and_closes_everything() -> None:
     assert reaper.done() and closed == ["client-a-1"] and len(sessions) == 0
 
 
+async def test_aclose_waits_for_a_close_the_reaper_started() -> None:
+    """Before: aclose() cancelled the reaper in the middle of closing an idle session and
+    returned at once; the loop's shutdown then cancelled that close, never ending the upstream
+    session."""
+    events: list[str] = []
+
+    async def connect(session: Session[Any]) -> str:
+        return session.key
+
+    async def close(client: str) -> None:
+        events.append(f"{client} closing")
+        await asyncio.sleep(0.3)  # a slow upstream DELETE
+        events.append(f"{client} closed")
+
+    sessions: SessionPool[str] = SessionPool(
+        connect, close, idle_seconds=0.01, reap_in_background=True
+    )
+    async with sessions.lease("alice"):
+        pass
+    for _ in range(40):
+        if events:
+            break
+        await asyncio.sleep(0.05)
+    assert events == ["alice closing"]  # the reaper is inside the close
+    await sessions.aclose()
+    assert events == ["alice closing", "alice closed"]
+
+
 async def test_failed_connect_is_not_cached() -> None:
     attempts = 0
 

@@ -162,6 +162,8 @@ class SessionPool(Generic[ClientT]):
         self._wake_reaper = asyncio.Event()
         self._sessions: OrderedDict[str, Session[ClientT]] = OrderedDict()
         self._opening: dict[str, asyncio.Future[Session[ClientT]]] = {}
+        #: Closes under way (awaited by :meth:`aclose`, even those the reaper started).
+        self._closing: set[asyncio.Future[None]] = set()
         self.opened = 0  # sessions ever opened (observability and tests)
 
     def __len__(self) -> int:
@@ -328,7 +330,10 @@ class SessionPool(Generic[ClientT]):
         session.closed = True
         # Shielded: a caller cancelled meanwhile (or the reaper stopped) does not leave the
         # upstream session half closed.
-        await asyncio.shield(self._close_session(session))
+        closing = asyncio.ensure_future(self._close_session(session))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        await asyncio.shield(closing)
 
     async def _close_session(self, session: Session[ClientT]) -> None:
         try:
@@ -342,7 +347,7 @@ class SessionPool(Generic[ClientT]):
             session.credential = None
 
     async def aclose(self) -> None:
-        """Close every session and stop the reaper."""
+        """Close every session, stop the reaper, and wait for every close under way."""
         reaper, self._reaper = self._reaper, None
         if reaper is not None and not reaper.done():
             reaper.cancel()
@@ -351,3 +356,7 @@ class SessionPool(Generic[ClientT]):
                     await reaper
         for session in list(self._sessions.values()):
             await self.discard(session)
+        # A close the reaper started before it was cancelled still runs (shielded): wait for it,
+        # or the loop's shutdown would cancel it and the upstream session would never be ended.
+        while self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
