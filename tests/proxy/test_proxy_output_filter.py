@@ -427,3 +427,32 @@ def test_an_opaque_exchanged_token_is_searched_in_every_encoding(
     assert opaque in exchange.searched_secrets()
     with pytest.raises(UpstreamOutputRejected):
         upstream.check_output(result(t.TextContent(type="text", text=b64(f"k={opaque}"))))
+
+
+class CountedText(str):
+    """A view that counts the token confirmations (``startswith``) made on it."""
+
+    confirmations = 0
+
+    def startswith(self, *args: Any) -> bool:
+        CountedText.confirmations += 1
+        return super().startswith(*args)
+
+
+def test_signature_slices_sprayed_by_the_upstream_cost_bounded_work() -> None:
+    """An upstream knows the signatures of the tokens it is sent. Before: an answer sprayed
+    with '.<16-character signature slice>' cost one Python-level confirmation per occurrence in
+    every view and decoding (7.5 M characters: 2.2 s of a blocked event loop). Now the answer
+    is withheld after a bounded number of failed confirmations (fail closed)."""
+    from securemcp.proxy.issued import MAX_NEAR_MISSES, IssuedTokens
+
+    index = IssuedTokens()
+    index.add(EXCHANGED)
+    signature = EXCHANGED.rsplit(".", 1)[1]
+    spray = CountedText(f".{signature[:16]} " * 20_000)
+    CountedText.confirmations = 0
+    assert index.found_in([spray])
+    assert CountedText.confirmations <= MAX_NEAR_MISSES + 1
+    # A few near misses do not withhold an answer; a token after them is still found.
+    assert not index.found_in([f".{signature[:16]} " * 3])
+    assert index.found_in([f".{signature[:16]} " * 3 + EXCHANGED])
