@@ -2,8 +2,8 @@
 
 The output filter searches the answer's text, the concatenation of its text blocks, its
 URL-decoded form and every base64 ``data`` / ``blob`` field decoded, for each secret verbatim,
-JSON-escaped and base64/base64url-encoded. The upstream's error text is redacted before it is
-cut to length, so no part of a secret reaches the log.
+JSON-escaped and base64/base64url-encoded. The upstream's error text is searched the same way
+before it is cut to length, and withheld whole if it holds a credential.
 """
 
 from __future__ import annotations
@@ -124,7 +124,54 @@ async def test_upstream_error_text_is_redacted_before_it_is_cut(
     with pytest.raises(UpstreamError) as refused:
         await upstream._send(SimpleNamespace(client=None), "tool", "t", send, None)  # type: ignore[arg-type]
     assert SECRET[:12] not in (refused.value.reason or "")
-    assert "[redacted]" in (refused.value.reason or "")
+    assert "reason withheld" in (refused.value.reason or "")
+
+
+async def refused_with(upstream: Upstream, message: str) -> str:
+    """The reason of the UpstreamError an upstream JSON-RPC error ``message`` gives."""
+
+    async def send(client: Any) -> Any:
+        raise MCPError(-32603, message)
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    upstream._verify_pins = nothing  # type: ignore[method-assign]
+    upstream._check_live = lambda *_: None  # type: ignore[method-assign]
+    with pytest.raises(UpstreamError) as refused:
+        await upstream._send(SimpleNamespace(client=None), "tool", "t", send, None)  # type: ignore[arg-type]
+    return refused.value.reason or ""
+
+
+@pytest.mark.parametrize("name", ["verbatim", "base64", "base64url", "URL-encoded"])
+async def test_an_encoded_credential_in_upstream_error_text_withholds_the_text(
+    upstream: Upstream, name: str
+) -> None:
+    """Before: error text was redacted only of verbatim secrets and JWT-shaped text, so a
+    base64 dump of the request headers went into the reason and the server log."""
+    shown = {
+        "base64": b64(f"X-API-Key: {SECRET}"),
+        "base64url": b64(f"X-API-Key: {SECRET}", base64.urlsafe_b64encode),
+        "URL-encoded": urllib.parse.quote(SECRET, safe=""),
+        "verbatim": SECRET,
+    }[name]
+    reason = await refused_with(upstream, f"bad request, headers={shown}")
+    assert reason == "vendor: (reason withheld: contained a credential)"
+    assert upstream.redacted(reason) == reason  # what request() logs
+
+
+async def test_an_encoded_exchanged_token_in_upstream_error_text_withholds_the_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream, _ = exchange_upstream(tmp_path, monkeypatch, EXCHANGED)
+    shown = b64(f"Authorization: Bearer {EXCHANGED}")  # not JWT-shaped
+    reason = await refused_with(upstream, f"denied; request dump {shown}")
+    assert reason == "vendor: (reason withheld: contained a credential)"
+
+
+async def test_upstream_error_text_without_a_credential_is_kept(upstream: Upstream) -> None:
+    reason = await refused_with(upstream, "unknown tool; see eyJhbGciOiJub25lIn0.e30.sig")
+    assert reason == "vendor: unknown tool; see [redacted]"
 
 
 @pytest.mark.http
@@ -380,3 +427,32 @@ def test_an_opaque_exchanged_token_is_searched_in_every_encoding(
     assert opaque in exchange.searched_secrets()
     with pytest.raises(UpstreamOutputRejected):
         upstream.check_output(result(t.TextContent(type="text", text=b64(f"k={opaque}"))))
+
+
+class CountedText(str):
+    """A view that counts the token confirmations (``startswith``) made on it."""
+
+    confirmations = 0
+
+    def startswith(self, *args: Any) -> bool:
+        CountedText.confirmations += 1
+        return super().startswith(*args)
+
+
+def test_signature_slices_sprayed_by_the_upstream_cost_bounded_work() -> None:
+    """An upstream knows the signatures of the tokens it is sent. Before: an answer sprayed
+    with '.<16-character signature slice>' cost one Python-level confirmation per occurrence in
+    every view and decoding (7.5 M characters: 2.2 s of a blocked event loop). Now the answer
+    is withheld after a bounded number of failed confirmations (fail closed)."""
+    from securemcp.proxy.issued import MAX_NEAR_MISSES, IssuedTokens
+
+    index = IssuedTokens()
+    index.add(EXCHANGED)
+    signature = EXCHANGED.rsplit(".", 1)[1]
+    spray = CountedText(f".{signature[:16]} " * 20_000)
+    CountedText.confirmations = 0
+    assert index.found_in([spray])
+    assert CountedText.confirmations <= MAX_NEAR_MISSES + 1
+    # A few near misses do not withhold an answer; a token after them is still found.
+    assert not index.found_in([f".{signature[:16]} " * 3])
+    assert index.found_in([f".{signature[:16]} " * 3 + EXCHANGED])

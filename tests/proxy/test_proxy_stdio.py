@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastmcp.exceptions import ToolError
@@ -119,23 +118,25 @@ async def test_upstream_killed_mid_call(
 
 
 def test_upstream_failure_reasons_are_logged_without_credentials(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """An upstream's error text may echo what it was sent; the log line never carries the
-    injected secret or a token."""
-    from types import SimpleNamespace
-
+    injected secret or a token (text that holds the secret is withheld whole)."""
+    from securemcp.proxy.config import upstream_from
     from securemcp.proxy.credentials import SecretSource, StaticBearer
+    from securemcp.proxy.pinstate import PinState
     from securemcp.proxy.upstream import Upstream
 
     monkeypatch.setenv("VENDOR_TOKEN_FOR_LOG_TEST", "vendor-secret-0123456789")
-    upstream: Any = SimpleNamespace(
-        auth=StaticBearer(SecretSource(env="VENDOR_TOKEN_FOR_LOG_TEST"))
+    upstream = Upstream(
+        upstream_from("vendor", url="http://127.0.0.1:9/mcp"),
+        StaticBearer(SecretSource(env="VENDOR_TOKEN_FOR_LOG_TEST")),
+        PinState(tmp_path / "lock.json", quiet=True),
     )
     jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
-    text = Upstream.redacted(upstream, f"401: bad key vendor-secret-0123456789 / {jwt}")
-    assert "vendor-secret-0123456789" not in text and jwt not in text
-    assert text == "401: bad key [redacted] / [redacted]"
+    text = upstream.redacted(f"401: bad key vendor-secret-0123456789 / {jwt}")
+    assert text == "(reason withheld: contained a credential)"
+    assert upstream.redacted(f"401: bad key / {jwt}") == "401: bad key / [redacted]"
 
 
 async def test_lock_and_check_commands(tmp_path: Path) -> None:

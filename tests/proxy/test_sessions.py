@@ -162,6 +162,29 @@ async def test_idle_sessions_are_closed_in_the_background() -> None:
     await sessions.aclose()
 
 
+@pytest.mark.parametrize("how", ["opened", "re-leased"])
+async def test_the_reaper_wakes_for_a_deadline_earlier_than_its_own(how: str) -> None:
+    """Before: the reaper slept until the earliest deadline it had seen; a session opened (or
+    re-leased with a credential) that lapsed sooner was closed only then, its termination
+    carrying an expired token."""
+    sessions, _, closed = pool(idle_seconds=300, reap_in_background=True)
+    later = SessionCredential({}, time.monotonic() + 3600)
+    async with sessions.lease("a", credential=later):
+        pass  # the reaper now sleeps until a's idle deadline, 300 s away
+    if how == "re-leased":
+        async with sessions.lease("b", credential=later):
+            pass
+    await asyncio.sleep(0.05)
+    async with sessions.lease("b", credential=SessionCredential({}, time.monotonic() + 0.1)):
+        pass
+    for _ in range(60):
+        if closed:
+            break
+        await asyncio.sleep(0.05)
+    assert closed == ["client-b-2"]
+    await sessions.aclose()
+
+
 async def test_the_reaper_runs_outside_the_callers_context() -> None:
     """The reaper outlives the call that started it: it must not carry that caller's context."""
     seen: list[str | None] = []
@@ -194,6 +217,34 @@ async def test_aclose_stops_the_reaper_and_closes_everything() -> None:
     assert reaper is not None and not reaper.done()
     await sessions.aclose()
     assert reaper.done() and closed == ["client-a-1"] and len(sessions) == 0
+
+
+async def test_aclose_waits_for_a_close_the_reaper_started() -> None:
+    """Before: aclose() cancelled the reaper in the middle of closing an idle session and
+    returned at once; the loop's shutdown then cancelled that close, never ending the upstream
+    session."""
+    events: list[str] = []
+
+    async def connect(session: Session[Any]) -> str:
+        return session.key
+
+    async def close(client: str) -> None:
+        events.append(f"{client} closing")
+        await asyncio.sleep(0.3)  # a slow upstream DELETE
+        events.append(f"{client} closed")
+
+    sessions: SessionPool[str] = SessionPool(
+        connect, close, idle_seconds=0.01, reap_in_background=True
+    )
+    async with sessions.lease("alice"):
+        pass
+    for _ in range(40):
+        if events:
+            break
+        await asyncio.sleep(0.05)
+    assert events == ["alice closing"]  # the reaper is inside the close
+    await sessions.aclose()
+    assert events == ["alice closing", "alice closed"]
 
 
 async def test_failed_connect_is_not_cached() -> None:

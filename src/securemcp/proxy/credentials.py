@@ -508,7 +508,8 @@ class TokenExchange:
         self._max_entries = max_cache_entries
         self._clock = clock
         self._cache: dict[tuple[str, bytes], tuple[str, float]] = {}
-        #: The cached tokens, indexed for the proxy's output check (see :meth:`searched_secrets`).
+        #: The cached tokens, and those calls and sessions may still send (they hold them too),
+        #: indexed for the proxy's output check (see :meth:`searched_secrets`).
         self.issued: Final = IssuedTokens()
         self._inflight: SingleFlight[tuple[str, bytes], tuple[str, float]] = SingleFlight()
 
@@ -536,7 +537,7 @@ class TokenExchange:
 
     def searched_secrets(self) -> tuple[str, ...]:
         """The secrets to search an answer for one by one, in every encoding: the client secret
-        and any cached token :attr:`issued` cannot index (not a JWT).
+        and any held token :attr:`issued` cannot index (not a JWT).
 
         The cached JWTs (one per caller, possibly thousands) are found by :attr:`issued` in one
         pass over the answer instead (:mod:`securemcp.proxy.issued`).
@@ -545,7 +546,8 @@ class TokenExchange:
         return (*([secret] if secret is not None else []), *self.issued.unindexed())
 
     def issued_jwt(self, value: str) -> bool:
-        """Whether ``value`` is a JWT this exchange issued and still caches (and indexes)."""
+        """Whether ``value`` is a JWT this exchange issued and still indexes (cached, or held by a
+        call or session that may still send it)."""
         return self.issued.indexed(value)
 
     def _forget(self, key: tuple[str, bytes]) -> None:

@@ -18,8 +18,12 @@ An answer is then searched once, whatever the number of tokens:
   searched verbatim.
 
 The cost is linear in the size of the answer (each run decoded four times), independent of how
-many tokens were issued. Tokens the index cannot hold (not a JWT, or a signature shorter than
-the slice) are listed by :meth:`IssuedTokens.unindexed`, to be searched for one by one.
+many tokens were issued. An upstream knows the signatures of the tokens it receives and could
+spray an answer with their slices, each costing a Python-level confirmation: after
+:data:`MAX_NEAR_MISSES` failed confirmations in one answer the answer is treated as holding a
+token (withheld, fail closed), so the work stays bounded. Tokens the index cannot hold (not a
+JWT, or a signature shorter than the slice) are listed by :meth:`IssuedTokens.unindexed`, to be
+searched for one by one.
 """
 
 from __future__ import annotations
@@ -29,10 +33,15 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Final
 
-__all__ = ["SIGNATURE_SLICE", "IssuedTokens"]
+__all__ = ["MAX_NEAR_MISSES", "SIGNATURE_SLICE", "IssuedTokens"]
 
 #: Characters of a JWT's signature segment that index it (6 bits each).
 SIGNATURE_SLICE: Final = 16
+#: Signature slices of held tokens not followed by their token tolerated in one answer (over all
+#: its views); one more and the answer counts as holding a token. A slice is 96 bits of a live
+#: token's signature: text holding one without the token only comes from the upstream that was
+#: sent the token.
+MAX_NEAR_MISSES: Final = 64
 
 _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _SIGNATURE_START: Final = re.compile(rf"\.([A-Za-z0-9_-]{{{SIGNATURE_SLICE}}})")
@@ -104,27 +113,42 @@ class IssuedTokens:
         return tuple(self._unindexed)
 
     def found_in(self, views: Iterable[str]) -> bool:
-        """Whether an indexed token appears in any of ``views``, verbatim or base64-encoded."""
+        """Whether an indexed token appears in any of ``views``, verbatim or base64-encoded
+        (or the views hold more than :data:`MAX_NEAR_MISSES` slices of one without it)."""
         if not self._by_slice:
             return False
+        near_misses = [0]
         runs: set[str] = set()
         for view in views:
-            if self._found_verbatim(view):
+            if self._found_verbatim(view, near_misses):
                 return True
             runs.update(_base64_runs(view))
-        return any(self._found_verbatim(text) for text in _decodings(runs))
+        return any(self._found_verbatim(text, near_misses) for text in _decodings(runs))
 
-    def _found_verbatim(self, text: str) -> bool:
+    def _found_verbatim(self, text: str, near_misses: list[int]) -> bool:
         by_slice = self._by_slice
         hits = by_slice.keys() & set(_SIGNATURE_START.findall(text))
-        if not hits:
-            return False
-        for match in _SIGNATURE_START.finditer(text):
-            tokens = by_slice.get(match.group(1)) if match.group(1) in hits else None
-            for token, at in (tokens or {}).items():
-                start = match.start() + 1 - at
-                if start >= 0 and text.startswith(token, start):
+        for key in hits:
+            tokens = by_slice[key]
+            needle = "." + key
+            position = text.find(needle)
+            while position != -1:
+                if self._confirm(text, position + 1, tokens):
                     return True
+                near_misses[0] += 1
+                if near_misses[0] > MAX_NEAR_MISSES:
+                    return True  # fail closed: bounded work, whatever the upstream sends
+                position = text.find(needle, position + 1)
+        return False
+
+    @staticmethod
+    def _confirm(text: str, signature_at: int, tokens: dict[str, int]) -> bool:
+        """Whether one of ``tokens`` (by where its signature starts) has its signature at
+        ``signature_at`` in ``text``."""
+        for token, at in tokens.items():
+            start = signature_at - at
+            if start >= 0 and text.startswith(token, start):
+                return True
         return False
 
 

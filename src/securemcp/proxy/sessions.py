@@ -15,6 +15,12 @@ that credential is about to lapse: afterwards the proxy could no longer end it. 
 reaper does the closing, so an idle session ends on time even when no further call arrives.
 The caller's own token is never kept on a session: each call brings it, and it is only used, in
 the caller's task, to obtain the session's credential.
+
+Every token a session may still send is held in the pool's ``index`` (the exchange's
+:class:`~securemcp.proxy.issued.IssuedTokens`, searched in every upstream answer): a session's
+current credential until the session is closed, and a credential a later lease replaced until
+every call that was in flight when it was replaced has ended (any of their requests may have
+carried it, and their answers may echo it).
 """
 
 from __future__ import annotations
@@ -23,16 +29,24 @@ import asyncio
 import contextvars
 import hashlib
 import logging
+import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from securemcp.context import Principal
 
-__all__ = ["PoolExhausted", "Session", "SessionCredential", "SessionPool", "identity_key"]
+__all__ = [
+    "CredentialIndex",
+    "PoolExhausted",
+    "Session",
+    "SessionCredential",
+    "SessionPool",
+    "identity_key",
+]
 
 logger = logging.getLogger("securemcp.proxy")
 
@@ -70,6 +84,18 @@ class SessionCredential:
 
     headers: Mapping[str, str] = field(repr=False)
     expires_at: float
+    #: The secret the headers carry (the exchanged token), held in the pool's ``index`` while
+    #: the session may still send it.
+    token: str | None = field(default=None, repr=False)
+
+
+class CredentialIndex(Protocol):
+    """Where the tokens sessions may still send are held (reference counted), to be searched
+    for in upstream answers (:class:`securemcp.proxy.issued.IssuedTokens`)."""
+
+    def add(self, token: str) -> None: ...
+
+    def discard(self, token: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -88,6 +114,11 @@ class Session(Generic[ClientT]):
     credential: SessionCredential | None = None
     check_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
+    #: The calls in flight, by lease number (inserted in increasing order).
+    leases: dict[int, None] = field(default_factory=dict)
+    #: Credentials replaced by a later lease, with that lease's number: still held in the index
+    #: until every earlier lease has ended.
+    retired: deque[tuple[int, SessionCredential]] = field(default_factory=deque)
 
 
 class SessionPool(Generic[ClientT]):
@@ -102,6 +133,8 @@ class SessionPool(Generic[ClientT]):
         reap_in_background: close idle sessions (and sessions whose credential is about to
             lapse) from a background task when they are due, not only when the next session is
             leased. Off for pools driven by an injected clock.
+        index: holds every credential ``token`` a session may still send (see the module
+            docstring); ``None`` when credentials are static.
     """
 
     def __init__(
@@ -113,16 +146,24 @@ class SessionPool(Generic[ClientT]):
         idle_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         reap_in_background: bool = False,
+        index: CredentialIndex | None = None,
     ) -> None:
         self._connect = connect
+        self._index = index
+        self._leases = 0  # lease numbers handed out
         self._close = close
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
         self._clock = clock
         self._reap_in_background = reap_in_background
         self._reaper: asyncio.Task[None] | None = None
+        #: When the sleeping reaper wakes up next, and what wakes it earlier.
+        self._reaper_due = math.inf
+        self._wake_reaper = asyncio.Event()
         self._sessions: OrderedDict[str, Session[ClientT]] = OrderedDict()
         self._opening: dict[str, asyncio.Future[Session[ClientT]]] = {}
+        #: Closes under way (awaited by :meth:`aclose`, even those the reaper started).
+        self._closing: set[asyncio.Future[None]] = set()
         self.opened = 0  # sessions ever opened (observability and tests)
 
     def __len__(self) -> int:
@@ -143,14 +184,50 @@ class SessionPool(Generic[ClientT]):
         is dropped once the session has been closed with it.
         """
         session = await self._get(key, credential)
-        if credential is not None:
-            session.credential = credential
+        self._leases += 1
+        number = self._leases
+        if credential is not None and credential is not session.credential:
+            self._replace_credential(session, credential, number)
+            self._start_reaper(session)
+        session.leases[number] = None
         session.in_use += 1
         try:
             yield session
         finally:
             session.in_use -= 1
             session.last_used = self._clock()
+            del session.leases[number]
+            if session.retired:
+                self._release_retired(session)
+
+    def _hold(self, credential: SessionCredential | None) -> None:
+        if credential is not None and credential.token is not None and self._index is not None:
+            self._index.add(credential.token)
+
+    def _release(self, credential: SessionCredential | None) -> None:
+        if credential is not None and credential.token is not None and self._index is not None:
+            self._index.discard(credential.token)
+
+    def _replace_credential(
+        self, session: Session[ClientT], credential: SessionCredential, number: int
+    ) -> None:
+        """Give ``session`` the credential of lease ``number``; the one it replaces stays held
+        while a call leased before may have sent it."""
+        previous = session.credential
+        session.credential = credential
+        if previous is not None and previous.token == credential.token:
+            return  # the same token (cached): nothing to hold or retire
+        self._hold(credential)
+        if previous is not None:
+            session.retired.append((number, previous))
+            self._release_retired(session)
+
+    def _release_retired(self, session: Session[ClientT]) -> None:
+        """Release the replaced credentials no call in flight can have sent."""
+        oldest = next(iter(session.leases), None)
+        retired = session.retired
+        while retired and (oldest is None or retired[0][0] <= oldest):
+            self._release(retired.popleft()[1])
 
     async def _get(self, key: str, credential: SessionCredential | None) -> Session[ClientT]:
         await self._reap()
@@ -168,10 +245,16 @@ class SessionPool(Generic[ClientT]):
             now = self._clock()
             session = Session(key=key, client=None, created=now, last_used=now)  # type: ignore[arg-type]
             session.credential = credential
-            session.client = await self._connect(session)
+            self._hold(credential)
+            try:
+                session.client = await self._connect(session)
+            except BaseException:
+                session.credential = None
+                self._release(credential)
+                raise
             self._sessions[key] = session
             self.opened += 1
-            self._start_reaper()
+            self._start_reaper(session)
             future.set_result(session)
             return session
         except BaseException as exc:
@@ -204,8 +287,13 @@ class SessionPool(Generic[ClientT]):
             if session.in_use == 0 and self._clock() >= self._deadline(session):
                 await self.discard(session)
 
-    def _start_reaper(self) -> None:
-        if not self._reap_in_background or (self._reaper is not None and not self._reaper.done()):
+    def _start_reaper(self, session: Session[ClientT]) -> None:
+        """Start the background reaper, or wake it if ``session`` is due before it would wake."""
+        if not self._reap_in_background:
+            return
+        if self._reaper is not None and not self._reaper.done():
+            if self._deadline(session) < self._reaper_due:
+                self._wake_reaper.set()
             return
         # A fresh context: the reaper outlives the call that opened the session and must not
         # run (or close other callers' sessions) inside that caller's security context.
@@ -214,13 +302,20 @@ class SessionPool(Generic[ClientT]):
         )
 
     async def _reap_when_due(self) -> None:
-        while self._sessions:
-            wait = min(self._deadline(s) for s in self._sessions.values()) - self._clock()
-            await asyncio.sleep(max(wait, _REAPER_MIN_WAIT))
-            try:
-                await self._reap()
-            except Exception:  # the reaper must outlive one failed close
-                logger.debug("securemcp proxy: error reaping upstream sessions", exc_info=True)
+        try:
+            while self._sessions:
+                self._reaper_due = min(self._deadline(s) for s in self._sessions.values())
+                self._wake_reaper.clear()
+                wait = max(self._reaper_due - self._clock(), _REAPER_MIN_WAIT)
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake_reaper.wait()  # an earlier deadline turned up
+                try:
+                    await self._reap()
+                except Exception:  # the reaper must outlive one failed close
+                    logger.debug("securemcp proxy: error reaping upstream sessions", exc_info=True)
+        finally:
+            self._reaper_due = math.inf
 
     async def discard(self, session: Session[ClientT]) -> None:
         """Close one session (after a transport failure, eviction or idling out).
@@ -235,7 +330,10 @@ class SessionPool(Generic[ClientT]):
         session.closed = True
         # Shielded: a caller cancelled meanwhile (or the reaper stopped) does not leave the
         # upstream session half closed.
-        await asyncio.shield(self._close_session(session))
+        closing = asyncio.ensure_future(self._close_session(session))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        await asyncio.shield(closing)
 
     async def _close_session(self, session: Session[ClientT]) -> None:
         try:
@@ -243,10 +341,13 @@ class SessionPool(Generic[ClientT]):
         except Exception:  # closing a broken session must not fail the caller
             logger.debug("securemcp proxy: error closing an upstream session", exc_info=True)
         finally:
+            self._release(session.credential)
+            while session.retired:
+                self._release(session.retired.popleft()[1])
             session.credential = None
 
     async def aclose(self) -> None:
-        """Close every session and stop the reaper."""
+        """Close every session, stop the reaper, and wait for every close under way."""
         reaper, self._reaper = self._reaper, None
         if reaper is not None and not reaper.done():
             reaper.cancel()
@@ -255,3 +356,7 @@ class SessionPool(Generic[ClientT]):
                     await reaper
         for session in list(self._sessions.values()):
             await self.discard(session)
+        # A close the reaper started before it was cancelled still runs (shielded): wait for it,
+        # or the loop's shutdown would cancel it and the upstream session would never be ended.
+        while self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

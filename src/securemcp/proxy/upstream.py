@@ -196,6 +196,7 @@ class Upstream:
             idle_seconds=config.idle_seconds,
             clock=clock,
             reap_in_background=True,
+            index=self._exchange.issued if self._exchange is not None else None,
         )
 
     def __repr__(self) -> str:
@@ -250,7 +251,8 @@ class Upstream:
         except Exception as exc:
             await self._close(client)
             raise UpstreamUnavailable(
-                reason=f"{self.name}: connect failed: {type(exc).__name__}: {exc}"
+                reason=f"{self.name}: connect failed: {type(exc).__name__}: "
+                f"{self.redacted(str(exc))[:300]}"
             ) from None
         return client
 
@@ -284,7 +286,9 @@ class Upstream:
             OnBehalfOf(subject_token, identity)
         )
         return SessionCredential(
-            headers={"Authorization": f"Bearer {token}"}, expires_at=self._clock() + seconds_left
+            headers={"Authorization": f"Bearer {token}"},
+            expires_at=self._clock() + seconds_left,
+            token=token,
         )
 
     # --- pins ----------------------------------------------------------------------------
@@ -377,14 +381,34 @@ class Upstream:
         """Send one request for component ``(kind, key)`` as the current caller."""
         self._check_blocked(kind, key)
         key_of_caller = identity_key(current().principal)
-        credential = None
-        if self._exchange is not None:
-            # Exchanged here, in the caller's task, with the caller's own token, before any
-            # upstream traffic: a failure is a clean upstream_auth_failed. The session keeps the
-            # exchanged credential (for its later requests and its termination), never the
-            # caller's token.
-            subject_token = self._credential_of_call() if self._credential_of_call else None
-            credential = await self.session_credential(subject_token, key_of_caller)
+        exchange = self._exchange
+        if exchange is None:
+            return await self._request(kind, key, send, timeout_seconds, key_of_caller, None)
+        # Exchanged here, in the caller's task, with the caller's own token, before any upstream
+        # traffic: a failure is a clean upstream_auth_failed. The session keeps the exchanged
+        # credential (for its later requests and its termination), never the caller's token.
+        subject_token = self._credential_of_call() if self._credential_of_call else None
+        credential = await self.session_credential(subject_token, key_of_caller)
+        token = credential.token if credential is not None else None
+        if token is None:  # pragma: no cover - session_credential always sets it
+            raise UpstreamAuthError(reason="token exchange gave no token")
+        # Held for the whole call, whatever the cache and the session do with it meanwhile (too
+        # short-lived to cache, re-exchanged, evicted): the call's answer is searched for it.
+        exchange.issued.add(token)
+        try:
+            return await self._request(kind, key, send, timeout_seconds, key_of_caller, credential)
+        finally:
+            exchange.issued.discard(token)
+
+    async def _request(
+        self,
+        kind: str,
+        key: str,
+        send: Callable[[Client[Any]], Awaitable[T]],
+        timeout_seconds: float | None,
+        key_of_caller: str,
+        credential: SessionCredential | None,
+    ) -> T:
         try:
             try:
                 async with self.sessions.lease(key_of_caller, credential=credential) as session:
@@ -451,16 +475,17 @@ class Upstream:
         return result
 
     def redacted(self, text: str) -> str:
-        """``text`` without the credentials this upstream is given or any JWT-shaped string."""
-        text = _JWT.sub("[redacted]", text)
+        """``text`` (upstream error text, for a reason and the log) without any JWT-shaped string,
+        or a stable note in its place when it holds a credential this upstream is given, found
+        as :meth:`check_output` finds it in an answer (verbatim or encoded)."""
         try:
-            secrets = self.auth.secret_values()
+            views = _views(text)
+            found = views is None or self._credential_in(views)
         except Exception:  # cannot tell what to cut: say nothing of the upstream's text
             return "(reason withheld: the upstream's credentials could not be read)"
-        for secret in secrets:
-            if len(secret) >= 8:
-                text = text.replace(secret, "[redacted]")
-        return text
+        if found:
+            return _REASON_WITHHELD
+        return _JWT.sub("[redacted]", text)
 
     def check_output(self, result: Any) -> None:
         """Withhold an answer that echoes a credential the proxy injected upstream.
@@ -478,26 +503,32 @@ class Upstream:
         """
         exchange = self._exchange
         if exchange is not None:
-            secrets = exchange.searched_secrets()
-            if not secrets and not exchange.issued:
+            if not exchange.issued and not exchange.searched_secrets():
                 return
-        else:
-            secrets = self.auth.secret_values()
-            if not secrets:
-                return
+        elif not self.auth.secret_values():
+            return
         views = _views(result)
         if views is None:
             self._withhold("answer too large to check for credentials")
         assert views is not None
-        leaked = exchange is not None and exchange.issued.found_in(views.for_jwts)
+        if self._credential_in(views):
+            self._withhold("answer contained an injected credential")
+
+    def _credential_in(self, views: _Views) -> bool:
+        """Whether a credential this upstream is given is in any of ``views``."""
+        exchange = self._exchange
+        if exchange is not None:
+            if exchange.issued.found_in(views.for_jwts):
+                return True
+            secrets = exchange.searched_secrets()
+        else:
+            secrets = self.auth.secret_values()
         for secret in secrets:
-            if leaked:
-                break
             if len(secret) >= 8:  # shorter: too short to search for
                 needles = _needles(secret)
-                leaked = any(needle in view for view in views.every for needle in needles)
-        if leaked:
-            self._withhold("answer contained an injected credential")
+                if any(needle in view for view in views.every for needle in needles):
+                    return True
+        return False
 
     def _withhold(self, why: str) -> None:
         logger.error("securemcp proxy: upstream %r: %s; answer withheld", self.name, why)
@@ -510,6 +541,8 @@ _MAX_ANSWER: Final = 8 * 1024 * 1024
 #: Most characters of answer text (all views together) searched for an injected credential.
 _MAX_SCANNED: Final = 64 * 1024 * 1024
 _BINARY_FIELDS: Final = frozenset({"data", "blob"})
+#: What an upstream error text that holds a credential (in any encoding) is replaced with.
+_REASON_WITHHELD: Final = "(reason withheld: contained a credential)"
 
 
 def _strings(
@@ -559,6 +592,8 @@ def _views(result: Any) -> _Views | None:
     if hasattr(result, "model_dump"):
         data = result.model_dump(mode="json", by_alias=True)
         dumped = json.dumps(data, ensure_ascii=False)
+    elif isinstance(result, str):  # upstream error text
+        data, dumped = result, json.dumps(result, ensure_ascii=False)
     else:
         data, dumped = None, repr(result)
     if len(dumped) > _MAX_ANSWER:
