@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from securemcp.scopes import declared_risk, declared_scopes
 
 if TYPE_CHECKING:
+    from securemcp._prompt_values import MountedPrompt, PromptValues
     from securemcp._template_values import MountedTemplate, TemplateValues
 
 __all__ = ["ComponentFacts", "facts_of", "facts_of_cached"]
@@ -53,6 +54,11 @@ class ComponentFacts:
     #: is also judged under its canonical spelling (:mod:`securemcp._template_values`).
     #: ``None`` for everything else.
     template_values: TemplateValues | MountedTemplate | None = None
+    #: For a FastMCP function prompt with a parameter whose string argument FastMCP converts
+    #: (``amount: int``), how it converts them, or a mount's forwarder to a prompt of the
+    #: mounted server: a call is also judged with its arguments as the function receives them
+    #: (:mod:`securemcp._prompt_values`). ``None`` for everything else.
+    prompt_values: PromptValues | MountedPrompt | None = None
 
 
 def _annotations(component: Any) -> Mapping[str, Any]:
@@ -89,6 +95,7 @@ def facts_of(component: Any) -> ComponentFacts:
         forwards_versions=version is None and _advertises_versions(component),
         uri_template=uri_template,
         template_values=_template_values(component) if uri_template is not None else None,
+        prompt_values=_prompt_values(component) if uri_template is None else None,
     )
 
 
@@ -109,6 +116,12 @@ def _template_values(component: Any) -> TemplateValues | MountedTemplate | None:
     from securemcp._template_values import template_values
 
     return template_values(component)
+
+
+def _prompt_values(component: Any) -> PromptValues | MountedPrompt | None:
+    from securemcp._prompt_values import prompt_values
+
+    return prompt_values(component)
 
 
 def _uri_template(component: Any) -> str | None:

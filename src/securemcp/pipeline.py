@@ -769,8 +769,12 @@ class SecurityPipeline(Middleware):
                     reason=f"argument {name!r} has a JSON type the input schema does not "
                     "declare (refused: the tool would receive a coerced value)",
                 )
-        if facts.template_values is None:  # every tool call and prompt
-            decision = await enforcement.decide(request)
+        if facts.template_values is None:
+            if facts.prompt_values is None:  # every tool call
+                decision = await enforcement.decide(request)
+            else:  # a prompt whose arguments FastMCP converts: judge them as converted too
+                forms = await enforcement.argument_forms(facts, arguments)
+                decision = await enforcement.decide(request, forms=forms)
         else:  # a template read whose values FastMCP converts: judge its canonical spelling too
             spellings = await enforcement.spellings(facts, target)
             decision = await enforcement.decide(request, spellings)

@@ -29,6 +29,7 @@ from securemcp.policy.ratelimit import RateLimit, RateLimiter
 from securemcp.policy.request import CallRequest, resource_target
 
 if TYPE_CHECKING:
+    from securemcp._prompt_values import ArgumentForms
     from securemcp.components import ComponentFacts
     from securemcp.context import Principal
 
@@ -237,8 +238,41 @@ class PolicyEnforcement:
                 reason=f"policy_error (template values: {type(exc).__name__})"
             ) from None
 
+    @staticmethod
+    async def argument_forms(
+        facts: ComponentFacts, arguments: Mapping[str, Any] | None
+    ) -> ArgumentForms | None:
+        """The other forms of a prompt call's ``arguments`` (``None`` for any other call, or
+        when every argument reaches the function as sent): as the prompt function receives
+        them and canonically written as text, see :mod:`securemcp._prompt_values`. A mount's
+        forwarder is followed to the mounted server's prompt (one lookup there).
+
+        Raises:
+            PolicyError: how the prompt converts an argument cannot be told (fail closed).
+        """
+        found = facts.prompt_values
+        if found is None:
+            return None
+        from securemcp._prompt_values import MountedPrompt
+        from securemcp._template_values import UnknownConversion
+
+        try:
+            values = await found.values() if isinstance(found, MountedPrompt) else found
+            return values.forms(arguments) if values is not None else None
+        except UnknownConversion as exc:
+            logger.error("securemcp cannot tell how a prompt converts its arguments: %s", exc)
+            raise PolicyError(reason=f"policy_error (prompt arguments: {exc})") from None
+        except Exception as exc:  # failing unlike FastMCP's own conversion: fail closed
+            logger.error("securemcp could not convert a prompt's arguments: %s", type(exc).__name__)
+            raise PolicyError(
+                reason=f"policy_error (prompt arguments: {type(exc).__name__})"
+            ) from None
+
     async def decide(
-        self, request: CallRequest, spellings: tuple[str, ...] = ()
+        self,
+        request: CallRequest,
+        spellings: tuple[str, ...] = (),
+        forms: ArgumentForms | None = None,
     ) -> Decision | None:
         """The policy decision for ``request`` (``None`` when no policy is configured).
 
@@ -246,6 +280,11 @@ class PolicyEnforcement:
         template function receives it: the policy judges each as the request's target too,
         and the strictest decision wins (:func:`~securemcp.policy.hooks.strictest`). An
         approval is then bound to the first, the read's canonical spelling.
+
+        ``forms`` (from :meth:`argument_forms`) are other forms of a prompt call's arguments:
+        the policy judges the request with each as its arguments too, the strictest decision
+        wins, argument bounds hold on the arguments as the function receives them, and an
+        approval is bound to the canonical text form.
 
         Raises:
             PolicyDenied / PolicyError: the policy denied the call or failed.
@@ -258,8 +297,16 @@ class PolicyEnforcement:
         decision = start(policy, request)
         if type(decision) is not Decision:
             decision = await settle(policy, decision)
+        bounded = request
         if spellings:
             request, decision = await self._judge_spellings(policy, request, decision, spellings)
+            bounded = request
+        elif forms is not None:
+            bounded = dataclasses.replace(request, arguments=forms.received)
+            texts = [dataclasses.replace(request, arguments=text) for text in forms.texts]
+            others = [bounded, *(text for text in texts if text.arguments != request.arguments)]
+            decision = await self._strictest(policy, decision, others)
+            request = texts[0]
         if not decision.well_formed:
             # Fields changed behind the dataclass's back: fail closed, as for a raising hook.
             logger.error("securemcp policy returned a malformed Decision; denying (fail closed)")
@@ -269,7 +316,7 @@ class PolicyEnforcement:
         if decision.effect is Effect.REQUIRE_APPROVAL:
             await self.gate.check(request, decision)
         constraints = decision.constraints
-        violations = constraints.violations(request.arguments) if constraints.arguments else ()
+        violations = constraints.violations(bounded.arguments) if constraints.arguments else ()
         if violations:
             raise PolicyDenied(reason=f"constraint violated: {'; '.join(violations)}")
         return decision
@@ -279,14 +326,24 @@ class PolicyEnforcement:
         policy: PolicyLike, request: CallRequest, decision: Decision, spellings: tuple[str, ...]
     ) -> tuple[CallRequest, Decision]:
         """``request`` as its canonical spelling, and the strictest decision on every spelling."""
-        decisions = [decision]
         canonical = request
+        variants = []
         for target in spellings:
             if target == request.target:
                 continue
             variant = dataclasses.replace(request, target=target)
             if canonical is request and target == spellings[0]:
                 canonical = variant
+            variants.append(variant)
+        return canonical, await PolicyEnforcement._strictest(policy, decision, variants)
+
+    @staticmethod
+    async def _strictest(
+        policy: PolicyLike, decision: Decision, variants: Iterable[CallRequest]
+    ) -> Decision:
+        """The strictest of ``decision`` and the policy's decision on each of ``variants``."""
+        decisions = [decision]
+        for variant in variants:
             judged = start(policy, variant)
             if type(judged) is not Decision:
                 judged = await settle(policy, judged)
@@ -297,7 +354,7 @@ class PolicyEnforcement:
         combined = strictest(decisions)
         if combined is None:  # cannot happen: settle never abstains
             raise PolicyError(reason="policy_error (no decision)")
-        return canonical, combined
+        return combined
 
     @staticmethod
     async def run(constraints: Constraints | None, call: Callable[[], Awaitable[Any]]) -> Any:

@@ -317,7 +317,11 @@ class CallRequest:
             typed values (``items://07`` is item 7 of ``id: int``), the policy is asked again
             with ``target`` set to the read's canonical spelling (``items://7``) and the
             strictest decision wins (``PolicyEnforcement.spellings``).
-        arguments: the call's arguments, deeply read-only (lists become tuples).
+        arguments: the call's arguments, deeply read-only (lists become tuples). For a prompt
+            whose function takes typed parameters (``amount: int``), the policy is asked again
+            with the arguments as the function receives them (``5000``) and canonically written
+            as text (``"5000"`` for ``"05000"``), and the strictest decision wins
+            (``PolicyEnforcement.argument_forms``).
         tags: the component's FastMCP tags.
         annotations: the component's MCP annotations, read-only.
         risk: the risk class (declared, or derived from ``annotations``).
