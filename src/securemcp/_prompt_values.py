@@ -27,9 +27,7 @@ This module speaks FastMCP's prompt internals (``FunctionPrompt``, its string co
 from __future__ import annotations
 
 import enum
-import inspect
 import json
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -40,17 +38,19 @@ from fastmcp.server.providers.fastmcp_provider import FastMCPProviderPrompt
 from fastmcp.utilities.versions import VersionSpec
 from pydantic import BaseModel, TypeAdapter
 
-from securemcp._template_values import UnknownConversion, spell
+from securemcp._template_values import (
+    UNRESOLVED,
+    UnknownConversion,
+    converted_parameters,
+    spell,
+)
 
 __all__ = ["ArgumentForms", "MountedPrompt", "PromptValues", "prompt_values"]
-
-#: Annotations whose value reaches the function as sent (pydantic's lax ``str`` keeps a str).
-_AS_TEXT: Final = (str, Any, object, inspect.Parameter.empty)
 
 #: How deep a mount's forwarders are followed (a mount of a mount of ...).
 _MOUNT_DEPTH: Final = 8
 
-_UNRESOLVED: Final = object()
+_UNRESOLVED: Final = UNRESOLVED
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,29 +203,10 @@ def prompt_values(component: Any) -> PromptValues | MountedPrompt | None:
         or cls._convert_string_arguments is not FunctionPrompt._convert_string_arguments
     ):
         return None  # a subclass converts (or not) in its own way
-    function = component.fn
-    try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):
+    typed = converted_parameters(component.fn)
+    if not typed:
         return None
-    try:
-        hints: Mapping[str, Any] | None = typing.get_type_hints(function, include_extras=True)
-    except Exception:  # unresolvable names: the parameters concerned are unknown
-        hints = None
-    parameters: dict[str, _Parameter] = {}
-    for name, parameter in signature.parameters.items():
-        if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-            continue
-        annotation = parameter.annotation
-        hint = _UNRESOLVED if hints is None else hints.get(name, annotation)
-        if any(hint is text or annotation is text for text in _AS_TEXT):
-            continue
-        if hints is None and annotation == "str":
-            continue
-        parameters[name] = _Parameter(hint)
-    if not parameters:
-        return None
-    return PromptValues(component, parameters)
+    return PromptValues(component, {name: _Parameter(hint) for name, (_, hint) in typed.items()})
 
 
 @dataclass(frozen=True, slots=True)

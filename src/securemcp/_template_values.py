@@ -55,9 +55,11 @@ from securemcp.policy.request import resource_target
 
 __all__ = [
     "DECLARABLE",
+    "UNRESOLVED",
     "MountedTemplate",
     "TemplateValues",
     "UnknownConversion",
+    "converted_parameters",
     "declared_values",
     "spell",
     "template_values",
@@ -134,7 +136,38 @@ def _fastmcp_converted(annotation: Any, text: str) -> Any:
     raise ValueError("not a boolean word")
 
 
-_UNRESOLVED: Final = object()
+UNRESOLVED: Final = object()
+_UNRESOLVED: Final = UNRESOLVED
+
+
+def converted_parameters(function: Any) -> dict[str, tuple[Any, Any]] | None:
+    """The named parameters of ``function`` whose text FastMCP or pydantic may convert, as
+    ``name -> (annotation as inspect.signature shows it, resolved hint or UNRESOLVED)``; the
+    parameters annotated as text are left out. ``None`` if the signature cannot be read.
+
+    Shared by resource templates and prompts (:mod:`securemcp._prompt_values`), which FastMCP
+    converts from the same kind of function.
+    """
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+    try:
+        hints: Mapping[str, Any] | None = typing.get_type_hints(function, include_extras=True)
+    except Exception:  # unresolvable names: the parameters concerned are unknown
+        hints = None
+    parameters: dict[str, tuple[Any, Any]] = {}
+    for name, parameter in signature.parameters.items():
+        if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        annotation = parameter.annotation
+        hint = UNRESOLVED if hints is None else hints.get(name, annotation)
+        if any(hint is text or annotation is text for text in _AS_TEXT):
+            continue
+        if hints is None and annotation == "str":
+            continue
+        parameters[name] = (annotation, hint)
+    return parameters
 
 
 @dataclass(slots=True)
@@ -339,27 +372,10 @@ def template_values(component: Any) -> TemplateValues | MountedTemplate | None:
     ):
         return None  # a subclass converts (or not) in its own way
     function = component.fn
-    try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):
+    typed = converted_parameters(function)
+    if not typed:
         return None
-    try:
-        hints: Mapping[str, Any] | None = typing.get_type_hints(function, include_extras=True)
-    except Exception:  # unresolvable names: the parameters concerned are unknown
-        hints = None
-    parameters: dict[str, _Parameter] = {}
-    for name, parameter in signature.parameters.items():
-        if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-            continue
-        annotation = parameter.annotation
-        hint = _UNRESOLVED if hints is None else hints.get(name, annotation)
-        if any(hint is text or annotation is text for text in _AS_TEXT):
-            continue
-        if hints is None and annotation == "str":
-            continue
-        parameters[name] = _Parameter(annotation, hint)
-    if not parameters:
-        return None
+    parameters = {name: _Parameter(annotation, hint) for name, (annotation, hint) in typed.items()}
     list_params = frozenset(getattr(component, "_list_query_params", frozenset()))
     return _values(function, component.uri_template, list_params, parameters)
 
