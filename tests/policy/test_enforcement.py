@@ -56,3 +56,31 @@ async def test_a_decision_with_swapped_constraints_is_a_policy_error(
     with pytest.raises(PolicyError) as caught:
         await enforcement.decide(request("big"))
     assert caught.value.code == "policy_error"
+
+
+async def test_a_call_outside_its_bounds_is_denied_before_any_approver_is_asked(
+    tmp_path: Path,
+) -> None:
+    """``require_approval`` with argument bounds: a call outside the bounds cannot run whatever
+    an approver says, so it is denied at once, with no pending approval request created (an
+    approver would otherwise be asked about it, and a granted approval then spent on a call
+    that is refused anyway)."""
+    from securemcp.errors import PolicyDenied
+    from securemcp.policy import ArgumentBound, Constraints
+    from securemcp.policy.errors import ApprovalRequired
+
+    def hook(r: Any) -> Decision:
+        return Decision.require_approval(
+            "payments need a human",
+            constraints=Constraints(arguments={"amount": ArgumentBound(max=1000)}),
+        )
+
+    enforcement = PolicyEnforcement(policy=hook, approvals=str(tmp_path / "a.sqlite3"))
+    with pytest.raises(PolicyDenied) as denied:
+        await enforcement.decide(request("pay", {"amount": 5000}))
+    assert "constraint violated" in (denied.value.reason or "")
+    assert await enforcement.gate.store.list(include_decided=True) == []
+    # inside the bounds, the approval is asked for as before
+    with pytest.raises(ApprovalRequired):
+        await enforcement.decide(request("pay", {"amount": 10}))
+    assert len(await enforcement.gate.store.list()) == 1

@@ -313,12 +313,14 @@ class PolicyEnforcement:
             raise PolicyError(reason="policy_error (malformed decision)")
         if decision.effect is Effect.DENY:
             raise refusal(decision)
-        if decision.effect is Effect.REQUIRE_APPROVAL:
-            await self.gate.check(request, decision)
+        # Bounds before the approval gate: a call outside them cannot run, so no approver is
+        # asked about it and no granted approval is spent on it.
         constraints = decision.constraints
         violations = constraints.violations(bounded.arguments) if constraints.arguments else ()
         if violations:
             raise PolicyDenied(reason=f"constraint violated: {'; '.join(violations)}")
+        if decision.effect is Effect.REQUIRE_APPROVAL:
+            await self.gate.check(request, decision)
         return decision
 
     @staticmethod
