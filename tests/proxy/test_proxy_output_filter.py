@@ -456,3 +456,33 @@ def test_signature_slices_sprayed_by_the_upstream_cost_bounded_work() -> None:
     # A few near misses do not withhold an answer; a token after them is still found.
     assert not index.found_in([f".{signature[:16]} " * 3])
     assert index.found_in([f".{signature[:16]} " * 3 + EXCHANGED])
+
+
+def test_a_secret_file_is_read_once_per_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer check read a file-based secret twice (to decide whether to search, then to
+    search): an extra file read on every proxied call, and a file rotated in between could make
+    the value searched for differ from the one the check decided on."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s3cr3t-value-123456")
+    secret_file.chmod(0o600)
+    reads: list[int] = []
+    original = SecretSource.read
+
+    def counting(self: SecretSource) -> str:
+        reads.append(1)
+        return original(self)
+
+    monkeypatch.setattr(SecretSource, "read", counting)
+    upstream = Upstream(
+        upstream_from("v", url="http://127.0.0.1:9/mcp"),
+        StaticBearer(SecretSource(file=str(secret_file))),
+        PinState(str(tmp_path / "lock.json"), quiet=True),
+    )
+    upstream.check_output(t.CallToolResult(content=[t.TextContent(type="text", text="hello")]))
+    assert len(reads) == 1
+    with pytest.raises(UpstreamOutputRejected):
+        upstream.check_output(
+            t.CallToolResult(content=[t.TextContent(type="text", text="s3cr3t-value-123456")])
+        )

@@ -266,3 +266,22 @@ async def test_failed_connect_is_not_cached() -> None:
             pass
     async with sessions.lease("a") as session:
         assert session.client == "client"
+
+
+def test_the_reaper_works_on_every_event_loop_the_pool_is_used_from() -> None:
+    """An asyncio.Event is bound to the loop that first waits on it: a pool used again from a
+    second event loop (a process calling asyncio.run twice, a loop per test) got a reaper that
+    died at once there, so idle sessions were no longer closed in the background."""
+    sessions, _, closed = pool(idle_seconds=0.05, reap_in_background=True)
+
+    async def use_then_wait(key: str) -> None:
+        async with sessions.lease(key):
+            pass
+        for _ in range(40):
+            if any(c.startswith(f"client-{key}-") for c in closed):
+                return
+            await asyncio.sleep(0.05)
+
+    asyncio.run(use_then_wait("a"))
+    asyncio.run(use_then_wait("b"))
+    assert sorted(closed) == ["client-a-1", "client-b-2"]

@@ -295,6 +295,9 @@ class SessionPool(Generic[ClientT]):
             if self._deadline(session) < self._reaper_due:
                 self._wake_reaper.set()
             return
+        # A new event with each reaper: an asyncio.Event is bound to the loop that first waits
+        # on it, and a pool may outlive one event loop (a reaper on the next would die at once).
+        self._wake_reaper = asyncio.Event()
         # A fresh context: the reaper outlives the call that opened the session and must not
         # run (or close other callers' sessions) inside that caller's security context.
         self._reaper = asyncio.get_running_loop().create_task(

@@ -480,7 +480,7 @@ class Upstream:
         as :meth:`check_output` finds it in an answer (verbatim or encoded)."""
         try:
             views = _views(text)
-            found = views is None or self._credential_in(views)
+            found = views is None or self._credential_in(views, self._searched_secrets())
         except Exception:  # cannot tell what to cut: say nothing of the upstream's text
             return "(reason withheld: the upstream's credentials could not be read)"
         if found:
@@ -501,28 +501,30 @@ class Upstream:
         base64url text, so the check costs the same for one caller or ten thousand. An answer
         too large to search is withheld (fail closed).
         """
+        secrets = self._searched_secrets()  # read once: a secret file is read per call
         exchange = self._exchange
-        if exchange is not None:
-            if not exchange.issued and not exchange.searched_secrets():
-                return
-        elif not self.auth.secret_values():
+        if not secrets and (exchange is None or not exchange.issued):
             return
         views = _views(result)
         if views is None:
             self._withhold("answer too large to check for credentials")
         assert views is not None
-        if self._credential_in(views):
+        if self._credential_in(views, secrets):
             self._withhold("answer contained an injected credential")
 
-    def _credential_in(self, views: _Views) -> bool:
-        """Whether a credential this upstream is given is in any of ``views``."""
+    def _searched_secrets(self) -> tuple[str, ...]:
+        """The secrets this upstream is given that are searched for one by one."""
         exchange = self._exchange
         if exchange is not None:
-            if exchange.issued.found_in(views.for_jwts):
-                return True
-            secrets = exchange.searched_secrets()
-        else:
-            secrets = self.auth.secret_values()
+            return exchange.searched_secrets()
+        return self.auth.secret_values()
+
+    def _credential_in(self, views: _Views, secrets: tuple[str, ...]) -> bool:
+        """Whether a credential this upstream is given (exchanged tokens by their index,
+        ``secrets`` one by one) is in any of ``views``."""
+        exchange = self._exchange
+        if exchange is not None and exchange.issued.found_in(views.for_jwts):
+            return True
         for secret in secrets:
             if len(secret) >= 8:  # shorter: too short to search for
                 needles = _needles(secret)
