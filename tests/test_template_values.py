@@ -194,3 +194,49 @@ def test_copies_of_one_template_have_equal_facts() -> None:
 
     other = FunctionResourceTemplate.from_function(other_read, "items://{id}")
     assert facts_of(template) != facts_of(other)
+
+
+def test_a_decimal_is_spelled_exactly_never_rounded() -> None:
+    """``normalize()`` rounds to the context's 28 digits: 0.5000000000000000000000000000001 was
+    spelled 0.5 (the value an approval was bound to and an approver was shown, not the one the
+    function received), and 1e-50000000 was spelled 0."""
+    from decimal import Decimal
+
+    from securemcp._template_values import spell
+
+    assert spell(Decimal("0.5000000000000000000000000000001"))[0] == (
+        "0.5000000000000000000000000000001"
+    )
+    assert spell(Decimal("-1.50")) == ("-1.5", "-1.5")
+    assert spell(Decimal("7.000")) == ("7", "7.0")
+    assert spell(Decimal("1E+2")) == ("100", "100.0")
+    assert spell(Decimal("0.001")) == ("0.001", "0.001")
+    assert spell(Decimal("-0")) == ("0", "0.0")
+
+
+def test_a_huge_decimal_exponent_is_refused_at_once_not_converted() -> None:
+    """``int(Decimal("1e300000"))`` is quadratic in the digits and ran on the event loop before
+    the policy decided: one small value (a prompt or template parameter typed ``Decimal``) froze
+    the whole server for seconds, ``1e100000000`` for hours. It is now refused (fail closed)
+    before any work proportional to the value. Run in a subprocess, so a regression fails the
+    test instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    script = (
+        "from decimal import Decimal\n"
+        "from securemcp._template_values import UnknownConversion, spell\n"
+        "from securemcp._prompt_values import jsonable\n"
+        "for f in (spell, jsonable):\n"
+        "    try:\n"
+        "        f(Decimal('1e100000000'))\n"
+        "    except UnknownConversion:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit('converted')\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("spelling Decimal('1e100000000') did not finish in 60 s")
+    assert done.returncode == 0, done.stderr.decode()[-500:]

@@ -42,6 +42,7 @@ from securemcp._template_values import (
     UNRESOLVED,
     UnknownConversion,
     converted_parameters,
+    decimal_text,
     spell,
 )
 
@@ -87,9 +88,10 @@ def jsonable(value: Any) -> Any:
             return float(value)
         return value if value is None or type(value) is str else str(value)
     if isinstance(value, Decimal):
-        if value.is_finite() and value == value.to_integral_value():
-            return int(value)
-        return float(value)
+        if not value.is_finite():
+            return float(value)
+        text, whole = decimal_text(value)  # bounded: never int() of a huge exponent
+        return int(text) if whole else float(text)
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     if isinstance(value, Mapping):

@@ -60,6 +60,7 @@ __all__ = [
     "TemplateValues",
     "UnknownConversion",
     "converted_parameters",
+    "decimal_text",
     "declared_values",
     "spell",
     "template_values",
@@ -78,6 +79,42 @@ _FALSE: Final = ("false", "0", "no")
 
 class UnknownConversion(Exception):
     """securemcp cannot tell how the template converts a parameter value (policy fails closed)."""
+
+
+#: Longest text a Decimal is written as (Python's own limit for int <-> str conversions).
+MAX_DECIMAL_DIGITS: Final = 4300
+
+
+def decimal_text(value: Decimal) -> tuple[str, bool]:
+    """The exact plain text of a finite ``value`` (no exponent, no trailing zeros after the
+    point), and whether it is whole.
+
+    Written from its digits and exponent, never through ``int()`` (quadratic in the number of
+    digits: ``Decimal("1e300000")`` would hold the event loop for seconds) nor ``normalize()``
+    (it rounds to the context's 28 digits, so two values would share one spelling).
+
+    Raises:
+        UnknownConversion: the text would be longer than :data:`MAX_DECIMAL_DIGITS` (the call
+            is refused, fail closed, before any work proportional to the value).
+    """
+    sign, digit_tuple, exponent = value.as_tuple()
+    if not isinstance(exponent, int) or len(digit_tuple) > MAX_DECIMAL_DIGITS:
+        raise UnknownConversion("a decimal value too long to judge")
+    raw = "".join(map(str, digit_tuple))
+    digits = raw.rstrip("0")
+    if not digits:
+        return "0", True
+    exponent += len(raw) - len(digits)
+    length = len(digits) + exponent if exponent >= 0 else max(len(digits), -exponent) + 1
+    if length > MAX_DECIMAL_DIGITS:
+        raise UnknownConversion("a decimal value too long to judge")
+    minus = "-" if sign else ""
+    if exponent >= 0:
+        return f"{minus}{digits}{'0' * exponent}", True
+    point = len(digits) + exponent
+    if point > 0:
+        return f"{minus}{digits[:point]}.{digits[point:]}", False
+    return f"{minus}0.{'0' * -point}{digits}", False
 
 
 #: How one value is written: (canonical, alternative). They differ only for a whole-number float
@@ -110,11 +147,8 @@ def spell(value: Any) -> Spelling:
             return str(int(number)), text
         return text, text
     if isinstance(value, Decimal) and value.is_finite():
-        if value == value.to_integral_value():
-            whole = str(int(value))
-            return whole, f"{whole}.0"
-        text = format(value.normalize(), "f")
-        return text, text
+        text, whole = decimal_text(value)
+        return (text, f"{text}.0") if whole else (text, text)
     if isinstance(value, bytes):
         text = value.decode("utf-8", "backslashreplace")
         return text, text
