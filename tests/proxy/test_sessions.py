@@ -285,3 +285,38 @@ def test_the_reaper_works_on_every_event_loop_the_pool_is_used_from() -> None:
     asyncio.run(use_then_wait("a"))
     asyncio.run(use_then_wait("b"))
     assert sorted(closed) == ["client-a-1", "client-b-2"]
+
+
+@pytest.mark.parametrize("how", ["idle", "evicted"])
+async def test_a_lease_closes_other_callers_sessions_outside_its_context(how: str) -> None:
+    """Before: bob's lease closed alice's idle (or least recently used) session inline, in bob's
+    task and context: bob's security context, span and log fields were in effect while alice's
+    upstream session was torn down (its spans joined bob's trace)."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    marker: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
+    tracer = TracerProvider().get_tracer("test")
+    clock = Clock()
+    seen: list[tuple[str, str | None, bool]] = []
+
+    async def connect(session: Session[Any]) -> str:
+        return f"client-{session.key}"
+
+    async def close(client: str) -> None:
+        from opentelemetry import trace
+
+        seen.append((client, marker.get(), trace.get_current_span().get_span_context().is_valid))
+
+    sessions: SessionPool[str] = SessionPool(
+        connect, close, idle_seconds=10, clock=clock, max_sessions=1 if how == "evicted" else 8
+    )
+    marker.set("alice's call")
+    async with sessions.lease("alice"):
+        pass
+    clock.now = 11 if how == "idle" else 1
+    marker.set("bob's call")
+    with tracer.start_as_current_span("bob's call"):
+        async with sessions.lease("bob"):
+            pass
+    assert seen == [("client-alice", None, False)]
+    await sessions.aclose()

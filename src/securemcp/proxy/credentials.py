@@ -15,12 +15,13 @@ token is for *this* server (RFC 8707 audience); an upstream gets a credential of
   authenticates with ``client_secret_basic`` (RFC 6749 §2.3.1). The caller's token is only ever
   sent to the token endpoint, never to the upstream.
 
-Exchanged tokens are cached per (identity, SHA-256 of the subject token) until shortly before they
-expire, and indexed for the proxy's output check (:mod:`securemcp.proxy.issued`); the subject
-token itself is never kept. Concurrent requests for one key share one exchange; failures are
-never cached. The token endpoint is reached through the auth layer's SSRF-guarded, size- and
-time-capped HTTP (:mod:`securemcp.auth._http`). Every failure is an :class:`UpstreamAuthError`
-whose client message is generic and whose ``reason`` (internal) never contains a token or secret.
+Exchanged tokens are cached per (identity and grant, SHA-256 of the subject token) until shortly
+before they expire, and indexed for the proxy's output check (:mod:`securemcp.proxy.issued`);
+the subject token itself is never kept. Concurrent requests for one key share one exchange;
+failures are never cached. The token endpoint is reached through the auth layer's SSRF-guarded,
+size- and time-capped HTTP (:mod:`securemcp.auth._http`). Every failure is an
+:class:`UpstreamAuthError` whose client message is generic and whose ``reason`` (internal) never
+contains a token or secret.
 """
 
 from __future__ import annotations
@@ -261,8 +262,9 @@ class OnBehalfOf:
     Attributes:
         subject_token: the caller's *verified* access token. Used only as the RFC 8693
             ``subject_token`` at the token endpoint, never sent upstream (and never in ``repr``).
-        identity_key: a stable key for the caller's identity (e.g. issuer and subject), the
-            partition of the exchanged-token cache.
+        identity_key: a stable key for the caller's identity and grant (the proxy uses
+            :func:`securemcp.proxy.grants.grant_key`), the partition of the exchanged-token
+            cache.
     """
 
     subject_token: str = field(repr=False)

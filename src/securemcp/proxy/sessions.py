@@ -5,7 +5,13 @@ client: its own streamable-HTTP session, or its own stdio subprocess. Whatever t
 per session (a working directory, a login, a cursor, cached data) therefore stays with the user
 who created it. The pool is bounded (least recently used idle sessions are closed first), idle
 sessions are closed after ``idle_seconds``, and a session whose transport failed is discarded so
-the next call starts a fresh one.
+the next call starts a fresh one. With token exchange the key is finer: the identity *and* the
+grant its token carries (:func:`securemcp.proxy.grants.grant_key`), so a session's credential
+was always exchanged for a token with the same scopes, audience, actor chain and key binding.
+
+A session is closed in a task of its own with an empty context, whichever call's lease evicted
+or reaped it: another caller's security context, span or log fields are never in effect while
+it is torn down.
 
 A session reached by token exchange carries a :class:`SessionCredential`: the upstream token its
 own caller's latest call obtained. What the session sends outside a call (its termination, the
@@ -324,7 +330,9 @@ class SessionPool(Generic[ClientT]):
         """Close one session (after a transport failure, eviction or idling out).
 
         The session's credential is kept until its client is closed: the upstream session is
-        terminated with the credential of the caller it belongs to.
+        terminated with the credential of the caller it belongs to. The close runs in a task of
+        its own with an empty :class:`contextvars.Context`, whoever triggered it: a lease that
+        evicts or reaps other callers' sessions does not lend them its caller's context.
         """
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
@@ -332,8 +340,12 @@ class SessionPool(Generic[ClientT]):
             return
         session.closed = True
         # Shielded: a caller cancelled meanwhile (or the reaper stopped) does not leave the
-        # upstream session half closed.
-        closing = asyncio.ensure_future(self._close_session(session))
+        # upstream session half closed. In a fresh, empty context: the close may be started by
+        # another caller's lease (an idle or evicted session of someone else), and must not run
+        # with that caller's security context, span, baggage or log fields in effect.
+        closing = asyncio.get_running_loop().create_task(
+            self._close_session(session), context=contextvars.Context()
+        )
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
         await asyncio.shield(closing)

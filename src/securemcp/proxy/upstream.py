@@ -7,7 +7,9 @@ Every request the proxy sends upstream goes through :meth:`Upstream.request`, wh
 2. takes the caller's own upstream session (:mod:`securemcp.proxy.sessions`), opening it on
    first use with the upstream's configured credentials (:mod:`securemcp.proxy.credentials`),
    or with a token exchanged for this call's caller, which the session then presents (up to its
-   termination) in place of the previous one:
+   termination) in place of the previous one. With token exchange a session belongs to one
+   identity *and one grant* (:mod:`securemcp.proxy.grants`): a call never rides on a credential
+   exchanged for a token with other scopes, audience, actor chain or confirmation key;
    **the caller's token is never sent upstream**. A plain FastMCP ``Client`` forwards no inbound
    header, redirects are not followed (a redirect must not carry an injected credential to
    another origin), and nothing from the caller's ``_meta`` is forwarded (the upstream request
@@ -65,6 +67,7 @@ from securemcp.proxy.credentials import (
     UpstreamAuth,
     UpstreamAuthError,
 )
+from securemcp.proxy.grants import grant_key
 from securemcp.proxy.pinning import PinnedDefinition, definition_of
 from securemcp.proxy.pinstate import PinState
 from securemcp.proxy.sessions import (
@@ -271,7 +274,8 @@ class Upstream:
     async def session_credential(
         self, subject_token: str | None, identity: str
     ) -> SessionCredential | None:
-        """The credential a session of ``identity`` presents upstream, exchanged (RFC 8693) for
+        """The credential a session of ``identity`` (the caller's identity and grant,
+        :func:`~securemcp.proxy.grants.grant_key`) presents upstream, exchanged (RFC 8693) for
         the caller's verified ``subject_token``; ``None`` when the upstream's credentials are
         static (they are read afresh for every request instead).
 
@@ -380,10 +384,14 @@ class Upstream:
     ) -> T:
         """Send one request for component ``(kind, key)`` as the current caller."""
         self._check_blocked(kind, key)
-        key_of_caller = identity_key(current().principal)
+        principal = current().principal
         exchange = self._exchange
         if exchange is None:
-            return await self._request(kind, key, send, timeout_seconds, key_of_caller, None)
+            key_of_identity = identity_key(principal)
+            return await self._request(kind, key, send, timeout_seconds, key_of_identity, None)
+        # The exchanged credential depends on the caller's grant, not only on who the caller is:
+        # a down-scoped token of the same identity gets its own exchange and its own session.
+        key_of_caller = grant_key(principal)
         # Exchanged here, in the caller's task, with the caller's own token, before any upstream
         # traffic: a failure is a clean upstream_auth_failed. The session keeps the exchanged
         # credential (for its later requests and its termination), never the caller's token.
@@ -406,12 +414,12 @@ class Upstream:
         key: str,
         send: Callable[[Client[Any]], Awaitable[T]],
         timeout_seconds: float | None,
-        key_of_caller: str,
+        session_key: str,
         credential: SessionCredential | None,
     ) -> T:
         try:
             try:
-                async with self.sessions.lease(key_of_caller, credential=credential) as session:
+                async with self.sessions.lease(session_key, credential=credential) as session:
                     return await self._send(session, kind, key, send, timeout_seconds)
             except PoolExhausted:
                 raise UpstreamUnavailable(
