@@ -101,7 +101,12 @@ def facts_of(component: Any) -> ComponentFacts:
 
 def _advertises_versions(component: Any) -> bool:
     """Whether ``component`` names component versions in its ``_meta.fastmcp`` (a forwarder's
-    copy of the listing of a versioned server: ``{"version": "2", "versions": ["2", "1"]}``)."""
+    copy of the listing of a versioned server: ``{"version": "2", "versions": ["2", "1"]}``), or
+    says it forwards to components elsewhere that may be versioned (``securemcp_forwards_versions``
+    on its class: a securemcp proxy's upstream component, whose upstream versions are not pinned).
+    """
+    if getattr(type(component), "securemcp_forwards_versions", False) is True:
+        return True
     meta = getattr(component, "meta", None)
     fastmcp_meta = meta.get("fastmcp") if isinstance(meta, Mapping) else None
     if not isinstance(fastmcp_meta, Mapping):

@@ -11,6 +11,16 @@ set here from the configuration, so the securemcp pipeline authorizes proxied co
 like local ones. Running a component sends the request through :class:`~securemcp.proxy.upstream.
 Upstream`, which owns sessions, pins, timeouts and failures.
 
+Component versions (FastMCP versioning, ``_meta.fastmcp.version``): the one piece of a caller's
+request ``_meta`` passed upstream is an *exact* version the caller asks for. A call asking for
+version ``1`` is served by a copy of the component whose ``version`` is ``"1"``: the pipeline
+judges (rules, approvals, audit) that version, and exactly that version is asked of the
+upstream, which must list it (:meth:`Upstream.request`). A call asking for no version runs what
+the upstream chooses (its highest); the lockfile does not pin which versions an upstream has,
+so such a call is judged as one whose version securemcp cannot resolve (any rule naming a
+version it could run applies). A range cannot be asked of an upstream over MCP (FastMCP honours
+only an exact version from the wire) and finds no component.
+
 This module, :mod:`securemcp.proxy.upstream` and :mod:`securemcp.proxy.spans` (FastMCP's
 client tracer) are the proxy's only contact with FastMCP internals.
 """
@@ -24,7 +34,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import mcp_types
@@ -61,6 +71,15 @@ logger = logging.getLogger("securemcp.proxy")
 _FORBIDDEN_TASKS = TaskConfig(mode="forbidden")
 #: How many reads' rules each upstream provider remembers (see UpstreamProvider.read_rules).
 _READ_MEMO_SIZE = 256
+#: How many versioned copies of its components each catalog keeps (the version is caller text).
+_VERSIONED_MEMO_SIZE = 256
+
+
+def version_meta(component: Any) -> dict[str, Any] | None:
+    """The request ``_meta`` that asks the upstream for ``component``'s version (FastMCP's
+    ``_meta.fastmcp.version``), or ``None`` for a component that names none."""
+    version = component.version
+    return {"fastmcp": {"version": version}} if version is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +267,9 @@ class UpstreamTool(Tool):
     """A pinned upstream tool; running it calls the upstream as the current caller."""
 
     task_config: TaskConfig = _FORBIDDEN_TASKS
+    #: Its upstream may be versioned (not pinned): unless a copy names a version, the pipeline
+    #: judges a call as one whose version it cannot resolve (securemcp.components).
+    securemcp_forwards_versions: ClassVar[bool] = True
     _upstream: Upstream = PrivateAttr()
     _upstream_key: str = PrivateAttr()
     _provider: UpstreamProvider = PrivateAttr()
@@ -260,11 +282,15 @@ class UpstreamTool(Tool):
         # (extra members, wrong types, missing required ones) reaches the upstream.
         _check_arguments(self._digest, self.parameters, arguments)
 
+        meta = version_meta(self)
+
         async def send(client: Any) -> mcp_types.CallToolResult:
-            result: mcp_types.CallToolResult = await client.call_tool_mcp(key, arguments)
+            result: mcp_types.CallToolResult = await client.call_tool_mcp(key, arguments, meta=meta)
             return result
 
-        result = await upstream.request("tool", key, send, timeout_seconds=self._timeout)
+        result = await upstream.request(
+            "tool", key, send, timeout_seconds=self._timeout, version=self.version
+        )
         return tool_result(result)  # type: ignore[no-any-return]
 
 
@@ -272,6 +298,9 @@ class UpstreamResource(Resource):
     """A pinned upstream resource; reading it reads the upstream as the current caller."""
 
     task_config: TaskConfig = _FORBIDDEN_TASKS
+    #: Its upstream may be versioned (not pinned): unless a copy names a version, the pipeline
+    #: judges a call as one whose version it cannot resolve (securemcp.components).
+    securemcp_forwards_versions: ClassVar[bool] = True
     _upstream: Upstream = PrivateAttr()
     _upstream_key: str = PrivateAttr()
     _provider: UpstreamProvider = PrivateAttr()
@@ -282,12 +311,14 @@ class UpstreamResource(Resource):
         if rules.denied:  # the policy refused it already; never send it upstream regardless
             raise PolicyDenied(reason=f"proxy-config: {rules.denied[0]}")
 
+        meta = version_meta(self)
+
         async def send(client: Any) -> mcp_types.ReadResourceResult:
-            result: mcp_types.ReadResourceResult = await client.read_resource_mcp(key)
+            result: mcp_types.ReadResourceResult = await client.read_resource_mcp(key, meta=meta)
             return result
 
         result = await upstream.request(
-            "resource", key, send, timeout_seconds=rules.timeout_seconds
+            "resource", key, send, timeout_seconds=rules.timeout_seconds, version=self.version
         )
         return _resource_result(result, key)
 
@@ -299,6 +330,9 @@ class UpstreamTemplate(ResourceTemplate):
     """A pinned upstream resource template; reads go to the upstream's expanded URI."""
 
     task_config: TaskConfig = _FORBIDDEN_TASKS
+    #: Its upstream may be versioned (not pinned): unless a copy names a version, the pipeline
+    #: judges a call as one whose version it cannot resolve (securemcp.components).
+    securemcp_forwards_versions: ClassVar[bool] = True
     _upstream: Upstream = PrivateAttr()
     _upstream_key: str = PrivateAttr()
     _provider: UpstreamProvider = PrivateAttr()
@@ -312,12 +346,16 @@ class UpstreamTemplate(ResourceTemplate):
         if rules.denied:
             raise PolicyDenied(reason=f"proxy-config: {rules.denied[0]}")
 
+        meta = version_meta(self)
+
         async def send(client: Any) -> mcp_types.ReadResourceResult:
-            result: mcp_types.ReadResourceResult = await client.read_resource_mcp(backend_uri)
+            result: mcp_types.ReadResourceResult = await client.read_resource_mcp(
+                backend_uri, meta=meta
+            )
             return result
 
         result = await upstream.request(
-            "template", key, send, timeout_seconds=rules.timeout_seconds
+            "template", key, send, timeout_seconds=rules.timeout_seconds, version=self.version
         )
         return _resource_result(result, backend_uri)
 
@@ -326,6 +364,9 @@ class UpstreamPrompt(Prompt):
     """A pinned upstream prompt; rendering it asks the upstream as the current caller."""
 
     task_config: TaskConfig = _FORBIDDEN_TASKS
+    #: Its upstream may be versioned (not pinned): unless a copy names a version, the pipeline
+    #: judges a call as one whose version it cannot resolve (securemcp.components).
+    securemcp_forwards_versions: ClassVar[bool] = True
     _upstream: Upstream = PrivateAttr()
     _upstream_key: str = PrivateAttr()
     _provider: UpstreamProvider = PrivateAttr()
@@ -343,11 +384,15 @@ class UpstreamPrompt(Prompt):
                 f"{len(unknown)} not in the pinned definition"
             )
 
+        meta = version_meta(self)
+
         async def send(client: Any) -> mcp_types.GetPromptResult:
-            result: mcp_types.GetPromptResult = await client.get_prompt_mcp(key, given)
+            result: mcp_types.GetPromptResult = await client.get_prompt_mcp(key, given, meta=meta)
             return result
 
-        result = await upstream.request("prompt", key, send, timeout_seconds=self._timeout)
+        result = await upstream.request(
+            "prompt", key, send, timeout_seconds=self._timeout, version=self.version
+        )
         return PromptResult(
             messages=[Message(content=m.content, role=m.role) for m in result.messages],
             description=result.description,
@@ -375,6 +420,8 @@ class _Catalog:
     pinned_resources: dict[str, list[PinnedDefinition]] = field(default_factory=dict)
     #: exposed (kind, name) that more than one component claims: unlisted and refused
     collisions: frozenset[tuple[str, str]] = frozenset()
+    #: (kind, name, version) -> the component's copy naming that version (see versioned())
+    versioned: OrderedDict[tuple[str, str, str], Any] = field(default_factory=OrderedDict)
 
 
 def _bind(component: Any, provider: UpstreamProvider, pin: PinnedDefinition) -> Any:
@@ -576,26 +623,63 @@ class UpstreamProvider(Provider):
     # A colliding name is not listed; a call to it still resolves so that the policy refuses
     # it, audited, and the upstream request refuses it again (the pins are blocked).
 
+    def versioned(self, kind: str, name: str, version: VersionSpec | None) -> Any:
+        """The component exposed as ``name`` for a request asking for ``version``.
+
+        No version: the component itself (the upstream picks the version that runs). An exact
+        version (FastMCP: ``eq`` wins over bounds): a copy of the component naming it, which
+        the pipeline judges and which asks the upstream for exactly that version; one copy per
+        version, remembered until the catalog is rebuilt. A range: ``None``, since MCP can
+        only ask an upstream for an exact version.
+        """
+        catalog = self.catalog()
+        component = getattr(catalog, _KIND_ATTR[kind]).get(name)
+        if component is None or version is None:
+            return component
+        if version.eq is None:
+            return None
+        memo_key = (kind, name, version.eq)
+        memo = catalog.versioned
+        copy = memo.get(memo_key)
+        if copy is None:
+            copy = component.model_copy(update={"version": version.eq})
+            memo[memo_key] = copy
+            if len(memo) > _VERSIONED_MEMO_SIZE:
+                memo.popitem(last=False)
+        return copy
+
     async def _list_tools(self) -> Sequence[Tool]:
         return self._listed("tool")
 
     async def _get_tool(self, name: str, version: VersionSpec | None = None) -> Tool | None:
-        return self.catalog().tools.get(name)
+        tool: Tool | None = self.versioned("tool", name, version)
+        return tool
 
     async def _list_resources(self) -> Sequence[Resource]:
         return self._listed("resource")
 
     async def _get_resource(self, uri: str, version: VersionSpec | None = None) -> Resource | None:
-        return self.catalog().resources.get(uri)
+        resource: Resource | None = self.versioned("resource", uri, version)
+        return resource
 
     async def _list_resource_templates(self) -> Sequence[ResourceTemplate]:
         return self._listed("template")
+
+    async def _get_resource_template(
+        self, uri: str, version: VersionSpec | None = None
+    ) -> ResourceTemplate | None:
+        found = await super()._get_resource_template(uri, None)
+        if found is None:
+            return None
+        template: ResourceTemplate | None = self.versioned("template", found.uri_template, version)
+        return template
 
     async def _list_prompts(self) -> Sequence[Prompt]:
         return self._listed("prompt")
 
     async def _get_prompt(self, name: str, version: VersionSpec | None = None) -> Prompt | None:
-        return self.catalog().prompts.get(name)
+        prompt: Prompt | None = self.versioned("prompt", name, version)
+        return prompt
 
 
 class ProxyCatalog:

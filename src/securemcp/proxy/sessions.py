@@ -116,6 +116,8 @@ class Session(Generic[ClientT]):
     checked_generation: int = -1
     checked_at: float = 0.0
     live_digests: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (kind, key) -> the versions the upstream's live listing names (``_meta.fastmcp``)
+    live_versions: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     stale: bool = False
     credential: SessionCredential | None = None
     check_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

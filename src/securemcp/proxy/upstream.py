@@ -12,8 +12,10 @@ Every request the proxy sends upstream goes through :meth:`Upstream.request`, wh
    exchanged for a token with other scopes, audience, actor chain or confirmation key;
    **the caller's token is never sent upstream**. A plain FastMCP ``Client`` forwards no inbound
    header, redirects are not followed (a redirect must not carry an injected credential to
-   another origin), and nothing from the caller's ``_meta`` is forwarded (the upstream request
-   carries the proxy's own W3C trace context, so traces still join up);
+   another origin), and of the caller's ``_meta`` only an exact component version is forwarded
+   (``_meta.fastmcp.version``, see :mod:`securemcp.proxy.components`), and only when the
+   session's live listing names that version; the upstream request carries the proxy's own W3C
+   trace context (``traceparent``/``tracestate``), never the caller's, so traces still join up;
 3. re-checks the session's live definitions against the lockfile when they are due (every
    ``pin_check_seconds``, after a ``list_changed`` notification, after the lockfile changed);
 4. runs the request under the upstream's timeout and turns every failure into a clear, stable
@@ -47,6 +49,7 @@ import mcp_types
 from fastmcp import Client
 from fastmcp.client.messages import MessageHandler
 from fastmcp.client.transports import SSETransport, StdioTransport, StreamableHttpTransport
+from fastmcp.utilities.versions import VersionSpec
 from mcp import MCPError
 from pydantic import ValidationError
 
@@ -305,9 +308,13 @@ class Upstream:
             raise DefinitionChanged(reason=f"{self.name} {kind} {key!r} is blocked")
 
     async def live_definitions(
-        self, client: Client[Any], kinds: Iterable[str]
+        self,
+        client: Client[Any],
+        kinds: Iterable[str],
+        versions: dict[tuple[str, str], frozenset[str]] | None = None,
     ) -> list[PinnedDefinition]:
-        """The upstream's current definitions of the given kinds (for pinning and checking)."""
+        """The upstream's current definitions of the given kinds (for pinning and checking);
+        with ``versions``, also the versions each one's listing names (``_meta.fastmcp``)."""
         found: list[PinnedDefinition] = []
         for kind in sorted(kinds):
             try:
@@ -318,7 +325,11 @@ class Upstream:
                     continue
                 raise
             for item in getattr(result, _KIND_RESULT_FIELD[kind]):
-                found.append(PinnedDefinition.of(kind, definition_of(kind, item)))  # type: ignore[arg-type]
+                pinned = PinnedDefinition.of(kind, definition_of(kind, item))  # type: ignore[arg-type]
+                found.append(pinned)
+                if versions is not None:
+                    ident = (kind, pinned.key)
+                    versions[ident] = versions.get(ident, frozenset()) | _listed_versions(item)
         return found
 
     async def _verify_pins(self, session: Session[Client[Any]]) -> None:
@@ -343,7 +354,9 @@ class Upstream:
             session.stale = False
             pinned = dict(lock.entries) if lock is not None else {}
             kinds = {kind for kind, _ in pinned}
-            live = await self.live_definitions(session.client, kinds)
+            live_versions: dict[tuple[str, str], frozenset[str]] = {}
+            live = await self.live_definitions(session.client, kinds, live_versions)
+            session.live_versions = live_versions
             digests: dict[tuple[str, str], str] = {}
             for definition in live:
                 ident = (definition.kind, definition.key)
@@ -362,11 +375,23 @@ class Upstream:
             session.checked_generation = generation
             session.checked_at = self._clock()
 
-    def _check_live(self, session: Session[Any], kind: str, key: str) -> None:
+    def _check_live(
+        self, session: Session[Any], kind: str, key: str, version: str | None = None
+    ) -> None:
         lock = self.pins.upstream(self.name)
         pin = lock.get(kind, key) if lock is not None else None  # type: ignore[arg-type]
         if pin is None or self.pins.blocked(self.name, kind, key) is not None:
             raise DefinitionChanged(reason=f"{self.name} {kind} {key!r} is blocked")
+        if version is not None:
+            # The version the policy judged must be the one that runs: asked only of an
+            # upstream whose listing names it (one that ignores versions would run another).
+            wanted = VersionSpec(eq=version)
+            listed = session.live_versions.get((kind, key), frozenset())
+            if not any(wanted.matches(v, match_none=False) for v in listed):
+                raise UpstreamError(
+                    "The upstream server does not offer the requested version.",
+                    reason=f"{self.name} {kind} {key!r} lists no version {version[:100]!r}",
+                )
         if kind == "template":
             return  # a template is checked by its listing; reads go to concrete URIs
         if session.live_digests.get((kind, key)) != pin.digest:
@@ -381,14 +406,18 @@ class Upstream:
         send: Callable[[Client[Any]], Awaitable[T]],
         *,
         timeout_seconds: float | None = None,
+        version: str | None = None,
     ) -> T:
-        """Send one request for component ``(kind, key)`` as the current caller."""
+        """Send one request for component ``(kind, key)`` as the current caller; ``version``
+        is the exact component version ``send`` asks for, which the upstream must list."""
         self._check_blocked(kind, key)
         principal = current().principal
         exchange = self._exchange
         if exchange is None:
             key_of_identity = identity_key(principal)
-            return await self._request(kind, key, send, timeout_seconds, key_of_identity, None)
+            return await self._request(
+                kind, key, send, timeout_seconds, key_of_identity, None, version
+            )
         # The exchanged credential depends on the caller's grant, not only on who the caller is:
         # a down-scoped token of the same identity gets its own exchange and its own session.
         key_of_caller = grant_key(principal)
@@ -404,7 +433,9 @@ class Upstream:
         # short-lived to cache, re-exchanged, evicted): the call's answer is searched for it.
         exchange.issued.add(token)
         try:
-            return await self._request(kind, key, send, timeout_seconds, key_of_caller, credential)
+            return await self._request(
+                kind, key, send, timeout_seconds, key_of_caller, credential, version
+            )
         finally:
             exchange.issued.discard(token)
 
@@ -416,11 +447,12 @@ class Upstream:
         timeout_seconds: float | None,
         session_key: str,
         credential: SessionCredential | None,
+        version: str | None = None,
     ) -> T:
         try:
             try:
                 async with self.sessions.lease(session_key, credential=credential) as session:
-                    return await self._send(session, kind, key, send, timeout_seconds)
+                    return await self._send(session, kind, key, send, timeout_seconds, version)
             except PoolExhausted:
                 raise UpstreamUnavailable(
                     "The upstream server is busy; try again later.",
@@ -447,12 +479,13 @@ class Upstream:
         key: str,
         send: Callable[[Client[Any]], Awaitable[T]],
         timeout_seconds: float | None,
+        version: str | None = None,
     ) -> T:
         limit = timeout_seconds if timeout_seconds is not None else self.config.timeout_seconds
         try:
             with upstream_spans(), anyio.fail_after(limit):
                 await self._verify_pins(session)
-                self._check_live(session, kind, key)
+                self._check_live(session, kind, key, version)
                 result = await send(session.client)
         except CallRefused:
             raise
@@ -641,6 +674,20 @@ def _needles(secret: str) -> tuple[str, ...]:
             needles.add(stable)
             needles.add(stable.replace("+", "-").replace("/", "_"))
     return tuple(needles)
+
+
+def _listed_versions(item: Any) -> frozenset[str]:
+    """The component versions an upstream listing entry names in ``_meta.fastmcp`` (FastMCP:
+    ``version``, the listed one, and ``versions``, every one it serves)."""
+    meta = getattr(item, "meta", None)
+    fastmcp_meta = meta.get("fastmcp") if isinstance(meta, dict) else None
+    if not isinstance(fastmcp_meta, dict):
+        return frozenset()
+    named = [fastmcp_meta.get("version")]
+    versions = fastmcp_meta.get("versions")
+    if isinstance(versions, list):
+        named += versions
+    return frozenset(v for v in named if isinstance(v, str))
 
 
 def tool_result(result: mcp_types.CallToolResult) -> Any:
