@@ -830,3 +830,43 @@ async def test_a_resource_limit_is_not_evaded_by_respelling_or_by_another_value(
             with pytest.raises(Exception, match="rate_limited"):
                 await client.read_resource(uri)
     assert ran == ["app", "app", 7, 7, True, True, "a@example.com", "b@example.com"]
+
+
+async def test_a_refusal_record_names_the_rule_and_policy_version_that_refused(
+    idp: FakeIdentityProvider, tmp_path: Path
+) -> None:
+    """A reviewer reading a ``deny`` record can tell which rule of which policy text refused the
+    call, as for an ``allow`` (issue 5: every decision records its rule and policy version)."""
+    from securemcp.audit import AuditLog, iter_records
+    from securemcp.policy import RulesPolicy
+
+    policy = RulesPolicy.from_string(
+        'default = "deny"\n'
+        '[[rule]]\nname = "reads"\neffect = "allow"\nrisk = ["read"]\n'
+        '[[rule]]\nname = "small-transfers"\neffect = "constrain"\ntools = ["transfer"]\n'
+        "[rule.constraints]\narguments = { amount = { max = 100 } }\n"
+        '[[rule]]\nname = "wipes-need-a-human"\neffect = "require_approval"\ntools = ["wipe"]\n'
+    )
+    audit_dir = tmp_path / "audit"
+    store = open_store(tmp_path / "approvals.sqlite3")
+    mcp, runs = build(idp, policy=policy, audit=AuditLog(audit_dir), approvals=ApprovalGate(store))
+    async with connect(mcp, idp.token("alice")) as client:
+        assert (await _call(client, "read"))[0]
+        assert not (await _call(client, "transfer", {"amount": 5000}))[0]
+        assert not (await _call(client, "wipe", {"table": "users"}))[0]
+        assert not (await _call(client, "big"))[0]
+    decisions = {
+        r["target"]: r["decision"] for r in iter_records(audit_dir) if r["type"] == "decision"
+    }
+    assert decisions["read"]["rule"] == "reads"
+    assert (decisions["transfer"]["reason"], decisions["transfer"]["rule"]) == (
+        "policy_denied",
+        "small-transfers",
+    )
+    assert (decisions["wipe"]["reason"], decisions["wipe"]["rule"]) == (
+        "approval_required",
+        "wipes-need-a-human",
+    )
+    assert (decisions["big"]["reason"], decisions["big"]["rule"]) == ("policy_denied", "default")
+    assert {d["policy_version"] for d in decisions.values()} == {policy.version}
+    assert runs["transfer"] == runs["wipe"] == runs["big"] == 0

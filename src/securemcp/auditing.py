@@ -113,6 +113,8 @@ class CallAuditor:
         reason: str = "",
         trace_id: str | None,
         component_version: str | None = None,
+        rule: str | None = None,
+        policy_version: str | None = None,
     ) -> None:
         """Record the decision; raises ``AuditUnavailable`` if it cannot be written."""
         self.log.decision(
@@ -123,6 +125,8 @@ class CallAuditor:
             identity=principal,
             arguments=arguments,
             reason=reason,
+            rule=rule,
+            policy_version=policy_version,
             trace_id=trace_id,
             server=self.server_name,
             component_version=component_version,
@@ -139,8 +143,13 @@ class CallAuditor:
         code: str,
         trace_id: str | None,
         component_version: str | None = None,
+        rule: str | None = None,
+        policy_version: str | None = None,
     ) -> None:
-        """Record a refused call as a ``deny`` decision (best effort: it is refused anyway)."""
+        """Record a refused call as a ``deny`` decision (best effort: it is refused anyway).
+
+        ``rule`` and ``policy_version`` name the policy decision that refused it, if one did.
+        """
         try:
             self.decision(
                 call_id=call_id,
@@ -152,6 +161,8 @@ class CallAuditor:
                 reason=code,
                 trace_id=trace_id,
                 component_version=component_version,
+                rule=rule,
+                policy_version=policy_version,
             )
         except Exception:
             logger.exception("securemcp could not audit a refused call")

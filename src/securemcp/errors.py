@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from fastmcp.exceptions import AuthorizationError, InsufficientScopeError, ToolError
 
@@ -116,10 +117,25 @@ class ContextClosed(ContextError):
 
 
 class CallRefused(SecureMCPError, AuthorizationError):
-    """Base of every refusal: the tool, resource or prompt body did not run."""
+    """Base of every refusal: the tool, resource or prompt body did not run.
+
+    ``rule`` and ``policy_version`` name the policy decision that refused the call, when one
+    did (set by the enforcement point, recorded in the audit log's ``deny`` record, never sent
+    to the client).
+    """
 
     code = "access_denied"
     default_message = "The call was refused."
+    rule: str | None = None
+    policy_version: str | None = None
+
+    def decided_by(self, decision: Any) -> CallRefused:
+        """Name ``decision`` (a ``securemcp.policy.Decision``) as what refused the call."""
+        if self.rule is None:
+            self.rule = decision.rule
+        if self.policy_version is None:
+            self.policy_version = decision.policy_version
+        return self
 
 
 class Unauthenticated(CallRefused):

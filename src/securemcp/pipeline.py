@@ -567,6 +567,9 @@ class SecurityPipeline(Middleware):
                         if decision is not None:
                             call.policy_version = decision.policy_version
                 except (CallRefused, _HiddenRefusal) as exc:
+                    refused_by = getattr(exc, "policy_version", None)
+                    if refused_by is not None:  # the policy version that refused it, for the span
+                        call.policy_version = refused_by
                     if steps is not None:
                         steps.done("securemcp.authorize", exc.code)
                     if exc.code == "approval_required":
@@ -581,6 +584,8 @@ class SecurityPipeline(Middleware):
                             code=exc.code,
                             trace_id=trace_id,
                             component_version=component_version,
+                            rule=getattr(exc, "rule", None),
+                            policy_version=getattr(exc, "policy_version", None),
                         )
                     raise
                 if steps is not None:

@@ -12,12 +12,14 @@ with *these* arguments, *now*. The pipeline runs, per call::
   the fail-closed policy hook and its combinators (:mod:`.hooks`).
 * :class:`RulesPolicy` — a TOML rules file with hot reload and ``explain`` (:mod:`.rules`,
   format in ``docs/policy.md``).
+* :class:`CedarPolicy` — Cedar policies in ToolHive's MCP entity model, failing closed where a
+  ``forbid`` cannot be evaluated (:mod:`.cedar`; ``pip install securemcp[cedar]``).
 * :class:`ApprovalGate`, :class:`ApprovalStore`, :func:`open_store` — human approvals bound to
   the exact call (:mod:`.approvals`).
 * :class:`RateLimiter`, :class:`RateLimit` — per principal / tool / tenant / address limits in
   memory or Redis (:mod:`.ratelimit`).
 
-Heavier modules (rules, approvals, rate limits) are imported lazily on first use.
+Heavier modules (rules, Cedar, approvals, rate limits) are imported lazily on first use.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from securemcp.policy.approvals import ApprovalStore as ApprovalStore
     from securemcp.policy.approvals import ApproverRequirement as ApproverRequirement
     from securemcp.policy.approvals import open_store as open_store
+    from securemcp.policy.cedar import CedarPolicy as CedarPolicy
     from securemcp.policy.ratelimit import RateDecision as RateDecision
     from securemcp.policy.ratelimit import RateLimit as RateLimit
     from securemcp.policy.ratelimit import RateLimiter as RateLimiter
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     from securemcp.policy.rules import RulesPolicy as RulesPolicy
 
 _LAZY: dict[str, str] = {
+    "CedarPolicy": "securemcp.policy.cedar",
     "Approval": "securemcp.policy.approvals",
     "ApprovalGate": "securemcp.policy.approvals",
     "ApprovalStatus": "securemcp.policy.approvals",

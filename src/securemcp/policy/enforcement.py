@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from securemcp.errors import CallTimedOut, PolicyDenied, ResultTooLarge
+from securemcp.errors import CallRefused, CallTimedOut, PolicyDenied, ResultTooLarge
 from securemcp.policy.approvals import ApprovalGate, ApprovalStore, open_store
 from securemcp.policy.decision import Constraints, Decision, Effect
 from securemcp.policy.errors import PolicyError
@@ -45,6 +45,10 @@ def _policy(setting: Any) -> PolicyLike | None:
     if setting is None:
         return None
     if isinstance(setting, str | os.PathLike):
+        if os.fspath(setting).endswith(".cedar"):
+            from securemcp.policy.cedar import CedarPolicy
+
+            return CedarPolicy.from_file(setting)
         from securemcp.policy.rules import RulesPolicy
 
         return RulesPolicy.from_file(setting)
@@ -61,7 +65,8 @@ class PolicyEnforcement:
     """Rate limits, the policy hook, approvals and constraints for one server.
 
     Args:
-        policy: any policy (function, object, combinator), or a path to a TOML rules file.
+        policy: any policy (function, object, combinator), or a path to a TOML rules file or
+            to a Cedar policy file (``*.cedar``).
         rate_limits: a :class:`RateLimiter`, or the rules to build an in-memory one.
         approvals: an :class:`ApprovalGate`, an :class:`ApprovalStore`, or a store spec
             (``redis://...`` or a SQLite path). Default: the local SQLite store, opened the first
@@ -102,8 +107,8 @@ class PolicyEnforcement:
         ``log`` is a :class:`securemcp.audit.AuditLog`. Recording is best effort: these events
         are also logged, and a failure to audit them never changes a call's decision.
         """
+        from securemcp.policy._hot_reload import HotReloadedPolicy, PolicyChange
         from securemcp.policy.ratelimit import StorageFailure
-        from securemcp.policy.rules import PolicyChange, RulesPolicy
 
         def policy_changed(event: PolicyChange) -> None:
             try:
@@ -135,11 +140,10 @@ class PolicyEnforcement:
             except Exception:
                 logger.exception("securemcp could not audit a rate-limit storage failure")
 
-        if isinstance(self.policy, RulesPolicy):
-            self.policy.subscribe(policy_changed)
-            self._initial_policy_event = PolicyChange(
-                "loaded", self.policy.source, self.policy.version
-            )
+        policy: Any = self.policy
+        if isinstance(policy, HotReloadedPolicy):  # a rules file or a Cedar policy file
+            policy.subscribe(policy_changed)
+            self._initial_policy_event = PolicyChange("loaded", policy.source, policy.version)
         if self.rate_limiter is not None:
             self.rate_limiter.subscribe(storage_failed)
         self._audit_policy_changed = policy_changed
@@ -318,9 +322,15 @@ class PolicyEnforcement:
         constraints = decision.constraints
         violations = constraints.violations(bounded.arguments) if constraints.arguments else ()
         if violations:
-            raise PolicyDenied(reason=f"constraint violated: {'; '.join(violations)}")
+            raise PolicyDenied(reason=f"constraint violated: {'; '.join(violations)}").decided_by(
+                decision
+            )
         if decision.effect is Effect.REQUIRE_APPROVAL:
-            await self.gate.check(request, decision)
+            try:
+                await self.gate.check(request, decision)
+            except CallRefused as exc:
+                exc.decided_by(decision)
+                raise
         return decision
 
     @staticmethod

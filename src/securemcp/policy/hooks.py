@@ -418,5 +418,5 @@ def refusal(decision: Decision) -> CallRefused:
     """
     internal = f"{decision.rule}: {decision.reason}" if decision.rule else decision.reason
     if decision.reason == POLICY_ERROR:
-        return PolicyError(reason=f"{internal} ({decision.detail})")
-    return PolicyDenied(reason=internal)
+        return PolicyError(reason=f"{internal} ({decision.detail})").decided_by(decision)
+    return PolicyDenied(reason=internal).decided_by(decision)

@@ -4,60 +4,32 @@
 wherever a policy hook is accepted. The file format is in ``docs/policy.md`` and
 :mod:`securemcp.policy.rules_compile`.
 
-Hot reload (reload without restart, as ToolHive and agentgateway do for their config): on the call
-path, at most once per ``check_interval`` (1 s), the file's ``stat`` signature
-(mtime, size, inode) is compared; when it changed, the file is read, hashed (SHA-256: the
-``policy_version``) and, if the content changed, compiled. The new rule set replaces the old one
-with a single reference assignment, so every call is decided by exactly one complete version —
-never by a half-loaded one, never by none.
-
-A file that fails to parse or validate (or disappears) **keeps the previous policy in force**
-and is reported loudly: ``logging.error`` on ``securemcp.policy`` and a :class:`PolicyChange`
-event (``kind="reload_failed"``) to ``on_policy_change``, which the server connects to the audit
-log. The same broken content is reported once, not on every check. Successful loads report
-``kind="loaded"`` / ``"reloaded"`` with the old and new versions.
+Hot reload (:mod:`securemcp.policy._hot_reload`): with ``reload=True`` the file is checked at
+most once per ``check_interval`` (1 s) on the call path and recompiled when its content changes;
+every call is decided by exactly one complete version, and a file that fails to parse or
+validate keeps the previous policy in force, reported to the log and to ``on_policy_change``
+(a :class:`PolicyChange`, which the server records in the audit log).
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from securemcp.policy._hot_reload import (
+    CompileFailed,
+    HotReloadedPolicy,
+    PolicyChange,
+    PolicyChangeCallback,
+)
 from securemcp.policy.decision import Decision
 from securemcp.policy.request import CallRequest
 from securemcp.policy.rules_compile import Rule, RuleSet, RulesFileError, compile_rules
 
 __all__ = ["Explanation", "PolicyChange", "RuleTrace", "RulesFileError", "RulesPolicy"]
-
-logger = logging.getLogger("securemcp.policy")
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyChange:
-    """A policy load, reload or failed reload (for the audit log).
-
-    Attributes:
-        kind: ``loaded``, ``reloaded`` or ``reload_failed``.
-        source: the rules file.
-        policy_version: the version now in force.
-        previous_version: the version before (``None`` on first load).
-        errors: for ``reload_failed``, every problem found (``file:line: message``).
-        at: POSIX time of the event.
-    """
-
-    kind: Literal["loaded", "reloaded", "reload_failed"]
-    source: str
-    policy_version: str | None
-    previous_version: str | None = None
-    errors: tuple[str, ...] = ()
-    at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +80,6 @@ class Explanation:
         return "\n".join(lines)
 
 
-PolicyChangeCallback = Callable[[PolicyChange], object]
-_Signature = tuple[int, int, int]
-
-
 def explain_ruleset(ruleset: RuleSet, request: CallRequest) -> Explanation:
     """Explain how ``ruleset`` decides ``request``."""
     trace: list[RuleTrace] = []
@@ -126,7 +94,7 @@ def explain_ruleset(ruleset: RuleSet, request: CallRequest) -> Explanation:
     return Explanation(decision, rule_name, None, tuple(trace), ruleset.version)
 
 
-class RulesPolicy:
+class RulesPolicy(HotReloadedPolicy[RuleSet]):
     """A policy decided by a rules file; optionally hot-reloaded. See the module docstring."""
 
     def __init__(
@@ -139,32 +107,14 @@ class RulesPolicy:
         on_policy_change: PolicyChangeCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._ruleset = ruleset
-        self._path = Path(path) if path is not None else None
-        self._reload = reload and self._path is not None
-        self._interval = check_interval
-        self._on_change = on_policy_change
-        self._clock = clock
-        self._next_check = clock() + check_interval
-        self._signature: _Signature | None = self._stat()
-        self._failed_version: str | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def source(self) -> str:
-        """The rules file (``"<string>"`` for a policy built from text)."""
-        return str(self._path) if self._path is not None else "<string>"
-
-    def subscribe(self, callback: PolicyChangeCallback) -> None:
-        """Also send every later :class:`PolicyChange` to ``callback`` (e.g. the audit log)."""
-        previous = self._on_change
-
-        def both(event: PolicyChange) -> None:
-            if previous is not None:
-                previous(event)
-            callback(event)
-
-        self._on_change = both
+        super().__init__(
+            ruleset,
+            path=path,
+            reload=reload,
+            check_interval=check_interval,
+            on_policy_change=on_policy_change,
+            clock=clock,
+        )
 
     @classmethod
     def from_file(
@@ -202,110 +152,36 @@ class RulesPolicy:
         """
         return cls(compile_rules(text, source=source))
 
+    def _compile(self, data: bytes, source: str) -> RuleSet:
+        try:
+            return compile_rules(data, source=source)
+        except RulesFileError as exc:
+            raise CompileFailed([issue.format(source) for issue in exc.issues]) from None
+
+    def _version_of(self, compiled: RuleSet) -> str:
+        return compiled.version
+
     @property
     def name(self) -> str:
         """The rules file's ``name`` (or its path)."""
-        return self._ruleset.name
-
-    @property
-    def version(self) -> str:
-        """``sha256:<hex>`` of the rules file in force."""
-        return self._ruleset.version
+        return self._compiled.name
 
     @property
     def ruleset(self) -> RuleSet:
         """The compiled rules in force."""
-        return self._ruleset
+        return self._compiled
 
     @property
     def rules(self) -> tuple[Rule, ...]:
         """The rules in force, in order."""
-        return self._ruleset.rules
+        return self._compiled.rules
 
     def evaluate(self, request: CallRequest) -> Decision | None:
         """Decide ``request`` (``None`` only with ``default = "abstain"``)."""
-        if self._reload and self._clock() >= self._next_check:
-            self._check_file()
-        return self._ruleset.decide(request)
+        return self._current().decide(request)
 
     __call__ = evaluate
 
     def explain(self, request: CallRequest) -> Explanation:
         """Which rule decides ``request`` and why earlier rules did not match."""
-        return explain_ruleset(self._ruleset, request)
-
-    def reload(self) -> bool:
-        """Check the file now. ``True`` when a new version was installed."""
-        with self._lock:
-            return self._reload_locked(force=True)
-
-    # --- reloading --------------------------------------------------------------------------
-
-    def _stat(self) -> _Signature | None:
-        if self._path is None:
-            return None
-        try:
-            st = self._path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def _check_file(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            return  # another thread is checking; this call uses the version in force
-        try:
-            self._next_check = self._clock() + self._interval
-            self._reload_locked(force=False)
-        finally:
-            self._lock.release()
-
-    def _reload_locked(self, *, force: bool) -> bool:
-        if self._path is None:
-            return False
-        signature = self._stat()
-        if signature == self._signature and not force:
-            return False
-        self._signature = signature
-        source = str(self._path)
-        previous = self._ruleset.version
-        try:
-            data = self._path.read_bytes()
-        except OSError as exc:
-            self._report_failure(source, previous, "missing", [f"{source}: cannot read: {exc}"])
-            return False
-        try:
-            ruleset = compile_rules(data, source=source)
-        except RulesFileError as exc:
-            version = "sha256:" + hashlib.sha256(data).hexdigest()
-            errors = [issue.format(source) for issue in exc.issues]
-            self._report_failure(source, previous, version, errors)
-            return False
-        self._failed_version = None
-        if ruleset.version == previous:
-            return False
-        self._ruleset = ruleset
-        logger.warning(
-            "securemcp policy %s reloaded: %s -> %s", source, previous[:19], ruleset.version[:19]
-        )
-        self._emit(PolicyChange("reloaded", source, ruleset.version, previous))
-        return True
-
-    def _report_failure(self, source: str, previous: str, failed: str, errors: list[str]) -> None:
-        if failed == self._failed_version:
-            return  # this exact content was already reported
-        self._failed_version = failed
-        logger.error(
-            "securemcp policy %s failed to reload; the previous policy %s stays in force:\n%s",
-            source,
-            previous[:19],
-            "\n".join(errors),
-        )
-        self._emit(PolicyChange("reload_failed", source, previous, previous, tuple(errors)))
-
-    def _emit(self, event: PolicyChange) -> None:
-        if self._on_change is None:
-            return
-        try:
-            self._on_change(event)
-        except Exception:
-            logger.exception("securemcp on_policy_change callback failed for %s", event.kind)
+        return explain_ruleset(self._compiled, request)
