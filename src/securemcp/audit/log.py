@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from securemcp.audit import jcs
+from securemcp.audit._files import open_regular
 from securemcp.audit._lines import OUTCOME_JSON, decision_json, site_json, version_json, vetted
 from securemcp.audit.chain import format_ts, genesis_prev, new_origin, parse_ts, valid_origin
 from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint
@@ -998,10 +999,10 @@ class AuditLog:
         self._resume(segments, cp_path)
         number = segments[-1][0] if segments else 0
         path = directory / segment_name(number)
-        self._fd = os.open(path, _APPEND_FLAGS, 0o600)
+        self._fd = open_regular(path, _APPEND_FLAGS, 0o600)  # never a FIFO: it would block
         self._segment = number
         self._segment_size = os.fstat(self._fd).st_size
-        self._cp_fd = os.open(cp_path, _APPEND_FLAGS, 0o600)
+        self._cp_fd = open_regular(cp_path, _APPEND_FLAGS, 0o600)
         self._sync_directory()
         return recovered
 

@@ -48,6 +48,12 @@ from typing import Any, Final
 
 from securemcp.audit import jcs
 from securemcp.audit._classify import Finding, classify_break
+from securemcp.audit._files import (
+    TRUSTED_CHECKPOINT_MAX_BYTES,
+    open_regular_binary,
+    read_regular,
+    read_regular_text,
+)
 from securemcp.audit._scan import BadRecord, ChunkResult, RecordHead, parse_head, scan_chunk
 from securemcp.audit.chain import genesis_prev
 from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint
@@ -233,7 +239,7 @@ def _load_trusted_checkpoint(value: str | os.PathLike[str] | None) -> _Entry | N
 def _read_trusted_checkpoint(value: str | os.PathLike[str]) -> str:
     if isinstance(value, str) and "\n" in value:
         return value
-    text = Path(value).read_text(encoding="utf-8")
+    text = read_regular_text(value, limit=TRUSTED_CHECKPOINT_MAX_BYTES)
     if text.lstrip().startswith("{"):
         lines = [line for line in text.splitlines() if line.strip()]
         note = jcs.loads(lines[-1]).get("note")
@@ -372,7 +378,7 @@ class _Run:
         path = self.directory / CHECKPOINTS_FILE
         if not path.exists():
             return
-        data = path.read_bytes()
+        data = read_regular(path)  # a FIFO or device is refused, never waited on
         lines = data.split(b"\n")
         if lines[-1]:
             self.report.warnings.append("the last checkpoint line is torn (a crash while sealing)")
@@ -613,7 +619,7 @@ class _Run:
         )
 
     def _head_at(self, path: Path, offset: int) -> RecordHead:
-        with path.open("rb") as handle:
+        with open_regular_binary(path) as handle:
             handle.seek(offset)
             raw = handle.readline()
         try:
@@ -622,19 +628,19 @@ class _Run:
             raise _tampered("malformed", self.count, str(exc)) from None
 
     def _lines_after(self, index: int, offset: int) -> Iterator[bytes]:
-        with self.segments[index][1].open("rb") as handle:
+        with open_regular_binary(self.segments[index][1]) as handle:
             handle.seek(offset)
             handle.readline()
             yield from handle
         for _, segment in self.segments[index + 1 :]:
-            with segment.open("rb") as handle:
+            with open_regular_binary(segment) as handle:
                 yield from handle
 
     def _line_of(self, seq: int) -> bytes | None:
         if seq < 0 or seq >= self.count:
             return None
         index = max(i for i, first in enumerate(self.first_seq) if first <= seq)
-        with self.segments[index][1].open("rb") as handle:
+        with open_regular_binary(self.segments[index][1]) as handle:
             for position, raw in enumerate(handle, self.first_seq[index]):
                 if position == seq:
                     return raw.rstrip(b"\n")
@@ -791,7 +797,7 @@ def _plan(path: Path, size: int, chunk: int) -> list[tuple[str, int, int]]:
         return []
     plan = []
     start = 0
-    with path.open("rb") as handle:
+    with open_regular_binary(path) as handle:
         while start < size:
             target = start + chunk
             if target >= size:
