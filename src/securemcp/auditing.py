@@ -113,6 +113,8 @@ class CallAuditor:
         reason: str = "",
         trace_id: str | None,
         component_version: str | None = None,
+        version_resolved: bool = True,
+        requested_version: str | None = None,
     ) -> None:
         """Record the decision; raises ``AuditUnavailable`` if it cannot be written."""
         self.log.decision(
@@ -126,6 +128,8 @@ class CallAuditor:
             trace_id=trace_id,
             server=self.server_name,
             component_version=component_version,
+            version_resolved=version_resolved,
+            requested_version=requested_version,
         )
 
     def refusal(
@@ -139,6 +143,8 @@ class CallAuditor:
         code: str,
         trace_id: str | None,
         component_version: str | None = None,
+        version_resolved: bool = True,
+        requested_version: str | None = None,
     ) -> None:
         """Record a refused call as a ``deny`` decision (best effort: it is refused anyway)."""
         try:
@@ -152,6 +158,8 @@ class CallAuditor:
                 reason=code,
                 trace_id=trace_id,
                 component_version=component_version,
+                version_resolved=version_resolved,
+                requested_version=requested_version,
             )
         except Exception:
             logger.exception("securemcp could not audit a refused call")

@@ -619,6 +619,8 @@ class AuditLog:
         server: str | None = None,
         record_arguments: bool | None = None,
         component_version: str | None = None,
+        version_resolved: bool = True,
+        requested_version: str | None = None,
     ) -> int:
         """Append the ``decision`` record written before a tool runs; returns its ``seq``.
 
@@ -626,14 +628,17 @@ class AuditLog:
         reason, rule, policy version and constraints are read). ``identity`` is a ``Principal``
         or a mapping. ``arguments`` are hashed; they are stored (redacted) only when
         ``record_arguments`` (default: the log's setting) is true. ``component_version`` (the
-        version of a versioned component) is recorded only when given.
+        version of a versioned component) is recorded only when given. ``version_resolved=False``
+        (a forwarding component: which version runs is not known here) records
+        ``component_version: null`` and the caller's ``requested_version``, on the generic path
+        (see :func:`~securemcp.audit.records.decision_record`).
         """
         if server is None:
             server = self.server
         if record_arguments is None:
             record_arguments = self.record_arguments
         fragment = None
-        if not (record_arguments and arguments is not None):
+        if version_resolved and not (record_arguments and arguments is not None):
             fragment = decision_json(result, reason, rule, policy_version)
         if fragment is not None:
             try:  # encode_basestring raises TypeError for anything but a str: generic path
@@ -661,6 +666,8 @@ class AuditLog:
                 record_arguments=record_arguments,
                 redact_keys=self.redact_keys,
                 component_version=component_version,
+                version_resolved=version_resolved,
+                requested_version=requested_version,
             )
             if fragment is None:  # unusual values: screen all of the generic record
                 return self._append_body(body, screen(body))
