@@ -19,7 +19,7 @@ from fastmcp import FastMCP as BareFastMCP
 from fastmcp.server import create_proxy
 
 from securemcp import FastMCP
-from securemcp.audit import AuditLog, iter_records
+from securemcp.audit import AuditLog, JsonLinesSink, iter_records
 from securemcp.context import Principal
 from securemcp.policy import ApprovalGate, RulesPolicy, open_store
 from securemcp.testing import FakeIdentityProvider, connect
@@ -327,3 +327,37 @@ async def test_decision_records_name_the_component_version(tmp_path: Path) -> No
     ]
     assert "component_version" not in decisions[2]  # unversioned: the record is unchanged
     assert [r["decision"]["result"] for r in decisions] == ["allow", "deny", "allow"]
+
+
+@pytest.mark.parametrize("sinks", [False, True], ids=["fast-path", "generic-path"])
+async def test_decision_records_say_when_the_version_is_unresolved(
+    tmp_path: Path, sinks: bool
+) -> None:
+    """Behind a proxy securemcp cannot tell which version runs: the decision (allowed, or
+    refused before the body runs) records ``component_version: null`` and the version the
+    caller asked for; a local unversioned tool's record is unchanged."""
+    import io
+
+    ran: list[str] = []
+    log = AuditLog(
+        tmp_path / "audit",
+        key_dir=tmp_path / "keys",
+        sinks=[JsonLinesSink(io.StringIO())] if sinks else (),
+    )
+    front = _proxied(ran, _rules(DENY_V2), audit=log)
+
+    @front.tool
+    def plain() -> str:
+        return "plain"
+
+    async with connect(front, None) as client:
+        assert (await _purge(client, "1"))[0]  # allowed: exactly v1 asked for
+        assert not (await _purge(client))[0]  # refused: it may run v2
+        await client.call_tool("plain", {})
+    log.close()
+    decisions = [r for r in iter_records(tmp_path / "audit") if r["type"] == "decision"]
+    assert [
+        (r["decision"]["result"], r.get("component_version", "-"), r.get("requested_version", "-"))
+        for r in decisions
+    ] == [("allow", None, "1"), ("deny", None, None), ("allow", "-", "-")]
+    assert ran == ["v1"]

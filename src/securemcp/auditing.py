@@ -115,6 +115,8 @@ class CallAuditor:
         component_version: str | None = None,
         rule: str | None = None,
         policy_version: str | None = None,
+        version_resolved: bool = True,
+        requested_version: str | None = None,
     ) -> None:
         """Record the decision; raises ``AuditUnavailable`` if it cannot be written."""
         self.log.decision(
@@ -130,6 +132,8 @@ class CallAuditor:
             trace_id=trace_id,
             server=self.server_name,
             component_version=component_version,
+            version_resolved=version_resolved,
+            requested_version=requested_version,
         )
 
     def refusal(
@@ -145,6 +149,8 @@ class CallAuditor:
         component_version: str | None = None,
         rule: str | None = None,
         policy_version: str | None = None,
+        version_resolved: bool = True,
+        requested_version: str | None = None,
     ) -> None:
         """Record a refused call as a ``deny`` decision (best effort: it is refused anyway).
 
@@ -163,6 +169,8 @@ class CallAuditor:
                 component_version=component_version,
                 rule=rule,
                 policy_version=policy_version,
+                version_resolved=version_resolved,
+                requested_version=requested_version,
             )
         except Exception:
             logger.exception("securemcp could not audit a refused call")

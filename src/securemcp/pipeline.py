@@ -536,6 +536,7 @@ class SecurityPipeline(Middleware):
             arguments = audited_arguments = _arguments(method, context)
             bound = _CURRENT.set(security_context)
             component_version: str | None = None  # the version that runs, once resolved
+            version_resolved = True  # False: a forwarding component; the upstream picks it
             try:
                 try:
                     version = requested_version(context)
@@ -546,6 +547,7 @@ class SecurityPipeline(Middleware):
                             raise self._not_found(method, target)
                     call.resolved = True
                     component_version = facts.version
+                    version_resolved = not facts.forwards_versions
                     if method == "resources/read":  # a template read is named like a tool call
                         call.audited, audited_arguments = audited_read(target, facts.uri_template)
                     enforcement = self.enforcement
@@ -586,6 +588,8 @@ class SecurityPipeline(Middleware):
                             component_version=component_version,
                             rule=getattr(exc, "rule", None),
                             policy_version=getattr(exc, "policy_version", None),
+                            version_resolved=version_resolved,
+                            requested_version=None if version_resolved else version_text(version),
                         )
                     raise
                 if steps is not None:
@@ -603,6 +607,8 @@ class SecurityPipeline(Middleware):
                             trace_id=trace_id,
                             server=auditor.server_name,
                             component_version=component_version,
+                            version_resolved=version_resolved,
+                            requested_version=None if version_resolved else version_text(version),
                         )
                     except Exception as exc:
                         if steps is not None:

@@ -288,6 +288,8 @@ def fast_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AuditLo
     server=OPT,
     record_arguments=st.none() | st.booleans(),
     component_version=OPT | st.sampled_from(["2", "1.0.0", "v2"]) | st.integers(0, 3),
+    version_resolved=st.booleans(),
+    requested_version=OPT | st.sampled_from(["2", ">=1,<3"]),
 )
 def test_decision_lines_are_the_generic_records_bytes(
     fast_log: tuple[AuditLog, Tail],
@@ -304,8 +306,12 @@ def test_decision_lines_are_the_generic_records_bytes(
     server: str | None,
     record_arguments: bool | None,
     component_version: Any,
+    version_resolved: bool,
+    requested_version: Any,
 ) -> None:
     log, tail = fast_log
+    if not version_resolved:
+        component_version = None  # what the pipeline passes when it cannot resolve the version
     kw: dict[str, Any] = {
         "call_id": call_id,
         "method": method,
@@ -318,6 +324,8 @@ def test_decision_lines_are_the_generic_records_bytes(
         "policy_version": policy_version,
         "trace_id": trace_id,
         "component_version": component_version,
+        "version_resolved": version_resolved,
+        "requested_version": requested_version,
     }
     appended(
         log,
@@ -754,3 +762,50 @@ def test_an_unversioned_decision_line_is_unchanged_and_a_versioned_one_names_its
         assert lines[2].index(b'"component_version"') < lines[2].index(b'"decision"')
         assert verify(directory, keyring=KEYRING).status == "verified"
     assert '"component_version":"2"' in stream.getvalue()
+
+
+def test_an_unresolved_version_is_recorded_as_null_with_the_version_asked_for(
+    log_dir: Path,
+) -> None:
+    """A component that forwards calls to a versioned one elsewhere (a proxy) cannot say which
+    version runs: its decision records ``component_version: null`` and the caller's
+    ``requested_version`` (``null`` when it asked for none), on both paths; records of
+    unversioned and of resolved components are byte-identical to what they were."""
+    kw: dict[str, Any] = {"call_id": "c1", "method": "tools/call", "target": "purge"}
+    kw |= {"result": "allow", "identity": REUSED[0], "arguments": {"repo": "prod"}}
+    outputs = []
+    for directory, sinks in (
+        (log_dir, []),
+        (log_dir.parent / "with-sink", [JsonLinesSink(io.StringIO())]),
+    ):
+        with AuditLog(directory, signer=SIGNER, fsync="never", sinks=sinks) as log:
+            tail = Tail(log)
+            log.decision(**kw, version_resolved=False, requested_version="2")
+            log.decision(**kw, version_resolved=False)
+            log.decision(**kw, version_resolved=False, requested_version=">=1,<3")
+            log.decision(**kw, requested_version="2")  # resolved: the version asked is not news
+            log.decision(**kw, component_version="2", requested_version="2")
+            lines = tail.new().splitlines()
+        outputs.append([line.split(b',"log":')[0] for line in lines])  # without header values
+        asked, unasked, ranged, plain, versioned = (json.loads(line) for line in lines)
+        assert (asked["component_version"], asked["requested_version"]) == (None, "2")
+        assert (unasked["component_version"], unasked["requested_version"]) == (None, None)
+        assert ranged["requested_version"] == ">=1,<3"
+        assert "component_version" not in plain and "requested_version" not in plain
+        assert versioned["component_version"] == "2" and "requested_version" not in versioned
+        assert lines[0].index(b'"prev"') < lines[0].index(b'"requested_version"')
+        assert lines[0].index(b'"requested_version"') < lines[0].index(b'"seq"')
+        assert verify(directory, keyring=KEYRING).status == "verified"
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_a_credential_in_the_requested_version_is_refused(
+    guarded: tuple[AuditLog, Tail], secret: str
+) -> None:
+    log, tail = guarded
+    kw: dict[str, Any] = {"call_id": "c", "method": "tools/call", "target": "t", "result": "allow"}
+    _refused(
+        log, tail, lambda: log.decision(**kw, version_resolved=False, requested_version=secret)
+    )
+    log.decision(**kw, version_resolved=False, requested_version="2")  # the log still works

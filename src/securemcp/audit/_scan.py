@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from securemcp.audit._files import open_regular_binary
 from securemcp.audit.chain import TS_PATTERN
 from securemcp.audit.jcs import CanonicalParser, NotCanonical
 from securemcp.audit.records import SCHEMA_VERSION
@@ -125,7 +126,7 @@ def scan_chunk(path: str, start: int, end: int) -> ChunkResult:
     prev_hex = prev_ts = log_id = last_prev = last_type = ""
     prev_seq = -1
     last_offset = offset = start
-    with open(path, "rb") as handle:
+    with open_regular_binary(path) as handle:
         handle.seek(start)
         for raw in handle:
             if offset >= end:

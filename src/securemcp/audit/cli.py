@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from securemcp.audit._files import KEYRING_MAX_BYTES, open_regular, read_regular_text
 from securemcp.audit.errors import KeyringError
 from securemcp.audit.keys import DEV_KEYRING_FILE, Keyring, default_key_dir, generate_key_file
 from securemcp.audit.reader import RecordFilter, iter_records, parse_time, tail_records
@@ -168,8 +170,10 @@ def _verify(args: argparse.Namespace) -> int:
         return _error("audit verify: --keyring FILE is required when PATH is given")
     else:
         path, keyring = Path(args.path), Path(args.keyring)
-    if not keyring.is_file():
+    if not keyring.exists():
         return _error(f"audit verify: keyring {keyring} not found")
+    if not keyring.is_file():  # stat only: opening a FIFO would block
+        return _error(f"audit verify: keyring {keyring} is not a regular file")
     bar = ProgressBar(sys.stderr)
     try:
         report = verify(
@@ -305,18 +309,29 @@ def _print_records(records: Iterable[dict[str, Any]], *, as_json: bool, out: Tex
 
 def _generate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_key_dir() / f"{args.name}.key"
+    keyring_fd = -1
+    if args.keyring:  # opened first: no key is written for a keyring that cannot take its line
+        try:
+            keyring_fd = open_regular(args.keyring, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            return _error(f"keys generate: cannot append to {args.keyring}: {exc}")
     try:
-        signer = generate_key_file(out, args.name, overwrite=args.force)
-    except FileExistsError:
-        return _error(f"keys generate: {out} exists (use --force to overwrite)")
-    except KeyringError as exc:
-        return _error(f"keys generate: {exc}")
-    except OSError as exc:
-        return _error(f"keys generate: cannot write {out}: {exc}")
-    line = str(signer.verifier_key())
-    if args.keyring:
-        with open(args.keyring, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        try:
+            signer = generate_key_file(out, args.name, overwrite=args.force)
+        except FileExistsError:
+            return _error(f"keys generate: {out} exists (use --force to overwrite)")
+        except KeyringError as exc:
+            return _error(f"keys generate: {exc}")
+        except OSError as exc:
+            return _error(f"keys generate: cannot write {out}: {exc}")
+        line = str(signer.verifier_key())
+        if keyring_fd >= 0:
+            with os.fdopen(keyring_fd, "w", encoding="utf-8") as handle:
+                keyring_fd = -1
+                handle.write(line + "\n")
+    finally:
+        if keyring_fd >= 0:
+            os.close(keyring_fd)
     print(line)
     print(f"private key written to {out} (mode 0600); keep it secret.", file=sys.stderr)
     return 0
@@ -328,7 +343,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _retire(args: argparse.Namespace) -> int:
     path = Path(args.keyring)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path, limit=KEYRING_MAX_BYTES)  # never blocks on a FIFO
         keyring = Keyring.parse(text)
         plan = plan_retirement(
             keyring, args.key, after_size=args.after_size, logs=tuple(args.log or ())

@@ -31,6 +31,12 @@ from typing import Final, Protocol, runtime_checkable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from securemcp.audit._files import (
+    KEY_FILE_MAX_BYTES,
+    KEYRING_MAX_BYTES,
+    open_regular,
+    read_regular_text,
+)
 from securemcp.audit.checkpoint import MAX_SIZE
 from securemcp.audit.errors import AuditError, KeyringError
 from securemcp.audit.note import ALG_ED25519, NoteError, VerifierKey, key_id, valid_key_name
@@ -141,12 +147,23 @@ class Ed25519Signer:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Ed25519Signer:
-        """Load a key file written by :func:`generate_key_file` (warns if others can read it)."""
-        path = Path(path)
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            logger.warning("audit signing key %s is readable by other users (mode %o)", path, mode)
-        return cls.from_private_key_line(path.read_text(encoding="utf-8"))
+        """Load a key file written by :func:`generate_key_file` (warns if others can read it).
+
+        Raises:
+            OSError: the file cannot be read, is not a regular file (a FIFO, a device: never
+                waited on) or is larger than a key file can be.
+        """
+        fd = open_regular(path)
+        with os.fdopen(fd, "rb") as handle:
+            mode = os.fstat(fd).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                logger.warning(
+                    "audit signing key %s is readable by other users (mode %o)", path, mode
+                )
+            data = handle.read(KEY_FILE_MAX_BYTES + 1)
+        if len(data) > KEY_FILE_MAX_BYTES:
+            raise KeyringError(f"{path} is too large to be a signing key file")
+        return cls.from_private_key_line(data.decode("utf-8"))
 
     @property
     def key_name(self) -> str:
@@ -183,7 +200,7 @@ class Ed25519Signer:
 
 def _write_private(path: Path, content: str, *, overwrite: bool) -> None:
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    fd = os.open(path, flags, 0o600)
+    fd = open_regular(path, flags, 0o600)  # never blocks on (nor writes into) a FIFO
     try:
         os.fchmod(fd, 0o600)  # also when the file existed, and regardless of the umask
         os.write(fd, content.encode())
@@ -242,7 +259,8 @@ def load_or_create_dev_signer(key_dir: str | os.PathLike[str] | None = None) -> 
 def _load_when_written(path: Path) -> Ed25519Signer:
     # Another process may have just created the file and not yet written it.
     for _ in range(50):
-        if path.stat().st_size:
+        info = path.stat()
+        if info.st_size or not stat.S_ISREG(info.st_mode):  # a FIFO never fills: refused below
             break
         time.sleep(0.01)
     return Ed25519Signer.from_file(path)
@@ -364,8 +382,14 @@ class Keyring:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Keyring:
-        """Read a keyring file."""
-        return cls.parse(Path(path).read_text(encoding="utf-8"))
+        """Read a keyring file.
+
+        Raises:
+            OSError: the file cannot be read, is not a regular file (a FIFO, a device: never
+                waited on) or is larger than a keyring can be (:data:`KEYRING_MAX_BYTES`).
+            ValueError: it is not UTF-8; :class:`KeyringError`: it is malformed.
+        """
+        return cls.parse(read_regular_text(path, limit=KEYRING_MAX_BYTES))
 
     def lookup(self, name: str, key_id: bytes) -> VerifierKey | None:
         """The trusted key with this name and id, if any (retired or not)."""

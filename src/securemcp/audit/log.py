@@ -36,19 +36,15 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from securemcp.audit import jcs
+from securemcp.audit._files import open_regular
 from securemcp.audit._lines import OUTCOME_JSON, decision_json, site_json, version_json, vetted
 from securemcp.audit.chain import format_ts, genesis_prev, new_origin, parse_ts, valid_origin
 from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint
 from securemcp.audit.errors import AuditError, AuditLogLocked, AuditUnavailable
 from securemcp.audit.guard import DEFAULT_SENSITIVE_KEYS, check_encoded, screen
 from securemcp.audit.jcs import MAX_SAFE_INTEGER, format_number, plain_float
-from securemcp.audit.keys import (
-    Keyring,
-    Signer,
-    load_or_create_dev_signer,
-    refuse_retired_signer,
-    verifier_key,
-)
+from securemcp.audit.keyring_watch import RetiredSignerWatch
+from securemcp.audit.keys import Keyring, Signer, load_or_create_dev_signer, verifier_key
 from securemcp.audit.merkle import CompactRange, leaf_hash
 from securemcp.audit.note import NoteError, sign_note
 from securemcp.audit.records import (
@@ -144,7 +140,10 @@ class AuditLog:
             :class:`~securemcp.audit.keys.Keyring` or a file, read at each :meth:`open` and
             :meth:`rotate_key`): a signer it retires (``retired-after-size=N``) is refused
             there with :class:`~securemcp.audit.errors.AuditError`, so the log never signs
-            with a key the operator retired.
+            with a key the operator retired. Before each checkpoint it is checked again (a
+            ``stat``; a file is re-read only when it changed): if it now retires the signer, or
+            cannot be read, the checkpoint is not signed and the log fails closed (every append
+            raises :class:`AuditUnavailable`) until it is reopened with a current signer.
     """
 
     def __init__(
@@ -193,7 +192,7 @@ class AuditLog:
         self.server = server
         self._origin_arg = origin
         self._key_dir = key_dir
-        self._keyring = keyring
+        self._keyring_watch = RetiredSignerWatch(keyring)
 
         self._lock = threading.Lock()  # writer state; never held while signing
         self._cp_lock = threading.RLock()  # serialises checkpoints (taken before _lock)
@@ -620,6 +619,8 @@ class AuditLog:
         server: str | None = None,
         record_arguments: bool | None = None,
         component_version: str | None = None,
+        version_resolved: bool = True,
+        requested_version: str | None = None,
     ) -> int:
         """Append the ``decision`` record written before a tool runs; returns its ``seq``.
 
@@ -627,14 +628,17 @@ class AuditLog:
         reason, rule, policy version and constraints are read). ``identity`` is a ``Principal``
         or a mapping. ``arguments`` are hashed; they are stored (redacted) only when
         ``record_arguments`` (default: the log's setting) is true. ``component_version`` (the
-        version of a versioned component) is recorded only when given.
+        version of a versioned component) is recorded only when given. ``version_resolved=False``
+        (a forwarding component: which version runs is not known here) records
+        ``component_version: null`` and the caller's ``requested_version``, on the generic path
+        (see :func:`~securemcp.audit.records.decision_record`).
         """
         if server is None:
             server = self.server
         if record_arguments is None:
             record_arguments = self.record_arguments
         fragment = None
-        if not (record_arguments and arguments is not None):
+        if version_resolved and not (record_arguments and arguments is not None):
             fragment = decision_json(result, reason, rule, policy_version)
         if fragment is not None:
             try:  # encode_basestring raises TypeError for anything but a str: generic path
@@ -662,6 +666,8 @@ class AuditLog:
                 record_arguments=record_arguments,
                 redact_keys=self.redact_keys,
                 component_version=component_version,
+                version_resolved=version_resolved,
+                requested_version=requested_version,
             )
             if fragment is None:  # unusual values: screen all of the generic record
                 return self._append_body(body, screen(body))
@@ -844,8 +850,8 @@ class AuditLog:
         nothing written).
         """
         new_key = str(verifier_key(new_signer))
-        refuse_retired_signer(new_signer, self._keyring)
         with self._cp_lock:
+            self._keyring_watch.check((new_signer,), reload=True)
             old = self._signer
             if old is None or not self._opened:
                 raise AuditUnavailable(reason="the audit log is not open")
@@ -886,6 +892,7 @@ class AuditLog:
                 nodes = [node.hex() for node in self._range.nodes]
                 origin = self._origin
                 chosen = tuple(signers) if signers is not None else (self._signer,)
+            self._refuse_retired(chosen)  # type: ignore[arg-type]
             if self.fsync != "never":
                 self.sync()  # never sign a checkpoint over records that are not on disk
             note = sign_note(Checkpoint(origin, size, root).text(), chosen)  # type: ignore[arg-type]
@@ -909,6 +916,27 @@ class AuditLog:
                 self._last_note = note
             self._export_checkpoint(note)
             return note
+
+    def _refuse_retired(self, signers: tuple[Signer, ...]) -> None:
+        """Fail closed instead of signing with a key the keyring now retires; under ``_cp_lock``.
+
+        An operator may retire the running writer's key: from then on, its checkpoints would be
+        ``retired_key`` to every verifier (or, below the bound, a forger's equal). The log is
+        marked failed, so every later append (every call) is refused until it is reopened.
+        """
+        try:
+            self._keyring_watch.check(signers)
+        except AuditError as exc:
+            reason = f"refused to sign an audit checkpoint: {exc}"
+            logger.error(
+                "audit log %s: %s. The log is closed to writes (every call is refused with "
+                "audit_unavailable) until it is reopened with a current signer.",
+                self._directory,
+                reason,
+            )
+            with self._lock:
+                self._fail(reason)
+            raise AuditUnavailable(reason=reason) from exc
 
     def _undo_partial_checkpoint(self, size: int, exc: OSError) -> None:
         """Cut ``checkpoints.jsonl`` back to ``size`` bytes after a failed checkpoint write.
@@ -970,7 +998,7 @@ class AuditLog:
             else load_or_create_dev_signer(self._key_dir)
         )
         verifier_key(self._signer)  # fail early on an inconsistent signer
-        refuse_retired_signer(self._signer, self._keyring)
+        self._keyring_watch.check((self._signer,), reload=True)
         sync = self.fsync != "never"
         quarantine = directory / QUARANTINE_DIR
         recovered: dict[str, Any] | None = None
@@ -998,10 +1026,10 @@ class AuditLog:
         self._resume(segments, cp_path)
         number = segments[-1][0] if segments else 0
         path = directory / segment_name(number)
-        self._fd = os.open(path, _APPEND_FLAGS, 0o600)
+        self._fd = open_regular(path, _APPEND_FLAGS, 0o600)  # never a FIFO: it would block
         self._segment = number
         self._segment_size = os.fstat(self._fd).st_size
-        self._cp_fd = os.open(cp_path, _APPEND_FLAGS, 0o600)
+        self._cp_fd = open_regular(cp_path, _APPEND_FLAGS, 0o600)
         self._sync_directory()
         return recovered
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from securemcp.audit._files import open_regular_binary, read_regular
 from securemcp.audit.chain import parse_ts
 from securemcp.audit.storage import list_segments
 
@@ -107,7 +108,7 @@ def iter_records(
     """The records of the log in ``directory``, oldest first, that match ``where``."""
     keep = where or RecordFilter()
     for _, segment in list_segments(Path(directory)):
-        with segment.open("rb") as handle:
+        with open_regular_binary(segment) as handle:
             for raw in handle:
                 if not raw.endswith(b"\n"):
                     break
@@ -125,7 +126,7 @@ def tail_records(
     if count <= 0:
         return []
     for _, segment in reversed(list_segments(Path(directory))):
-        lines = segment.read_bytes().split(b"\n")[:-1]  # a torn last line is dropped
+        lines = read_regular(segment).split(b"\n")[:-1]  # a torn last line is dropped
         for raw in reversed(lines):
             record = _parse(raw)
             if record is not None and keep(record):

@@ -8,7 +8,8 @@ is documented in ``docs/audit.md``; in short:
   ``method``, ``target``, ``args_sha256`` (SHA-256 of the RFC 8785 canonical JSON of the
   arguments; raw ``args`` only when recording arguments is enabled, and then redacted),
   ``decision`` {``result``, ``reason``, ``rule``, ``policy_version``}, ``trace_id``, and
-  ``component_version`` when the component decided on is versioned;
+  ``component_version`` when the component decided on is versioned (``null``, with the caller's
+  ``requested_version``, when the version that runs cannot be resolved: a proxy picks it);
 * ``outcome`` — written after: the same ``call_id``, ``outcome`` (``ok`` / ``tool_error`` /
   ``error`` / ``timeout`` / ``refused``), ``duration_ms`` and an optional ``error`` code;
 * ``auth_failure`` (no tool ran), ``config_change``, ``policy_change``, ``key_rotation``,
@@ -345,12 +346,18 @@ def decision_record(
     record_arguments: bool = False,
     redact_keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS,
     component_version: str | None = None,
+    version_resolved: bool = True,
+    requested_version: str | None = None,
 ) -> dict[str, Any]:
     """A ``decision`` record. ``result`` is a string or a ``securemcp.policy.Decision``.
 
     ``component_version`` is the version of the component decided on (FastMCP component
     versioning), recorded only when there is one: an unversioned component's record is what it
-    always was.
+    always was. ``version_resolved=False`` says versioning applies but which version runs is
+    not known here (the component forwards the call, and the version asked for, to a versioned
+    component elsewhere, which picks): the record then has ``component_version: null`` and
+    ``requested_version``, the caller's text (``"2"``, ``">=1,<3"``; ``null`` when it asked
+    for none). ``requested_version`` is recorded only then.
     """
     record: dict[str, Any] = {
         "type": "decision",
@@ -363,7 +370,10 @@ def decision_record(
         "decision": _decision_fields(result, reason, rule, policy_version),
         "trace_id": trace_id,
     }
-    if component_version is not None:
+    if not version_resolved:
+        record["component_version"] = None
+        record["requested_version"] = requested_version
+    elif component_version is not None:
         record["component_version"] = component_version
     if record_arguments and arguments is not None:
         record["args"] = redact(arguments, (*DEFAULT_SENSITIVE_KEYS, *redact_keys))

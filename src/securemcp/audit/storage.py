@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from securemcp.audit._files import NotRegularFile, open_regular_binary
 from securemcp.audit.errors import AuditLogLocked
 
 __all__ = [
@@ -60,18 +61,27 @@ def segment_name(number: int) -> str:
 
 
 def list_segments(directory: Path) -> list[tuple[int, Path]]:
-    """The segments in ``directory`` as ``(number, path)``, in order."""
+    """The segments in ``directory`` as ``(number, path)``, in order.
+
+    Raises:
+        NotRegularFile: a segment name is taken by a FIFO, device, socket or folder (reading
+            it could block forever; skipping it would hide records).
+    """
     found = []
     for entry in os.scandir(directory):
         match = _SEGMENT.fullmatch(entry.name)
-        if match and entry.is_file():
+        if match:
+            if not entry.is_file():
+                raise NotRegularFile(
+                    errno.EINVAL, f"the audit segment {entry.path} is not a regular file"
+                )
             found.append((int(match.group(1)), Path(entry.path)))
     return sorted(found)
 
 
 def torn_tail_offset(path: Path) -> int:
     """The size of ``path`` up to and including its last LF (equal to the size if not torn)."""
-    with path.open("rb") as handle:
+    with open_regular_binary(path) as handle:
         size = handle.seek(0, os.SEEK_END)
         position = size
         while position > 0:
@@ -96,7 +106,7 @@ def cut_torn_tail(
     size = path.stat().st_size
     if good == size:
         return None
-    with path.open("rb") as handle:
+    with open_regular_binary(path) as handle:
         handle.seek(good)
         torn = handle.read()
     quarantine.mkdir(mode=0o700, exist_ok=True)
@@ -124,7 +134,7 @@ def last_line(path: Path) -> bytes | None:
     end = torn_tail_offset(path)
     if end == 0:
         return None
-    with path.open("rb") as handle:
+    with open_regular_binary(path) as handle:
         position = end - 1  # the final LF
         while position > 0:
             start = max(0, position - _BLOCK)
@@ -141,14 +151,14 @@ def last_line(path: Path) -> bytes | None:
 
 def first_line(path: Path) -> bytes | None:
     """The first complete line of ``path`` without its LF, or ``None``."""
-    with path.open("rb") as handle:
+    with open_regular_binary(path) as handle:
         line = handle.readline()
     return line[:-1] if line.endswith(b"\n") else None
 
 
 def iter_lines(path: Path, *, skip: int = 0) -> Iterator[bytes]:
     """The complete lines of ``path`` without their LF, after skipping ``skip`` lines."""
-    with path.open("rb") as handle:
+    with open_regular_binary(path) as handle:
         for index, line in enumerate(handle):
             if not line.endswith(b"\n"):
                 return

@@ -31,6 +31,7 @@ The result is a :class:`VerificationReport` with a ``status`` and a process ``ex
 and ``unsealed_tail`` 4 (records after the last trusted
 checkpoint, or a torn last line left by a crash).
 
+Which keys are trusted for which checkpoint (5 and 6) is :mod:`securemcp.audit.key_trust`.
 Large logs are checked in parallel worker processes, chunk by chunk (:mod:`._scan`); the first
 break in the chain is then named by :mod:`._classify`.
 """
@@ -48,13 +49,20 @@ from typing import Any, Final
 
 from securemcp.audit import jcs
 from securemcp.audit._classify import Finding, classify_break
+from securemcp.audit._files import (
+    TRUSTED_CHECKPOINT_MAX_BYTES,
+    open_regular_binary,
+    read_regular,
+    read_regular_text,
+)
 from securemcp.audit._scan import BadRecord, ChunkResult, RecordHead, parse_head, scan_chunk
 from securemcp.audit.chain import genesis_prev
-from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint
+from securemcp.audit.checkpoint import parse_checkpoint
 from securemcp.audit.errors import KeyringError
+from securemcp.audit.key_trust import CheckpointEntry, KeyTrust
 from securemcp.audit.keys import Keyring
 from securemcp.audit.merkle import CompactRange
-from securemcp.audit.note import Note, NoteError, VerifierKey
+from securemcp.audit.note import NoteError
 from securemcp.audit.storage import CHECKPOINTS_FILE, QUARANTINE_DIR, list_segments
 
 __all__ = ["EXIT_CODES", "STATUSES", "VerificationReport", "verify"]
@@ -138,23 +146,6 @@ class VerificationReport:
         return out
 
 
-@dataclass(slots=True)
-class _Entry:
-    line: int
-    checkpoint: Checkpoint
-    note: Note
-    text: str
-    range: list[bytes]
-    trusted: bool = False
-    matched: bool = False
-    #: the keys whose verified signatures make this checkpoint trusted
-    trusted_by: list[VerifierKey] = field(default_factory=list)
-    #: one of them is current (not retired)
-    current: bool = False
-    #: retired keys whose verified signatures are past their bound (so they count for nothing)
-    past_bound: list[VerifierKey] = field(default_factory=list)
-
-
 class _Failure(Exception):
     def __init__(self, status: str, kind: str | None, seq: int | None, detail: str) -> None:
         super().__init__(detail)
@@ -217,7 +208,7 @@ def verify(
     return report
 
 
-def _load_trusted_checkpoint(value: str | os.PathLike[str] | None) -> _Entry | None:
+def _load_trusted_checkpoint(value: str | os.PathLike[str] | None) -> CheckpointEntry | None:
     """Read and parse the external checkpoint; a malformed one is a usage error (exit 2)."""
     if value is None:
         return None
@@ -227,13 +218,13 @@ def _load_trusted_checkpoint(value: str | os.PathLike[str] | None) -> _Entry | N
     except (NoteError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, not UTF-8
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise _Failure("io_error", "usage", None, f"bad trusted checkpoint: {detail}") from None
-    return _Entry(0, checkpoint, note, text, [])
+    return CheckpointEntry(0, checkpoint, note, text, [])
 
 
 def _read_trusted_checkpoint(value: str | os.PathLike[str]) -> str:
     if isinstance(value, str) and "\n" in value:
         return value
-    text = Path(value).read_text(encoding="utf-8")
+    text = read_regular_text(value, limit=TRUSTED_CHECKPOINT_MAX_BYTES)
     if text.lstrip().startswith("{"):
         lines = [line for line in text.splitlines() if line.strip()]
         note = jcs.loads(lines[-1]).get("note")
@@ -250,101 +241,44 @@ class _Run:
         self,
         directory: Path,
         pinned: Keyring,
-        external: _Entry | None,
+        external: CheckpointEntry | None,
         report: VerificationReport,
         progress: Progress | None,
         workers: int | None,
         allow_retired_seal: bool,
     ) -> None:
         self.directory = directory
-        self.pinned = pinned
-        self.learned: dict[tuple[str, bytes], VerifierKey] = {}
-        self.learned_bound: dict[tuple[str, bytes], int | None] = {}
+        self.trust = KeyTrust(pinned, report.learned_keys)
         self.allow_retired_seal = allow_retired_seal
         self.current_sealed = 0  # records sealed by a current key (or the supplied checkpoint)
-        self.pending: list[tuple[int, str]] = []
         self.report = report
         self.progress = progress
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         self.external = external
-        self.entries: list[_Entry] = []
+        self.entries: list[CheckpointEntry] = []
         self.segments: list[tuple[int, Path]] = []
         self.first_seq: list[int] = []
         self.count = 0
         self.last: RecordHead | None = None
         self.log_id: str | None = None
         self.compact = CompactRange()
-        self.mismatches: list[_Entry] = []
+        self.mismatches: list[CheckpointEntry] = []
         self.torn = False
         self.next_entry = 0
 
-    # --- keys ------------------------------------------------------------------------------
+    # --- keys (the trust itself is securemcp.audit.key_trust) ---------------------------------
 
-    def lookup(self, name: str, key_id: bytes) -> VerifierKey | None:
-        return self.pinned.lookup(name, key_id) or self.learned.get((name, key_id))
-
-    def bound(self, key: VerifierKey) -> int | None:
-        """The largest checkpoint size ``key`` is trusted for (``None``: current).
-
-        The keyring's word wins over what a rotation taught: a pinned key's retirement is the
-        operator's, and a rotation record cannot lift it.
-        """
-        if self.pinned.lookup(key.name, key.key_id) is not None:
-            return self.pinned.retired_after_size(key)
-        return self.learned_bound.get((key.name, key.key_id))
-
-    def judge(self, entry: _Entry) -> None:
-        """Decide whether ``entry`` is signed by a trusted key (and learn rotated keys)."""
-        good, bad = entry.note.verify(self.lookup)
-        if bad:
+    def judge(self, entry: CheckpointEntry) -> None:
+        """Decide whether ``entry`` is signed by a trusted key (and learn rotated keys); a
+        signature by a trusted key that does not verify is tampering."""
+        bad = self.trust.judge(entry)
+        if bad is not None:
             raise _tampered(
                 "bad_signature",
                 None,
                 f"checkpoint for {entry.checkpoint.size} records (line {entry.line}) has a "
-                f"signature by trusted key {bad[0].name!r} that does not verify",
+                f"signature by trusted key {bad.name!r} that does not verify",
             )
-        size = entry.checkpoint.size
-        bounds = {(key.name, key.key_id): self.bound(key) for key in good}
-        for key in good:
-            bound = bounds[(key.name, key.key_id)]
-            (entry.trusted_by if bound is None or size <= bound else entry.past_bound).append(key)
-        entry.trusted = bool(entry.trusted_by)
-        entry.current = any(bounds[(k.name, k.key_id)] is None for k in entry.trusted_by)
-        if not entry.trusted:
-            return
-        for seq, text in list(self.pending):
-            if seq >= size:
-                continue
-            try:
-                new_key = VerifierKey.parse(text)
-            except NoteError:
-                continue
-            signed, _ = entry.note.verify(Keyring([new_key]).lookup)
-            if signed:
-                self.learn(new_key, entry, bounds)
-                self.pending.remove((seq, text))
-
-    def learn(
-        self,
-        new_key: VerifierKey,
-        entry: _Entry,
-        bounds: dict[tuple[str, bytes], int | None],
-    ) -> None:
-        """Trust ``new_key``, introduced by a rotation that ``entry`` seals, with the authority
-        of the keys that vouched for it: current if one of them is, else the largest of their
-        retirement bounds (a key cannot vouch for itself)."""
-        index = (new_key.name, new_key.key_id)
-        vouching = [bounds[(k.name, k.key_id)] for k in entry.trusted_by if k != new_key]
-        if not vouching:
-            return
-        bound = None if None in vouching else max(b for b in vouching if b is not None)
-        if index in self.learned:  # learned twice: the wider authority stands
-            before = self.learned_bound[index]
-            bound = None if before is None or bound is None else max(before, bound)
-        else:
-            self.report.learned_keys.append(str(new_key))
-        self.learned[index] = new_key
-        self.learned_bound[index] = bound
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -372,13 +306,13 @@ class _Run:
         path = self.directory / CHECKPOINTS_FILE
         if not path.exists():
             return
-        data = path.read_bytes()
+        data = read_regular(path)  # a FIFO or device is refused, never waited on
         lines = data.split(b"\n")
         if lines[-1]:
             self.report.warnings.append("the last checkpoint line is torn (a crash while sealing)")
             self.torn = True
         parser = jcs.CanonicalParser()
-        previous: _Entry | None = None
+        previous: CheckpointEntry | None = None
         for number, line in enumerate(lines[:-1], 1):
             entry = self._parse_entry(parser, number, line)
             self.report.checkpoints += 1
@@ -388,7 +322,7 @@ class _Run:
             self.entries.append(entry)
 
     @staticmethod
-    def _parse_entry(parser: jcs.CanonicalParser, number: int, line: bytes) -> _Entry:
+    def _parse_entry(parser: jcs.CanonicalParser, number: int, line: bytes) -> CheckpointEntry:
         where = f"{CHECKPOINTS_FILE} line {number}"
         try:
             value = parser.parse(line)
@@ -405,10 +339,10 @@ class _Run:
             checkpoint, note = parse_checkpoint(note_text)
         except (ValueError, NoteError) as exc:
             raise _tampered("bad_checkpoint", None, f"{where} is malformed: {exc}") from None
-        return _Entry(number, checkpoint, note, note_text, hashes)
+        return CheckpointEntry(number, checkpoint, note, note_text, hashes)
 
     @staticmethod
-    def _check_order(before: _Entry, entry: _Entry) -> None:
+    def _check_order(before: CheckpointEntry, entry: CheckpointEntry) -> None:
         a, b = before.checkpoint, entry.checkpoint
         if b.size > a.size:
             return
@@ -478,7 +412,7 @@ class _Run:
                 or first.ts < self.last.ts
             ):
                 self.fail_chain(first, chunk, index)
-        self.pending.extend(chunk.rotations)
+        self.trust.pending.extend(chunk.rotations)
         hashes = chunk.hashes
         entries = self.entries
         external = self.external
@@ -498,7 +432,7 @@ class _Run:
         if chunk.anomaly is not None:
             self.fail_anomaly(chunk, index)
 
-    def check_entry(self, entry: _Entry) -> None:
+    def check_entry(self, entry: CheckpointEntry) -> None:
         if entry.checkpoint.origin != self.log_id:
             raise _tampered(
                 "spliced",
@@ -527,7 +461,7 @@ class _Run:
                 self.report.signers.append(key.name)
             self.report.last_signed[str(key)] = size
 
-    def check_external_origin(self, external: _Entry) -> None:
+    def check_external_origin(self, external: CheckpointEntry) -> None:
         if self.log_id is not None and external.checkpoint.origin != self.log_id:
             raise _Failure(
                 "io_error",
@@ -537,7 +471,7 @@ class _Run:
                 f"not {self.log_id!r}",
             )
 
-    def check_external(self, external: _Entry) -> None:
+    def check_external(self, external: CheckpointEntry) -> None:
         """The log's prefix of the external checkpoint's size must have its root.
 
         The reviewer supplied it, so a different root is a forked log whoever signed it; it
@@ -613,7 +547,7 @@ class _Run:
         )
 
     def _head_at(self, path: Path, offset: int) -> RecordHead:
-        with path.open("rb") as handle:
+        with open_regular_binary(path) as handle:
             handle.seek(offset)
             raw = handle.readline()
         try:
@@ -622,19 +556,19 @@ class _Run:
             raise _tampered("malformed", self.count, str(exc)) from None
 
     def _lines_after(self, index: int, offset: int) -> Iterator[bytes]:
-        with self.segments[index][1].open("rb") as handle:
+        with open_regular_binary(self.segments[index][1]) as handle:
             handle.seek(offset)
             handle.readline()
             yield from handle
         for _, segment in self.segments[index + 1 :]:
-            with segment.open("rb") as handle:
+            with open_regular_binary(segment) as handle:
                 yield from handle
 
     def _line_of(self, seq: int) -> bytes | None:
         if seq < 0 or seq >= self.count:
             return None
         index = max(i for i, first in enumerate(self.first_seq) if first <= seq)
-        with self.segments[index][1].open("rb") as handle:
+        with open_regular_binary(self.segments[index][1]) as handle:
             for position, raw in enumerate(handle, self.first_seq[index]):
                 if position == seq:
                     return raw.rstrip(b"\n")
@@ -671,7 +605,7 @@ class _Run:
             raise _Failure(
                 "untrusted",
                 "retired_key",
-                min(self.bound(key) or 0 for key in first.past_bound),
+                min(self.trust.bound(key) or 0 for key in first.past_bound),
                 f"the checkpoint for {first.checkpoint.size} records (line {first.line}) is "
                 f"signed only by retired keys, past their bounds ({_retired(first, self)}); the "
                 "log was re-signed with a retired key, or it was rotated to a key the keyring "
@@ -723,7 +657,7 @@ class _Run:
             f"{report.trusted_checkpoints} signed checkpoint(s)"
         )
 
-    def _fail_external(self, external: _Entry) -> None:
+    def _fail_external(self, external: CheckpointEntry) -> None:
         """A supplied checkpoint the log never reached: never ``verified``.
 
         The reviewer trusts the checkpoint they supplied, whatever key signed it: the log may
@@ -773,16 +707,16 @@ class _Run:
         )
 
 
-def _retired(entry: _Entry, run: _Run) -> str:
+def _retired(entry: CheckpointEntry, run: _Run) -> str:
     """``'name' up to N records`` for each retired key that signed ``entry`` past its bound."""
-    return ", ".join(f"{key.name!r} up to {run.bound(key)} records" for key in entry.past_bound)
+    return ", ".join(run.trust.describe(entry.past_bound))
 
 
 def _retired_names(run: _Run) -> list[str]:
     """The retired keys that signed the last matching checkpoint."""
     last = max((e for e in run.entries if e.matched), key=lambda e: e.checkpoint.size, default=None)
     keys = last.trusted_by if last is not None else []
-    return [f"{key.name!r} up to {run.bound(key)} records" for key in keys] or ["none current"]
+    return run.trust.describe(keys) or ["none current"]
 
 
 def _plan(path: Path, size: int, chunk: int) -> list[tuple[str, int, int]]:
@@ -791,7 +725,7 @@ def _plan(path: Path, size: int, chunk: int) -> list[tuple[str, int, int]]:
         return []
     plan = []
     start = 0
-    with path.open("rb") as handle:
+    with open_regular_binary(path) as handle:
         while start < size:
             target = start + chunk
             if target >= size:
