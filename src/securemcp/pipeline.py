@@ -35,7 +35,7 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
-from securemcp._request_spans import needs_request_span, request_span
+from securemcp._request_spans import name_outer_reads, needs_request_span, request_span
 from securemcp._resource_reads import audited_read, unresolved_target
 from securemcp._session_state import install as _skip_absent_session_transforms
 from securemcp._span_exceptions import guard_span
@@ -461,6 +461,8 @@ class SecurityPipeline(Middleware):
         if needs_request_span(current_span):  # an in-process or nested call: no span of its own
             with request_span(self._telemetry._tracer, method, target):
                 return await self._guard(method, target, context, call_next)
+        if method == "resources/read":  # a FastMCP parent's spans name it by the URI it was sent
+            name_outer_reads()
         started = time.perf_counter()
         span = None
         steps: StepTimer | None = None  # step timings, only while the span records
