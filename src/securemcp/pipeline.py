@@ -35,6 +35,7 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
+from securemcp._log_limits import policy_failures
 from securemcp._request_spans import name_outer_reads, needs_request_span, request_span
 from securemcp._resource_reads import audited_read, unresolved_target
 from securemcp._session_state import install as _skip_absent_session_transforms
@@ -683,7 +684,18 @@ class SecurityPipeline(Middleware):
             if exc.reason:
                 # %r: the reason may hold a policy hook's text (quoting the caller's arguments);
                 # escaped, a line break in it cannot forge a log line.
-                logger.info("securemcp refused %s %r: %r", method, call.audited, exc.reason)
+                if exc.code == "policy_error":  # a caller may repeat it at will: limited
+                    policy_failures.log(
+                        logger,
+                        logging.INFO,
+                        ("refused", method, call.audited),
+                        "securemcp refused %s %r: %r",
+                        method,
+                        call.audited,
+                        exc.reason,
+                    )
+                else:
+                    logger.info("securemcp refused %s %r: %r", method, call.audited, exc.reason)
             raise
         except NotFoundError:
             call.error_type = "not_found"
