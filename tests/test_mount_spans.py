@@ -287,3 +287,73 @@ async def test_nothing_is_recorded_without_fastmcps_spans(
         await client.read_resource(f"users://hr/{SECRET}/ssn")
     fastmcps = [s.name for s in server_side(spans) if not s.name.startswith("securemcp.")]
     assert fastmcps == []  # securemcp's slow-step spans are its own, whatever FastMCP's mode
+
+
+def plain_parent_of_a_secure_child() -> tuple[BareFastMCP, FakeIdentityProvider]:
+    """A parent built with ``fastmcp.FastMCP`` that mounts a securemcp child as ``hr``."""
+    idp = FakeIdentityProvider(audience=AUDIENCE)
+    child = FastMCP("child", auth=idp.verifier(audience=AUDIENCE))
+
+    @child.resource(TEMPLATE)
+    def ssn(email: str) -> str:
+        return "on file"
+
+    @child.resource("boom://{email}")
+    def boom(email: str) -> str:
+        raise ValueError(f"no record for {email}")
+
+    parent = BareFastMCP("plain-parent")
+    parent.mount(child, namespace="hr")
+    return parent, idp
+
+
+@pytest.mark.parametrize("via", ["client", "server-side"])
+async def test_a_fastmcp_parent_names_a_read_of_its_securemcp_child_by_the_template(
+    spans: InMemorySpanExporter, via: str
+) -> None:
+    """A parent securemcp did not build opens its read span and the mount's delegate span before
+    the securemcp child is reached, with the URI the caller sent: once the read enters the child,
+    both are named by the template, and exceptions on them keep their types only."""
+    parent, idp = plain_parent_of_a_secure_child()
+    uri = f"users://hr/{SECRET}%40example.com/ssn"
+    failing = f"boom://hr/{SECRET}"
+    if via == "client":
+        async with connect(parent, idp.token("alice")) as client:
+            spans.clear()
+            await client.read_resource(uri)
+            with pytest.raises(Exception):  # the child's template fails, quoting its value
+                await client.read_resource(failing)
+    else:
+        token = idp.token("alice")
+        from fastmcp.server.auth import AccessToken
+        from mcp.server.auth.middleware.auth_context import auth_context_var
+        from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+
+        user = AuthenticatedUser(AccessToken(token=token, client_id="c", scopes=[]))
+        reset = auth_context_var.set(user)
+        try:
+            spans.clear()
+            await parent.read_resource(uri)
+            with pytest.raises(Exception):
+                await parent.read_resource(failing)
+        finally:
+            auth_context_var.reset(reset)
+    for span in server_side(spans):
+        assert SECRET not in exported(span), f"{span.kind.name} span {span.name!r}"
+    parents = [
+        s
+        for s in server_side(spans)
+        if dict(s.attributes or {}).get("fastmcp.server.name") == "plain-parent"
+    ]
+    assert sorted(dict(s.attributes or {})["mcp.resource.uri"] for s in parents) == [
+        "boom://hr/{email}",
+        "users://hr/{email}/ssn",
+    ]
+    assert sorted(s.name for s in delegate_spans(spans)) == [
+        "delegate boom://{email}",
+        f"delegate {TEMPLATE}",
+    ]
+    failed = [s for s in server_side(spans) if s.status.status_code == trace.StatusCode.ERROR]
+    assert failed
+    for span in failed:
+        assert all(set(dict(e.attributes or {})) == {"exception.type"} for e in span.events)

@@ -3,7 +3,9 @@
 * Request params that fail validation (``arguments`` sent as a JSON string, a prompt argument
   that is not a string) fail before the pipeline guards the call, with a pydantic message that
   quotes them (``input_value=...``): the request's ``SERVER`` span records the exception type
-  only, from the moment it opens.
+  only, from the moment it opens, and an ``error.type`` from the documented vocabulary
+  (``invalid_params``, JSON-RPC -32602), never the exception's type. A method the caller made
+  up is ``method_not_found`` and leaves the span's name.
 * A tool or prompt name that resolves to no registered component (or that an unauthenticated
   caller sent) stays out of metric attributes (unbounded series), span names and span
   attributes.
@@ -40,7 +42,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from securemcp import FastMCP
 from securemcp._request_spans import parent_trace_context
-from securemcp.telemetry import usable_trace_meta, usable_traceparent
+from securemcp.telemetry import ERROR_TYPES, usable_trace_meta, usable_traceparent
 from securemcp.testing import FakeIdentityProvider, connect, serve_http
 
 AUDIENCE = "https://mcp.securemcp.test/mcp"
@@ -186,15 +188,63 @@ async def test_params_that_fail_validation_put_no_argument_on_any_span(
         for method, params in MALFORMED:
             response = await session.request(method, params)
             assert "Invalid request parameters" in response.text
-    assert PASSWORD not in otel.exported()
-    failed = {s.name: s for s in otel.server_spans()}
-    assert set(failed) == {"tools/call", "prompts/get", "resources/read"}
+        unknown = await session.request(f"tools/{PASSWORD}", {})  # a method the caller made up
+        assert '"code":-32601' in unknown.text
+        assert PASSWORD not in otel.exported()
+        failed = {s.name: s for s in otel.server_spans()}
+        otel.spans.clear()
+        for method, params in (
+            ("tools/call", {"name": "nope", "arguments": {}}),
+            ("resources/read", {"uri": "notes://nope"}),
+            ("prompts/get", {"name": "nope"}),
+        ):
+            await session.request(method, params)
+        unregistered = otel.server_spans()
+    assert set(failed) == {"tools/call", "prompts/get", "resources/read", "_OTHER"}
+    unknown_method = failed.pop("_OTHER").attributes or {}
+    assert unknown_method["error.type"] == "method_not_found"
+    assert unknown_method["mcp.method.name"] == "_OTHER"
     for span in failed.values():
-        assert span.status.status_code == StatusCode.ERROR
-        assert span.status.description == "ValidationError"  # the type, never the message
-        assert [dict(e.attributes or {}) for e in span.events] == [
-            {"exception.type": "pydantic_core._pydantic_core.ValidationError"}
-        ]
+        assert_invalid_params(span)
+    assert [(s.attributes or {})["error.type"] for s in unregistered] == ["not_found"] * 3
+
+
+def assert_invalid_params(span: ReadableSpan) -> None:
+    """``error.type`` is the documented code for JSON-RPC -32602, never the exception's type
+    (OpenTelemetry MCP conventions: low-cardinality); the event keeps the type, no message."""
+    attributes = span.attributes or {}
+    assert attributes["error.type"] == "invalid_params"
+    assert attributes["error.type"] in ERROR_TYPES
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description == "invalid_params"
+    assert [dict(e.attributes or {}) for e in span.events] == [
+        {"exception.type": "pydantic_core._pydantic_core.ValidationError"}
+    ]
+
+
+async def test_params_that_fail_validation_in_memory_are_invalid_params(
+    otel: Otel, idp: FakeIdentityProvider
+) -> None:
+    """The same over the in-memory transport (FastMCP's ``Client`` validates what it sends, so
+    the malformed request is built without validation)."""
+    import warnings
+
+    from mcp import MCPError, types
+
+    async with connect(build(idp), idp.token("alice")) as client:
+        params = types.CallToolRequestParams.model_construct(
+            name="login", arguments=ARGUMENTS_AS_TEXT
+        )
+        request = types.CallToolRequest.model_construct(method="tools/call", params=params)
+        otel.spans.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydantic: serializing the unvalidated arguments
+            with pytest.raises(MCPError, match="Invalid request"):
+                await client.session.send_request(request, types.CallToolResult)
+    assert PASSWORD not in otel.exported()
+    (span,) = otel.server_spans()
+    assert span.name == "tools/call"
+    assert_invalid_params(span)
 
 
 # --- 2. unregistered names: no unbounded metric series, no caller text in span names ------

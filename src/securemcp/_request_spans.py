@@ -46,7 +46,13 @@ it (``delegate users://{email}/ssn``: the URI template of a template read, a con
 URI, a tool's or prompt's name), and :func:`server_span` opens such a read's ``SERVER`` span
 without the URI and names the read once FastMCP has resolved it (by its URI template, or a
 concrete resource's URI). Both record exceptions without messages from the moment they open
-(``redact_span``). Outside guarded calls, and while no span could record, both are FastMCP's.
+(``redact_span``). Outside guarded calls, and while no span could record, both are FastMCP's,
+except that a read such a server (a FastMCP parent mounting a securemcp server) passes on to a
+securemcp server is renamed on them when it gets there (:func:`name_outer_reads`).
+
+Exceptions escaping a securemcp server's request span before the pipeline decided (params that
+do not validate, an unknown method) get an ``error.type`` from securemcp's vocabulary, not the
+exception's type (:func:`securemcp._span_exceptions.record_request_failure`).
 
 A core path nested in a guarded call's own (a guarded tool reading a FastMCP server in process)
 opens its own span: FastMCP would find the guarded call's span current and overwrite its
@@ -65,7 +71,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import Any
 
 from fastmcp.server import dependencies as _fastmcp_dependencies
@@ -83,7 +89,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 
 from securemcp._resource_reads import unresolved_target
-from securemcp._span_exceptions import is_guarded, redact_span
+from securemcp._span_exceptions import is_guarded, record_request_failure, redact_span
 from securemcp._unrecorded_spans import spans_cannot_record
 from securemcp.context import _CURRENT
 from securemcp.telemetry import usable_trace_meta
@@ -95,6 +101,7 @@ __all__ = [
     "install_core_spans",
     "install_seam_spans",
     "install_trace_meta",
+    "name_outer_reads",
     "needs_request_span",
     "request_span",
     "server_span",
@@ -256,7 +263,7 @@ class SeamSpans(FastMCPServerMiddleware):
             try:
                 yield
             except Exception as exc:
-                telemetry.record_span_exception(span, exc)  # securemcp's, once installed
+                record_request_failure(span, exc)  # error.type from securemcp's vocabulary
                 raise
             finally:
                 _ACTIVE_SEAM.reset(seam)
@@ -340,9 +347,16 @@ def server_span(
         or not seam.get_span_context().is_valid
         or not native_spans_enabled()
     ):
-        if resource_uri is not None and not spans_cannot_record() and _CURRENT.get() is not None:
-            return _read_span_in_guarded_call(
-                name, method, server_name, component_type, resource_uri
+        if resource_uri is not None and not spans_cannot_record():
+            if _CURRENT.get() is not None:
+                return _read_span_in_guarded_call(
+                    name, method, server_name, component_type, resource_uri
+                )
+            return _unguarded_read(
+                _fastmcp_server_span(
+                    name, method, server_name, component_type, component_key, resource_uri
+                ),
+                resource_uri,
             )
         return _fastmcp_server_span(
             name,
@@ -443,8 +457,13 @@ def delegate_span(
     (a child's error can quote its arguments). Outside one, or while no span could record or
     FastMCP's spans are off, it is FastMCP's function.
     """
-    if spans_cannot_record() or _CURRENT.get() is None or not native_spans_enabled():
+    if spans_cannot_record() or not native_spans_enabled():
         return _fastmcp_delegate_span(name, provider_type, component_key, method)
+    if _CURRENT.get() is None:
+        span = _fastmcp_delegate_span(name, provider_type, component_key, method)
+        if name == component_key:  # named by the component already: nothing to rename
+            return span
+        return _unguarded_read(span, None)
     return _named_delegate_span(provider_type, component_key, method)
 
 
@@ -467,6 +486,58 @@ def _named_delegate_span(
         except Exception as exc:
             _fastmcp_server_telemetry.record_span_exception(span, exc)  # securemcp's
             raise
+
+
+#: The spans FastMCP opened for the resource read now running in servers securemcp does not
+#: guard (their core-path ``SERVER`` span, with the URI the caller sent; the mount's delegate
+#: span of a template read, named by it), outermost first: each with that URI, or ``None`` for a
+#: delegate span. Renamed if the read reaches a securemcp server (:func:`name_outer_reads`).
+_UNGUARDED_READS: ContextVar[tuple[tuple[Span, str | None], ...]] = ContextVar(
+    "securemcp_unguarded_reads", default=()
+)
+
+
+@contextmanager
+def _unguarded_read(opened: AbstractContextManager[Span], uri: str | None) -> Iterator[Span]:
+    """FastMCP's span ``opened`` for a read outside guarded calls, listed in
+    :data:`_UNGUARDED_READS` while it is open (``uri``: the URI of a ``SERVER`` span's read)."""
+    with opened as span:
+        if not span.is_recording():
+            yield span
+            return
+        listed = _UNGUARDED_READS.set((*_UNGUARDED_READS.get(), (span, uri)))
+        try:
+            yield span
+        finally:
+            _UNGUARDED_READS.reset(listed)
+
+
+def name_outer_reads() -> None:
+    """Name the read now entering a securemcp server by its template on the spans servers
+    securemcp does not guard opened for it (a FastMCP parent mounting a securemcp server).
+
+    Such a parent opens its read's ``SERVER`` span (``mcp.resource.uri``) and the mount's
+    ``delegate`` span (its name) with the URI the caller sent, whose template values are the
+    read's arguments, before the securemcp server is reached. By then FastMCP has resolved the
+    parent's component: the ``SERVER`` span's ``mcp.resource.uri`` becomes the parent's URI
+    template (a concrete resource keeps its URI; a read FastMCP did not resolve keeps its scheme),
+    the ``delegate`` span is named by its component key (the child's URI template), and both
+    record exceptions without messages from now on (:func:`redact_span`). A span processor's
+    ``on_start`` (or a sampler) of such a parent still saw the URI: those spans started before
+    securemcp had any part in the read.
+    """
+    for span, uri in _UNGUARDED_READS.get():
+        if not span.is_recording():
+            continue
+        redact_span(span)
+        if uri is None:
+            key = (getattr(span, "attributes", None) or {}).get("fastmcp.component.key")
+            span.update_name(f"delegate {key}" if isinstance(key, str) and key else "delegate")
+        else:
+            read = _resolved_read(span, uri)
+            span.set_attribute(
+                "mcp.resource.uri", read if read is not None else unresolved_target(uri)
+            )
 
 
 def install_core_spans() -> None:

@@ -28,6 +28,11 @@ and ``error.type`` are the pipeline's (a reason code from the documented vocabul
 recorder then leaves the span alone, instead of adding ``exception`` events for the ``MCPError``
 a refusal becomes and replacing the reason code with ``MCPError``.
 
+A securemcp server's request span that fails before the pipeline decides gets an
+``error.type`` from securemcp's vocabulary (:func:`record_request_failure`): ``invalid_params``
+for params that do not validate (JSON-RPC ``-32602``), never the exception's type (OpenTelemetry
+semantic conventions for MCP: ``error.type`` is low-cardinality, the JSON-RPC error code).
+
 This is one of the few modules that touch FastMCP internals (``fastmcp.server.telemetry``).
 """
 
@@ -37,15 +42,26 @@ import re
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
-from fastmcp.exceptions import ToolError
+from fastmcp.exceptions import NotFoundError, ToolError
+from fastmcp.exceptions import ValidationError as FastMCPValidationError
 from fastmcp.server import telemetry as _fastmcp_telemetry
+from mcp import MCPError
+from mcp.types import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
 from opentelemetry.trace import Span, Status, StatusCode
+from pydantic import ValidationError as PydanticValidationError
 
 from securemcp.context import _CURRENT
 
-__all__ = ["guard_span", "install", "is_guarded", "redact_span"]
+__all__ = [
+    "guard_span",
+    "install",
+    "is_guarded",
+    "record_request_failure",
+    "redact_span",
+    "request_error_type",
+]
 
 #: Spans of guarded calls (the request's seam span outlives the pipeline's frame: FastMCP
 #: records an exception on it again once the pipeline has re-raised).
@@ -164,6 +180,64 @@ def record_span_exception(span: Span, e: Exception) -> None:
     error_type = "tool_error" if isinstance(e, ToolError) else type(e).__qualname__
     span.set_attribute("error.type", error_type)
     span.record_exception(e)
+    span.set_status(Status(StatusCode.ERROR, error_type))
+
+
+#: ``error.type`` of a request a securemcp server answered with a JSON-RPC error before any call
+#: was guarded, by the error's code (JSON-RPC 2.0 section 5.1; any other code: ``_OTHER``).
+_JSONRPC_ERROR_TYPES: Final = {
+    INVALID_REQUEST: "invalid_request",
+    METHOD_NOT_FOUND: "method_not_found",
+    INVALID_PARAMS: "invalid_params",
+}
+
+
+#: The name and ``mcp.method.name`` of a request for a method the server does not serve.
+_UNKNOWN_METHOD: Final = "_OTHER"
+
+
+def request_error_type(exc: Exception) -> str:
+    """The ``error.type`` of a securemcp server's request that failed before the pipeline recorded
+    a decision, from securemcp's vocabulary (``securemcp.telemetry.ERROR_TYPES``).
+
+    OpenTelemetry semantic conventions for MCP: ``error.type`` is low-cardinality, the JSON-RPC
+    error's code for a request answered with one. Params that do not validate (pydantic's
+    ``ValidationError``, answered ``-32602``) are ``invalid_params``; an unknown component is
+    ``not_found``; a JSON-RPC error by its code; anything else ``_OTHER`` (the ``exception`` event
+    still names the exception's type).
+    """
+    if isinstance(exc, ToolError):
+        return "tool_error"
+    if isinstance(exc, (PydanticValidationError, FastMCPValidationError)):
+        return "invalid_params"
+    if isinstance(exc, NotFoundError):
+        return "not_found"
+    if isinstance(exc, MCPError):
+        return _JSONRPC_ERROR_TYPES.get(exc.error.code, "_OTHER")
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "_OTHER"
+
+
+def record_request_failure(span: Span, exc: Exception) -> None:
+    """Record ``exc``, escaping a securemcp server's request span (redacted since it opened), with
+    an ``error.type`` from the vocabulary (:func:`request_error_type`); a no-op once the pipeline
+    has recorded its decision on the span, as in :func:`record_span_exception`. A request for a
+    method the server does not serve is renamed ``_OTHER``."""
+    if not span.is_recording():
+        return
+    attributes = getattr(span, "attributes", None) or {}
+    if "securemcp.decision" in attributes:
+        return
+    redact_span(span)  # already, from the moment it opened: kept for any other caller
+    error_type = request_error_type(exc)
+    if error_type == "method_not_found":
+        # The method is text the caller chose (unbounded, and it may hold anything): it leaves
+        # the span's name and mcp.method.name, as HTTP's conventions do with unknown methods.
+        span.update_name(_UNKNOWN_METHOD)
+        span.set_attribute("mcp.method.name", _UNKNOWN_METHOD)
+    span.set_attribute("error.type", error_type)
+    span.record_exception(exc)
     span.set_status(Status(StatusCode.ERROR, error_type))
 
 

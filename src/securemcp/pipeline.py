@@ -35,7 +35,8 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.types import INTERNAL_ERROR
 from opentelemetry import trace
 
-from securemcp._request_spans import needs_request_span, request_span
+from securemcp._log_limits import policy_failures
+from securemcp._request_spans import name_outer_reads, needs_request_span, request_span
 from securemcp._resource_reads import audited_read, unresolved_target
 from securemcp._session_state import install as _skip_absent_session_transforms
 from securemcp._span_exceptions import guard_span
@@ -461,6 +462,8 @@ class SecurityPipeline(Middleware):
         if needs_request_span(current_span):  # an in-process or nested call: no span of its own
             with request_span(self._telemetry._tracer, method, target):
                 return await self._guard(method, target, context, call_next)
+        if method == "resources/read":  # a FastMCP parent's spans name it by the URI it was sent
+            name_outer_reads()
         started = time.perf_counter()
         span = None
         steps: StepTimer | None = None  # step timings, only while the span records
@@ -687,7 +690,18 @@ class SecurityPipeline(Middleware):
             if exc.reason:
                 # %r: the reason may hold a policy hook's text (quoting the caller's arguments);
                 # escaped, a line break in it cannot forge a log line.
-                logger.info("securemcp refused %s %r: %r", method, call.audited, exc.reason)
+                if exc.code == "policy_error":  # a caller may repeat it at will: limited
+                    policy_failures.log(
+                        logger,
+                        logging.INFO,
+                        ("refused", method, call.audited),
+                        "securemcp refused %s %r: %r",
+                        method,
+                        call.audited,
+                        exc.reason,
+                    )
+                else:
+                    logger.info("securemcp refused %s %r: %r", method, call.audited, exc.reason)
             raise
         except NotFoundError:
             call.error_type = "not_found"

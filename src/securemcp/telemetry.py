@@ -104,6 +104,8 @@ ERROR_TYPES: Final = frozenset(
     {
         "invalid_token",
         "invalid_request",
+        "invalid_params",
+        "method_not_found",
         "origin_not_allowed",
         "verifier_unavailable",
         "insufficient_scope",

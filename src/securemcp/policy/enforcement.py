@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from securemcp._log_limits import policy_failures
 from securemcp.errors import CallRefused, CallTimedOut, PolicyDenied, ResultTooLarge
 from securemcp.policy.approvals import ApprovalGate, ApprovalStore, open_store
 from securemcp.policy.decision import Constraints, Decision, Effect
@@ -228,12 +229,20 @@ class PolicyEnforcement:
             values = await found.values(uri) if isinstance(found, MountedTemplate) else found
             return values.spellings(uri, facts.query_names) if values is not None else ()
         except UnknownConversion as exc:
-            logger.error(
-                "securemcp cannot tell how %r converts a read: %s", found.uri_template, exc
+            policy_failures.log(
+                logger,
+                logging.ERROR,
+                ("template values", found.uri_template, str(exc)),
+                "securemcp cannot tell how %r converts a read: %s",
+                found.uri_template,
+                exc,
             )
             raise PolicyError(reason=f"policy_error (template values: {exc})") from None
         except Exception as exc:  # failing unlike FastMCP's own conversion: fail closed
-            logger.error(
+            policy_failures.log(
+                logger,
+                logging.ERROR,
+                ("template conversion", found.uri_template, type(exc).__name__),
                 "securemcp could not convert a read of %r: %s",
                 found.uri_template,
                 type(exc).__name__,
@@ -264,10 +273,22 @@ class PolicyEnforcement:
             values = await found.values() if isinstance(found, MountedPrompt) else found
             return values.forms(arguments) if values is not None else None
         except UnknownConversion as exc:
-            logger.error("securemcp cannot tell how a prompt converts its arguments: %s", exc)
+            policy_failures.log(
+                logger,
+                logging.ERROR,
+                ("prompt arguments", str(exc)),
+                "securemcp cannot tell how a prompt converts its arguments: %s",
+                exc,
+            )
             raise PolicyError(reason=f"policy_error (prompt arguments: {exc})") from None
         except Exception as exc:  # failing unlike FastMCP's own conversion: fail closed
-            logger.error("securemcp could not convert a prompt's arguments: %s", type(exc).__name__)
+            policy_failures.log(
+                logger,
+                logging.ERROR,
+                ("prompt conversion", type(exc).__name__),
+                "securemcp could not convert a prompt's arguments: %s",
+                type(exc).__name__,
+            )
             raise PolicyError(
                 reason=f"policy_error (prompt arguments: {type(exc).__name__})"
             ) from None
@@ -313,7 +334,12 @@ class PolicyEnforcement:
             request = texts[0]
         if not decision.well_formed:
             # Fields changed behind the dataclass's back: fail closed, as for a raising hook.
-            logger.error("securemcp policy returned a malformed Decision; denying (fail closed)")
+            policy_failures.log(
+                logger,
+                logging.ERROR,
+                ("malformed",),
+                "securemcp policy returned a malformed Decision; denying (fail closed)",
+            )
             raise PolicyError(reason="policy_error (malformed decision)")
         if decision.effect is Effect.DENY:
             raise refusal(decision)
@@ -361,7 +387,12 @@ class PolicyEnforcement:
                 judged = await settle(policy, judged)
             decisions.append(judged)
         if not all(judged.well_formed for judged in decisions):
-            logger.error("securemcp policy returned a malformed Decision; denying (fail closed)")
+            policy_failures.log(
+                logger,
+                logging.ERROR,
+                ("malformed",),
+                "securemcp policy returned a malformed Decision; denying (fail closed)",
+            )
             raise PolicyError(reason="policy_error (malformed decision)")
         combined = strictest(decisions)
         if combined is None:  # cannot happen: settle never abstains

@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol, TypeAlias, runtime_checkable
 
 import anyio
 
+from securemcp._log_limits import policy_failures
 from securemcp.errors import CallRefused, PolicyDenied
 from securemcp.policy.decision import NO_CONSTRAINTS, Decision, Effect
 from securemcp.policy.errors import PolicyError
@@ -102,9 +103,13 @@ def _coerce(policy: Any, result: Any) -> Decision | None:
     if isinstance(result, Decision):
         if result.well_formed:
             return result
-        logger.error(
+        name = policy_name(policy)
+        policy_failures.log(
+            logger,
+            logging.ERROR,
+            ("malformed", name),
             "securemcp policy %s returned a malformed Decision; denying (fail closed)",
-            policy_name(policy),
+            name,
         )
         return _failed(policy, "returned a malformed Decision")
     if result is True:
@@ -113,19 +118,27 @@ def _coerce(policy: Any, result: Any) -> Decision | None:
         return Decision.deny(f"denied by {policy_name(policy)}", rule=policy_name(policy))
     if result is None:
         return None
-    logger.error(
+    name, kind = policy_name(policy), type(result).__name__
+    policy_failures.log(
+        logger,
+        logging.ERROR,
+        ("returned", name, kind),
         "securemcp policy %s returned %s, not a Decision or bool; denying (fail closed)",
-        policy_name(policy),
-        type(result).__name__,
+        name,
+        kind,
     )
     return _failed(policy, f"returned {type(result).__name__}, not a Decision or bool")
 
 
 def _raised(policy: Any, exc: Exception) -> Decision:
-    logger.error(
+    name, kind = policy_name(policy), type(exc).__name__
+    policy_failures.log(
+        logger,
+        logging.ERROR,
+        ("raised", name, kind),
         "securemcp policy %s raised %s; denying (fail closed)",
-        policy_name(policy),
-        type(exc).__name__,
+        name,
+        kind,
         exc_info=exc,
     )
     return _failed(policy, f"raised {type(exc).__name__}")
@@ -215,9 +228,13 @@ async def settle(
             decision = await _finish(policy, result)
             timed_out = False
         if timed_out:
-            logger.error(
+            name = policy_name(policy)
+            policy_failures.log(
+                logger,
+                logging.ERROR,
+                ("timeout", name),
                 "securemcp policy %s did not decide within %.3g s; denying (fail closed)",
-                policy_name(policy),
+                name,
                 timeout,
             )
             return _failed(policy, f"timed out after {timeout:g} s")
