@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from securemcp.audit._files import open_regular_binary
+from securemcp._files import open_regular_binary
 from securemcp.audit.chain import TS_PATTERN
 from securemcp.audit.jcs import CanonicalParser, NotCanonical
 from securemcp.audit.records import SCHEMA_VERSION

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from securemcp.audit._files import KEYRING_MAX_BYTES, open_regular, read_regular_text
+from securemcp._files import KEYRING_MAX_BYTES, open_regular, read_regular_text
 from securemcp.audit.errors import KeyringError
 from securemcp.audit.keys import DEV_KEYRING_FILE, Keyring, default_key_dir, generate_key_file
 from securemcp.audit.reader import RecordFilter, iter_records, parse_time, tail_records

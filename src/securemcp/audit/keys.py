@@ -31,7 +31,7 @@ from typing import Final, Protocol, runtime_checkable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securemcp.audit._files import (
+from securemcp._files import (
     KEY_FILE_MAX_BYTES,
     KEYRING_MAX_BYTES,
     open_regular,

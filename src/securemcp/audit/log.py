@@ -35,8 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+from securemcp._files import open_regular
 from securemcp.audit import jcs
-from securemcp.audit._files import open_regular
 from securemcp.audit._lines import OUTCOME_JSON, decision_json, site_json, version_json, vetted
 from securemcp.audit.chain import format_ts, genesis_prev, new_origin, parse_ts, valid_origin
 from securemcp.audit.checkpoint import Checkpoint, parse_checkpoint

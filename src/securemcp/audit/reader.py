@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from securemcp.audit._files import open_regular_binary, read_regular
+from securemcp._files import open_regular_binary, read_regular
 from securemcp.audit.chain import parse_ts
 from securemcp.audit.storage import list_segments
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from securemcp.audit._files import NotRegularFile, open_regular_binary
+from securemcp._files import NotRegularFile, open_regular_binary
 from securemcp.audit.errors import AuditLogLocked
 
 __all__ = [

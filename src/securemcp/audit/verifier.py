@@ -47,14 +47,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from securemcp.audit import jcs
-from securemcp.audit._classify import Finding, classify_break
-from securemcp.audit._files import (
+from securemcp._files import (
     TRUSTED_CHECKPOINT_MAX_BYTES,
     open_regular_binary,
     read_regular,
     read_regular_text,
 )
+from securemcp.audit import jcs
+from securemcp.audit._classify import Finding, classify_break
 from securemcp.audit._scan import BadRecord, ChunkResult, RecordHead, parse_head, scan_chunk
 from securemcp.audit.chain import genesis_prev
 from securemcp.audit.checkpoint import parse_checkpoint

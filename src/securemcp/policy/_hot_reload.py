@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
-__all__ = ["CompileFailed", "HotReloadedPolicy", "PolicyChange", "PolicyChangeCallback"]
+from securemcp._files import CONFIG_FILE_MAX_BYTES, read_regular
+
+__all__ = [
+    "CompileFailed",
+    "HotReloadedPolicy",
+    "PolicyChange",
+    "PolicyChangeCallback",
+    "read_policy_file",
+]
 
 logger = logging.getLogger("securemcp.policy")
 
@@ -66,6 +74,16 @@ class CompileFailed(Exception):
 
 
 Compiled = TypeVar("Compiled")
+
+
+def read_policy_file(path: str | os.PathLike[str]) -> bytes:
+    """A policy file's bytes: a regular file of at most 16 MiB (a FIFO or device named as the
+    policy would otherwise hang the server's start-up or its reload forever).
+
+    Raises:
+        OSError: the file cannot be read, is not a regular file, or is too large.
+    """
+    return read_regular(path, limit=CONFIG_FILE_MAX_BYTES)
 
 
 def content_version(data: bytes) -> str:
@@ -176,7 +194,7 @@ class HotReloadedPolicy(Generic[Compiled]):
         source = str(self._path)
         previous = self._version_of(self._compiled)
         try:
-            data = self._path.read_bytes()
+            data = read_policy_file(self._path)
         except OSError as exc:
             self._report_failure(source, previous, "missing", [f"{source}: cannot read: {exc}"])
             return False

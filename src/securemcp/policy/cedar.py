@@ -64,6 +64,7 @@ from securemcp.policy._hot_reload import (
     HotReloadedPolicy,
     PolicyChange,
     PolicyChangeCallback,
+    read_policy_file,
 )
 from securemcp.policy.decision import Decision, Effect
 from securemcp.policy.request import CallRequest
@@ -383,7 +384,7 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
         """
         file = Path(path)
         policy = cls(
-            file.read_text(encoding="utf-8"),
+            read_policy_file(file).decode("utf-8"),
             entities=entities,
             schema=schema,
             principal_type=principal_type,

@@ -32,7 +32,6 @@ import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -60,10 +59,11 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, Any]:
 
 def _load(path: str) -> tuple[Any, int]:
     """(RuleSet, 0) or (None, exit code) after printing the problem."""
+    from securemcp.policy._hot_reload import read_policy_file
     from securemcp.policy.rules_compile import RulesFileError, compile_rules
 
     try:
-        data = Path(path).read_bytes()
+        data = read_policy_file(path)
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return None, 2

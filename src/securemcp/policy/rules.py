@@ -24,6 +24,7 @@ from securemcp.policy._hot_reload import (
     HotReloadedPolicy,
     PolicyChange,
     PolicyChangeCallback,
+    read_policy_file,
 )
 from securemcp.policy.decision import Decision
 from securemcp.policy.request import CallRequest
@@ -132,7 +133,7 @@ class RulesPolicy(HotReloadedPolicy[RuleSet]):
             OSError: the file cannot be read.
         """
         file = Path(path)
-        ruleset = compile_rules(file.read_bytes(), source=str(file))
+        ruleset = compile_rules(read_policy_file(file), source=str(file))
         policy = cls(
             ruleset,
             path=file,

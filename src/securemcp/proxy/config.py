@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from securemcp._files import CONFIG_FILE_MAX_BYTES, read_regular
 from securemcp.errors import ConfigurationError
 from securemcp.policy.decision import ArgumentBound
 from securemcp.policy.request import RiskClass
@@ -503,7 +504,7 @@ def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
     """
     source = Path(path)
     try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_regular(source, limit=CONFIG_FILE_MAX_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ProxyConfigError(f"proxy configuration {str(source)!r} not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -1,4 +1,5 @@
-"""Opening the files a user names (keyrings, key files, checkpoints, log segments) safely.
+"""Opening the files a user names (keyrings, key files, checkpoints, log segments, policy
+files) safely.
 
 POSIX ``open(2)`` blocks on a FIFO until the other end is opened: a keyring, key file,
 ``checkpoints.jsonl`` or segment path that is a named pipe would hang the writer's ``open()``,
@@ -9,7 +10,8 @@ writing), checked with ``fstat(2)`` to be a regular file (``S_ISREG``), and only
 ``O_NONBLOCK`` cleared again; small files are read up to a bound. A refusal is a
 :class:`NotRegularFile` or :class:`FileTooLarge`, both ``OSError``: every caller already turns an
 ``OSError`` into its usual failure (exit 2 for the CLI, ``io_error`` for the verifier,
-:class:`~securemcp.audit.errors.AuditUnavailable` or ``AuditError`` for the writer).
+:class:`~securemcp.audit.errors.AuditUnavailable` or ``AuditError`` for the writer, a failed
+reload that keeps the previous policy in force for a policy file).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import stat
 from typing import BinaryIO, Final
 
 __all__ = [
+    "CONFIG_FILE_MAX_BYTES",
     "KEYRING_MAX_BYTES",
     "KEY_FILE_MAX_BYTES",
     "TRUSTED_CHECKPOINT_MAX_BYTES",
@@ -36,6 +39,8 @@ __all__ = [
 KEYRING_MAX_BYTES: Final = 1024 * 1024
 #: A signing key file is one line of about 100 bytes.
 KEY_FILE_MAX_BYTES: Final = 64 * 1024
+#: A rules file, Cedar policy set or proxy configuration is text people write: 16 MiB is plenty.
+CONFIG_FILE_MAX_BYTES: Final = 16 * 1024 * 1024
 #: A trusted checkpoint may be given as a whole ``checkpoints.jsonl`` (its last line is used).
 TRUSTED_CHECKPOINT_MAX_BYTES: Final = 64 * 1024 * 1024
 
