@@ -22,7 +22,14 @@ from securemcp import FastMCP
 from securemcp.audit import AuditLog, iter_records
 from securemcp.policy import Effect, evaluate
 from securemcp.policy._hot_reload import PolicyChange
-from securemcp.policy.cedar import CedarPolicy, CedarPolicyError, cedar_value
+from securemcp.policy.cedar import (
+    NULL,
+    NUMBER,
+    CedarPolicy,
+    CedarPolicyError,
+    cedar_value,
+    unrepresentable,
+)
 from securemcp.testing import FakeIdentityProvider, connect
 
 AUDIENCE = "https://mcp.securemcp.test/mcp"
@@ -163,19 +170,44 @@ AMOUNT_LIMIT = (
 )
 
 
-@pytest.mark.parametrize(
-    "amount",
-    ["5000", 5000.5, 10**30, None, [5000], {"value": 5000}],
-    ids=["string", "fraction", "beyond-64-bits", "null", "list", "object"],
+GUARDED_AMOUNT_LIMIT = (
+    "permit(principal, action, resource);\n"
+    '@id("no-big-transfers")\n'
+    'forbid(principal, action, resource == Tool::"transfer")'
+    " when { context.arguments has amount && context.arguments.amount > 1000 };"
 )
-def test_a_forbid_that_cannot_be_evaluated_denies(amount: Any) -> None:
+
+DODGES = ["5000", 5000.5, 5000.00001, 1e300, 10**30, None, [5000], {"value": 5000}]
+DODGE_IDS = ["string", "fraction", "fine-fraction", "huge-float", "beyond-64-bits", "null"]
+DODGE_IDS += ["list", "object"]
+
+
+@pytest.mark.parametrize("policies", [AMOUNT_LIMIT, GUARDED_AMOUNT_LIMIT], ids=["plain", "has"])
+@pytest.mark.parametrize("amount", DODGES, ids=DODGE_IDS)
+def test_a_forbid_that_cannot_be_evaluated_denies(policies: str, amount: Any) -> None:
+    # Cedar alone skips the forbid it cannot evaluate (or, with a `has` guard, never reaches
+    # it when a naive adapter leaves the value out), and the permit lets the call through
+    assert plain_cedar(policies, cedar_call("transfer", {"arguments": {}}))
     converted = cedar_value(amount)
-    context = {"arguments": {} if converted is cedar_value(None) else {"amount": converted}}
-    # Cedar alone skips the forbid it cannot evaluate, and the permit lets the call through
-    assert plain_cedar(AMOUNT_LIMIT, cedar_call("transfer", context))
-    decision = CedarPolicy(AMOUNT_LIMIT).evaluate(request("transfer", {"amount": amount}))
-    assert (decision.effect, decision.reason) == (Effect.DENY, "policy_error")
-    assert "no-big-transfers" in decision.detail
+    if converted != unrepresentable(NUMBER) and converted != unrepresentable(NULL):
+        assert plain_cedar(policies, cedar_call("transfer", {"arguments": {"amount": converted}}))
+    decision = CedarPolicy(policies).evaluate(request("transfer", {"amount": amount}))
+    assert (decision.effect, decision.reason, decision.rule) == (
+        Effect.DENY,
+        "policy_error",
+        "no-big-transfers",
+    )
+
+
+def test_a_reserved_key_cannot_hide_a_record_from_a_guarded_forbid() -> None:
+    policies = (
+        "permit(principal, action, resource);\n"
+        "forbid(principal, action, resource) when { context.arguments has opts &&"
+        ' context.arguments.opts has path && context.arguments.opts.path like "/etc/*" };'
+    )
+    for key in ("__extn", "__entity", "__expr"):
+        sneaky = {"opts": {"path": "/etc/passwd", key: 0}}
+        assert not CedarPolicy(policies).evaluate(request("read", sneaky)).allowed, key
 
 
 def test_whole_numbers_are_judged_as_numbers_however_written() -> None:
@@ -204,19 +236,38 @@ def test_an_argument_cannot_forge_an_entity_reference() -> None:
     # a naive adapter that passes arguments through lets the caller forge the reference
     assert plain_cedar(policies, cedar_call("read", {"arguments": forged}))
     assert not CedarPolicy(policies).evaluate(request("read", forged)).allowed
-    # a forged member is left out of the record (so a policy reading it cannot match)
+    # a forged member is left out of its record; the record and its other members stay
     extension = {"when": {"__extn": {"fn": "ip", "arg": "10.0.0.1"}}, "city": "Oslo"}
-    assert cedar_value(extension) == {"city": "Oslo"}
+    assert cedar_value(extension) == {"when": {}, "city": "Oslo"}
 
 
-def test_huge_decimals_are_left_out_at_once() -> None:
-    # Decimal("1e300000") through int() would cost seconds: it must be rejected from its digits
+def test_huge_decimals_are_judged_at_once() -> None:
+    # Decimal("1e300000") through int() would cost seconds: it must be judged from its digits
     for huge in (Decimal("1e300000"), Decimal("1e-300000"), Decimal("7." + "0" * 5000)):
-        assert cedar_value(huge) is cedar_value(None)
+        assert cedar_value(huge) == unrepresentable(NUMBER)
     assert cedar_value(Decimal("2.5")) == {"__extn": {"fn": "decimal", "arg": "2.5000"}}
     assert cedar_value(7.0) == 7
-    assert cedar_value(2**63) is cedar_value(None)
+    assert cedar_value(2**63) == unrepresentable(NUMBER)
     assert cedar_value(-(2**63)) == -(2**63)
+
+
+def test_arguments_beyond_the_limits_are_refused_before_cedar_parses_them() -> None:
+    policy = CedarPolicy("permit(principal, action, resource);", max_argument_values=100)
+    assert policy.evaluate(request("upload", {"items": list(range(50))})).allowed
+    refused = policy.evaluate(request("upload", {"items": list(range(500))}))
+    assert (refused.effect, refused.reason) == (Effect.DENY, "policy_error")
+    small_text = CedarPolicy("permit(principal, action, resource);", max_argument_bytes=1000)
+    assert not small_text.evaluate(request("upload", {"blob": "x" * 2000})).allowed
+    assert not small_text.evaluate(request("upload", {"k" * 2000: 1})).allowed
+    assert small_text.evaluate(request("upload", {"blob": "x" * 500})).allowed
+
+
+def test_a_principal_without_issuer_is_judged() -> None:
+    from securemcp.context import Principal
+
+    anonymous_issuer = Principal(subject="svc", issuer=None)  # type: ignore[arg-type]
+    policy = CedarPolicy('permit(principal == Client::"svc", action, resource);')
+    assert policy.evaluate(request("read", who=anonymous_issuer)).allowed
 
 
 def test_a_request_the_engine_refuses_is_denied() -> None:
@@ -263,6 +314,29 @@ def test_hot_reload_keeps_the_previous_policies_when_the_file_breaks(tmp_path: P
     assert policy.evaluate(request("news")).allowed  # the previous version stays in force
     assert [e.kind for e in events] == ["loaded", "reloaded", "reload_failed"]
     assert events[-1].errors and str(file) in events[-1].errors[0]
+
+
+def test_a_policy_deployed_while_the_first_load_reads_is_picked_up(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    import securemcp.policy.cedar as cedar_module
+
+    file = tmp_path / "policy.cedar"
+    file.write_text('permit(principal, action, resource == Tool::"wipe");')
+    read = cedar_module.read_policy_file
+
+    def read_then_deploy(path: Any) -> bytes:
+        data = read(path)
+        file.write_text('forbid(principal, action, resource == Tool::"wipe");\n' * 2)
+        return data
+
+    monkeypatch.setattr(cedar_module, "read_policy_file", read_then_deploy)
+    now = [0.0]
+    policy = CedarPolicy.from_file(file)
+    monkeypatch.setattr(cedar_module, "read_policy_file", read)
+    policy._clock = lambda: now[0]
+    policy._next_check = 0.0
+    assert not policy.evaluate(request("wipe")).allowed  # the deployed version, not the first
 
 
 # --- in a server ------------------------------------------------------------------------------

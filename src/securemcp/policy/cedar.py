@@ -24,17 +24,21 @@ evaluated (a missing attribute, a type error) and decides without it. For a ``pe
 safe (it grants nothing), but a skipped ``forbid`` lets the call through: a rule
 ``forbid ... when { context.arguments.amount > 100 }`` would be dodged by sending
 ``"amount": "5000"`` or ``5000.5``. :class:`CedarPolicy` therefore denies with
-``policy_error`` whenever a ``forbid`` policy could not be evaluated. Values Cedar cannot hold
-exactly (``None``, integers beyond 64 bits, fractions finer than Cedar's four decimal places,
-objects with Cedar's reserved ``__entity`` / ``__extn`` / ``__expr`` keys, which would otherwise
-let a caller forge an entity reference) are left out, so a ``forbid`` that reads them is such a
-policy. Write ``has`` guards in ``permit`` policies that read optional values.
+``policy_error`` whenever a ``forbid`` policy could not be evaluated. A value Cedar cannot hold
+exactly (``None``, an integer beyond 64 bits, a fraction finer than Cedar's four decimal places)
+is never left out, which would let a ``has`` guard skip the ``forbid``: it is given as the record
+``{"unrepresentable": "<kind>"}``, which a ``has`` guard sees and which no comparison with a
+number accepts (an evaluation error, so the ``forbid`` denies). A member named by Cedar's
+reserved ``__entity`` / ``__extn`` / ``__expr`` keys, which would let a caller forge an entity
+reference, is left out of its record. Arguments beyond ``max_argument_values`` values or
+``max_argument_bytes`` bytes of text are refused (``policy_error``): Cedar parses them on the
+event loop.
 
 **Decisions.** Allow when a ``permit`` applies and no ``forbid`` does; when every applying
 ``permit`` is annotated ``@approval("required")``, the call needs a human approval instead
 (:meth:`Decision.require_approval`). Otherwise deny: by the applying ``forbid`` policies (their
-``@reason("...")`` annotation, when given, is the audit reason), or by default when nothing
-permits. The decision's ``rule`` names the deciding policies by their ``@id`` annotation (or
+``@reason("...")`` annotation, when given, is the decision's internal reason, in the server
+log), or by default when nothing permits. The decision's ``rule`` names the deciding policies by their ``@id`` annotation (or
 Cedar's ``policy0``, ``policy1``...), and ``policy_version`` is ``sha256:`` of the policy text
 (with the entities and schema, when given). A ``schema`` validates the policies when they load.
 
@@ -114,11 +118,22 @@ class CedarPolicyError(ValueError):
     """Cedar policies, entities or a schema that cannot be used (at start-up)."""
 
 
-class _Omit:
-    """A value Cedar cannot hold exactly: left out of the request."""
+#: Kinds of values Cedar cannot hold exactly, each given to Cedar as ``{"unrepresentable": kind}``.
+NULL: Final = "null"
+NUMBER: Final = "number"
+NESTING: Final = "nesting"
+OTHER: Final = "value"
 
 
-_OMIT: Final = _Omit()
+def unrepresentable(kind: str) -> dict[str, str]:
+    """The stand-in for a value Cedar cannot hold exactly.
+
+    It is never left out: a ``has`` guard still sees the attribute, so a ``forbid`` that reads
+    it is evaluated, and comparing the record with a number or a string (``>``, ``.lessThan``,
+    ``like``) is an evaluation error, which makes such a ``forbid`` deny (fail closed). It equals
+    no number or string, as the value the tool receives equals none.
+    """
+    return {"unrepresentable": kind}
 
 
 def _decimal_value(number: Decimal) -> Any:
@@ -128,69 +143,92 @@ def _decimal_value(number: Decimal) -> Any:
     cost seconds).
     """
     if not number.is_finite() or len(number.as_tuple().digits) > _MAX_DIGITS:
-        return _OMIT
+        return unrepresentable(NUMBER)
     if number == number.to_integral_value():
         if number.adjusted() > 18:
-            return _OMIT  # beyond a signed 64-bit integer
+            return unrepresentable(NUMBER)  # beyond a signed 64-bit integer
         integral = int(number)  # at most 19 digits
-        return integral if _LONG_MIN <= integral <= _LONG_MAX else _OMIT
+        return integral if _LONG_MIN <= integral <= _LONG_MAX else unrepresentable(NUMBER)
     if abs(number) > _DECIMAL_MAX:
-        return _OMIT
+        return unrepresentable(NUMBER)
     quantized = number.quantize(_FOUR_PLACES)
     if quantized != number:
-        return _OMIT  # finer than Cedar's decimal: rounding could move it past a bound
+        # finer than Cedar's decimal: rounding could move it past a bound
+        return unrepresentable(NUMBER)
     return {"__extn": {"fn": "decimal", "arg": str(quantized)}}
 
 
-def cedar_value(value: Any, depth: int = 0) -> Any:
-    """``value`` as a Cedar JSON value, or ``_OMIT`` when Cedar cannot hold it exactly.
+class ArgumentsTooLarge(ValueError):
+    """A call's arguments exceed what a Cedar decision reads (``max_argument_values`` /
+    ``max_argument_bytes``)."""
+
+
+class _Budget:
+    """How many values and how many bytes of text one call's arguments may still bring."""
+
+    __slots__ = ("bytes", "values")
+
+    def __init__(self, values: int, text_bytes: int) -> None:
+        self.values = values
+        self.bytes = text_bytes
+
+    def spend(self, text: str | None = None) -> None:
+        self.values -= 1
+        if text is not None:
+            self.bytes -= len(text)
+        if self.values < 0 or self.bytes < 0:
+            raise ArgumentsTooLarge
+
+
+def cedar_value(value: Any, depth: int = 0, budget: _Budget | None = None) -> Any:
+    """``value`` as a Cedar JSON value.
 
     Numbers that are whole become ``Long`` (``7.0`` is ``7``, as FastMCP hands ``7`` to an
     ``int`` parameter); fractions with at most four decimal places become ``decimal``; lists
-    become sets (left out whole when any element is); mappings become records, without the
-    members that are left out, and left out whole when they carry a reserved key.
+    become sets and mappings records. A value Cedar cannot hold exactly (``None``, an integer
+    beyond 64 bits, a finer fraction, nesting deeper than 32, any other type) becomes
+    :func:`unrepresentable`. A member named by one of Cedar's reserved keys (``__entity``,
+    ``__extn``, ``__expr``), which would make Cedar read the record as an entity reference or an
+    extension value, is left out of its record (the other members stay).
+
+    Raises:
+        ArgumentsTooLarge: ``budget`` was given and the value spends more than it has.
     """
+    if budget is not None:
+        budget.spend(value if isinstance(value, str) else None)
     if depth > _MAX_DEPTH:
-        return _OMIT
+        return unrepresentable(NESTING)
     if value is True or value is False:
         return value
     if isinstance(value, str):
         return value
     if isinstance(value, int):
-        return value if _LONG_MIN <= value <= _LONG_MAX else _OMIT
+        return value if _LONG_MIN <= value <= _LONG_MAX else unrepresentable(NUMBER)
     if isinstance(value, float):
         if not math.isfinite(value):
-            return _OMIT
+            return unrepresentable(NUMBER)
         return _decimal_value(Decimal(repr(value)))
     if isinstance(value, Decimal):
         return _decimal_value(value)
+    if value is None:
+        return unrepresentable(NULL)
     if isinstance(value, list | tuple | set | frozenset):
-        items = []
-        for item in value:
-            converted = cedar_value(item, depth + 1)
-            if converted is _OMIT:
-                return _OMIT
-            items.append(converted)
-        return items
+        return [cedar_value(item, depth + 1, budget) for item in value]
     if isinstance(value, Mapping):
         record = {}
         for key, item in value.items():
-            if not isinstance(key, str) or key in _RESERVED_KEYS:
-                return _OMIT
-            converted = cedar_value(item, depth + 1)
-            if converted is not _OMIT:
-                record[key] = converted
+            if key in _RESERVED_KEYS:
+                continue
+            if budget is not None:
+                budget.spend(str(key))
+            record[str(key)] = cedar_value(item, depth + 1, budget)
         return record
-    return _OMIT
+    return unrepresentable(OTHER)
 
 
-def _prefixed(prefix: str, values: Mapping[str, Any], into: dict[str, Any]) -> dict[str, Any]:
-    """Each of ``values`` that Cedar can hold, as ``into[prefix + name]``; returns ``into``."""
-    for name, value in values.items():
-        converted = cedar_value(value)
-        if converted is not _OMIT:
-            into[prefix + name] = converted
-    return into
+def _prefixed(prefix: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Each member of a converted ``record`` as ``prefix + name`` (ToolHive's attribute names)."""
+    return {prefix + name: value for name, value in record.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +363,10 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
         entities: static entities, in Cedar's JSON entity format (a list, or JSON text).
         schema: a Cedar schema (text or JSON) to validate the policies against when they load.
         principal_type: the Cedar entity type of callers (``Client``, as in ToolHive).
+        max_argument_values: the most argument values (every list item, object member and
+            scalar counts) a decision reads; a call with more is denied (``policy_error``), so
+            one large call cannot hold the event loop while Cedar parses it.
+        max_argument_bytes: the most bytes of argument text (strings and member names).
         path: the policy file, when the text came from one (see :meth:`from_file`).
         reload: re-read ``path`` when it changes.
 
@@ -339,6 +381,8 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
         entities: str | Sequence[Mapping[str, Any]] | None = None,
         schema: str | Mapping[str, Any] | None = None,
         principal_type: str = "Client",
+        max_argument_values: int = 10_000,
+        max_argument_bytes: int = 1024 * 1024,
         path: str | os.PathLike[str] | None = None,
         reload: bool = False,
         check_interval: float = 1.0,
@@ -355,6 +399,7 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
         self._static = static
         self._schema = schema
         self._principal_type = principal_type
+        self._argument_limits = (max_argument_values, max_argument_bytes)
         super().__init__(
             compiled,
             path=path,
@@ -372,6 +417,8 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
         entities: str | Sequence[Mapping[str, Any]] | None = None,
         schema: str | Mapping[str, Any] | None = None,
         principal_type: str = "Client",
+        max_argument_values: int = 10_000,
+        max_argument_bytes: int = 1024 * 1024,
         reload: bool = True,
         check_interval: float = 1.0,
         on_policy_change: PolicyChangeCallback | None = None,
@@ -383,16 +430,24 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
             OSError: the file cannot be read.
         """
         file = Path(path)
+        before = file.stat()  # before reading: a change while we read is reloaded later
+        try:
+            text = read_policy_file(file).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CedarPolicyError(f"{file}: not UTF-8: {exc}") from None
         policy = cls(
-            read_policy_file(file).decode("utf-8"),
+            text,
             entities=entities,
             schema=schema,
             principal_type=principal_type,
+            max_argument_values=max_argument_values,
+            max_argument_bytes=max_argument_bytes,
             path=file,
             reload=reload,
             check_interval=check_interval,
             on_policy_change=on_policy_change,
         )
+        policy._signature = (before.st_mtime_ns, before.st_size, before.st_ino)
         policy._emit(PolicyChange("loaded", str(file), policy.version))
         return policy
 
@@ -414,7 +469,10 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
     def evaluate(self, request: CallRequest) -> Decision:
         """Decide ``request`` (never abstains: nothing permitting it is a deny)."""
         compiled = self._current()
-        principal, resource, context = self._request_entities(request)
+        try:
+            principal, resource, context = self._request_entities(request)
+        except ArgumentsTooLarge:
+            return self._denied_error(compiled, "the arguments are too large for a Cedar decision")
         replaced = frozenset(
             key
             for key in (_uid_key(principal["uid"]), _uid_key(resource["uid"]))
@@ -451,10 +509,11 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
         self, request: CallRequest
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         who = request.principal
-        claims = _prefixed("claim_", who.claims, {})
+        claims = _prefixed("claim_", cedar_value(who.claims))
         principal_attrs = dict(claims)
         principal_attrs["scopes"] = sorted(who.scopes)
-        principal_attrs["issuer"] = who.issuer
+        if who.issuer is not None:
+            principal_attrs["issuer"] = who.issuer
         principal_attrs["verified"] = who.verified
         principal_attrs["authenticated_by"] = who.authenticated_by
         if who.client_id is not None:
@@ -462,7 +521,8 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
         tenant = request.tenant
         if tenant is not None:
             principal_attrs["tenant"] = tenant
-        arguments = _prefixed("arg_", request.arguments, {})
+        record = cedar_value(request.arguments, budget=_Budget(*self._argument_limits))
+        arguments = _prefixed("arg_", record)
         resource_attrs = dict(arguments)
         resource_attrs["tags"] = sorted(request.tags)
         resource_attrs["risk"] = request.risk.value
@@ -471,9 +531,7 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
         if request.template is not None:
             resource_attrs["template"] = request.template
         context: dict[str, Any] = {}
-        record = cedar_value(request.arguments)
-        if record is not _OMIT:
-            context["arguments"] = record
+        context["arguments"] = record
         context.update(arguments)
         context.update(claims)
         context["transport"] = request.transport
@@ -496,11 +554,11 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
 
     # --- the decision ------------------------------------------------------------------------
 
-    def _denied_error(self, compiled: _Compiled, detail: str) -> Decision:
+    def _denied_error(self, compiled: _Compiled, detail: str, rule: str | None = None) -> Decision:
         return Decision(
             Effect.DENY,
             "policy_error",
-            rule=self.name,
+            rule=rule or self.name,
             policy_version=compiled.version,
             detail=detail,
         )
@@ -512,9 +570,11 @@ class CedarPolicy(HotReloadedPolicy[_Compiled]):
             facts = compiled.facts.get(match.group(1)) if match else None
             if facts is None or facts.forbid:
                 # A forbid Cedar could not evaluate would be skipped: deny instead (fail closed).
-                name = facts.name if facts is not None else "a policy"
+                name = facts.name if facts is not None else None
                 return self._denied_error(
-                    compiled, f"cedar forbid policy {name!r} could not be evaluated"
+                    compiled,
+                    f"cedar forbid policy {name or 'of this set'!r} could not be evaluated",
+                    rule=name,
                 )
         deciding = [compiled.facts[r] for r in diagnostics.reasons if r in compiled.facts]
         names = ",".join(sorted(f.name for f in deciding)) or None

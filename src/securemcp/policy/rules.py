@@ -133,6 +133,7 @@ class RulesPolicy(HotReloadedPolicy[RuleSet]):
             OSError: the file cannot be read.
         """
         file = Path(path)
+        before = file.stat()  # before reading: a change while we read is reloaded later
         ruleset = compile_rules(read_policy_file(file), source=str(file))
         policy = cls(
             ruleset,
@@ -141,6 +142,7 @@ class RulesPolicy(HotReloadedPolicy[RuleSet]):
             check_interval=check_interval,
             on_policy_change=on_policy_change,
         )
+        policy._signature = (before.st_mtime_ns, before.st_size, before.st_ino)
         policy._emit(PolicyChange("loaded", str(file), ruleset.version))
         return policy
 
