@@ -34,28 +34,26 @@ class Colour(enum.Enum):
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (True, ("true", "true")),
-        (False, ("false", "false")),
-        (7, ("7", "7")),
-        (-7, ("-7", "-7")),
-        (7.0, ("7", "7.0")),
-        (-0.0, ("0", "0.0")),
-        (2.5, ("2.5", "2.5")),
-        (1e16, ("10000000000000000", "1e+16")),
-        (float("inf"), ("inf", "inf")),
-        (float("nan"), ("nan", "nan")),
-        (Colour.RED, ("1", "1")),
-        (Decimal("7.00"), ("7", "7.0")),
-        (Decimal("1E+2"), ("100", "100.0")),
-        (Decimal("2.50"), ("2.5", "2.5")),
-        (Decimal("-0.0"), ("0", "0.0")),
-        ("Alice", ("Alice", "Alice")),
-        (uuid.UUID(int=10), ("00000000-0000-0000-0000-00000000000a",) * 2),
+        (True, "true"),
+        (False, "false"),
+        (7, "7"),
+        (-7, "-7"),
+        (7.0, "7"),
+        (-0.0, "0"),
+        (2.5, "2.5"),
+        (1e16, "10000000000000000"),
+        (float("inf"), "inf"),
+        (float("nan"), "nan"),
+        (Colour.RED, "1"),
+        (Decimal("7.00"), "7"),
+        (Decimal("1E+2"), "100"),
+        (Decimal("2.50"), "2.5"),
+        (Decimal("-0.0"), "0"),
+        ("Alice", "Alice"),
+        (uuid.UUID(int=10), "00000000-0000-0000-0000-00000000000a"),
     ],
 )
-def test_spell_writes_a_value_as_the_function_receives_it(
-    value: Any, expected: tuple[str, str]
-) -> None:
+def test_spell_writes_a_value_as_the_function_receives_it(value: Any, expected: str) -> None:
     assert spell(value) == expected
 
 
@@ -89,11 +87,12 @@ def test_path_and_query_values_are_rewritten_and_the_rest_is_kept() -> None:
     # every value already written as the function receives it: nothing else to judge
     assert values.spellings("items://7/x?dry-run=true&note=a", names) == ()
 
-    # ... except a float's other form (a rule may write 7 or 7.0)
+    # one canonical spelling per value: a whole-number float is written as the integer
     def price(x: float) -> str:
         return ""
 
-    assert _values("p://{x}", price).spellings("p://7", None) == ("p://7", "p://7.0")
+    assert _values("p://{x}", price).spellings("p://7", None) == ()
+    assert _values("p://{x}", price).spellings("p://7.0", None) == ("p://7",)
 
 
 def test_list_values_are_rewritten_item_by_item() -> None:
@@ -108,7 +107,6 @@ def test_list_values_are_rewritten_item_by_item() -> None:
     ) == ("a://x?ids=7&ids=8&ids=9",)
     assert _values("b://x{?ids}", joined).spellings("b://x?ids=07,2.50", _names("b://x{?ids}")) == (
         "b://x?ids=7,2.5",
-        "b://x?ids=7.0,2.5",
     )
 
 
@@ -204,14 +202,14 @@ def test_a_decimal_is_spelled_exactly_never_rounded() -> None:
 
     from securemcp._template_values import spell
 
-    assert spell(Decimal("0.5000000000000000000000000000001"))[0] == (
+    assert spell(Decimal("0.5000000000000000000000000000001")) == (
         "0.5000000000000000000000000000001"
     )
-    assert spell(Decimal("-1.50")) == ("-1.5", "-1.5")
-    assert spell(Decimal("7.000")) == ("7", "7.0")
-    assert spell(Decimal("1E+2")) == ("100", "100.0")
-    assert spell(Decimal("0.001")) == ("0.001", "0.001")
-    assert spell(Decimal("-0")) == ("0", "0.0")
+    assert spell(Decimal("-1.50")) == "-1.5"
+    assert spell(Decimal("7.000")) == "7"
+    assert spell(Decimal("1E+2")) == "100"
+    assert spell(Decimal("0.001")) == "0.001"
+    assert spell(Decimal("-0")) == "0"
 
 
 def test_a_huge_decimal_exponent_is_refused_at_once_not_converted() -> None:
@@ -240,3 +238,38 @@ def test_a_huge_decimal_exponent_is_refused_at_once_not_converted() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("spelling Decimal('1e100000000') did not finish in 60 s")
     assert done.returncode == 0, done.stderr.decode()[-500:]
+
+
+def test_mixed_float_forms_across_parameters_have_one_canonical_spelling() -> None:
+    """Each whole-number float was spelled two ways (``7`` and ``7.0``) and only the two uniform
+    forms were judged, so ``grid://7.0/1`` was judged as ``grid://7/1`` and ``grid://7.0/1.0``,
+    never as ``grid://7/1.0``. Now every value has one canonical text, and any read of one pair
+    of values has one canonical spelling however each value is written."""
+
+    def grid(a: float, b: float) -> str:
+        return ""
+
+    values = _values("grid://{a}/{b}", grid)
+    for uri in ("grid://7/1.0", "grid://7.0/1", "grid://07/1e0", "grid://7.0/1.0", "grid://7/1"):
+        assert values.canonical(uri, None) == "grid://7/1"
+        assert values.spellings(uri, None) in ((), ("grid://7/1",))
+    assert values.canonical("grid://7/x", None) is None  # FastMCP refuses the read
+    assert values.canonical("other://7/1", None) is None
+
+
+def test_a_template_with_a_literal_hash_is_read_whole() -> None:
+    """FastMCP matches a template that spells out ``#`` against the whole URI. securemcp cut the
+    URI at its first ``#``: ``notes://07#x`` kept no canonical spelling (so it dodged a rule on
+    ``notes://7``), and ``notes://a#b#x`` (``id = "a#b"``) was judged as ``notes://a``."""
+    from securemcp._template_values import template_target
+
+    def note(id: int) -> str:
+        return ""
+
+    values = _values("notes://{id}#x", note)
+    assert values.spellings("notes://07#x", None) == ("notes://7",)
+    assert values.canonical("notes://7#x", None) == "notes://7"
+    assert template_target("notes://a#b#x", "notes://{id}#x", None) == "notes://a#b"
+    assert template_target("notes://a%23b#x", "notes://{id}#x", None) == "notes://a#b"
+    assert template_target("notes://a#x", "notes://{id}#x", None) == "notes://a"
+    assert template_target("files://a#x", "files://{id}", None) == "files://a"

@@ -17,9 +17,10 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any
 
+import fastmcp
 import pytest
 from fastmcp.prompts.function_prompt import FunctionPrompt
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints, ValidationInfo
 
 from securemcp import FastMCP
 from securemcp._prompt_values import PromptValues, prompt_values
@@ -96,6 +97,18 @@ RULES = textwrap.dedent(
     arguments = { name = "alice" }
 
     [[rule]]
+    name = "no-cell-7-1"
+    effect = "deny"
+    tools = ["cell"]
+    arguments = { x = "7", y = "1.0" }
+
+    [[rule]]
+    name = "no-rate-3-written-as-float"
+    effect = "deny"
+    tools = ["rate"]
+    arguments = { x = { in = ["3.0", "4.50"] } }
+
+    [[rule]]
     name = "vault-needs-approval"
     effect = "require_approval"
     tools = ["vault"]
@@ -157,6 +170,16 @@ def typed_server(
         return f"hello {name}"
 
     @mcp.prompt
+    def cell(x: float, y: float) -> str:
+        ran.append(("cell", x, y))
+        return f"cell {x} {y}"
+
+    @mcp.prompt
+    def rate(x: float) -> str:
+        ran.append(("rate", x))
+        return f"rate {x}"
+
+    @mcp.prompt
     def vault(id: int) -> str:
         ran.append(("vault", id))
         return f"vault {id}"
@@ -200,6 +223,14 @@ DODGES = [
     ("batch", {"ids": "[7.0]"}, "no-id-7"),
     ("paint", {"color": '"red"'}, "no-red"),  # validate_json of the JSON string
     ("greet", {"name": "ALICE"}, "no-alice"),  # the function receives "alice"
+    # text conditions mixing forms across several float parameters: one text per value
+    ("cell", {"x": "7", "y": "1.0"}, "no-cell-7-1"),
+    ("cell", {"x": "7.0", "y": "1"}, "no-cell-7-1"),
+    ("cell", {"x": "7", "y": "1"}, "no-cell-7-1"),
+    ("cell", {"x": "7.0", "y": "1.0"}, "no-cell-7-1"),
+    ("cell", {"x": "07", "y": "1e0"}, "no-cell-7-1"),
+    ("rate", {"x": "3"}, "no-rate-3-written-as-float"),  # the rule writes 3.0 for 3.0
+    ("rate", {"x": "4.5"}, "no-rate-3-written-as-float"),
 ]
 
 
@@ -237,6 +268,9 @@ async def test_other_values_run_and_refused_values_are_no_dodge(
             ("paint", {"color": "blue"}),
             ("greet", {"name": "bob"}),
             ("optional", {"amount": "05"}),
+            ("cell", {"x": "7", "y": "1.5"}),
+            ("cell", {"x": "1", "y": "7"}),
+            ("rate", {"x": "3.5"}),
         ):
             await client.get_prompt(prompt, arguments)
         for prompt, arguments in (
@@ -257,6 +291,9 @@ async def test_other_values_run_and_refused_values_are_no_dodge(
         ("paint", Color.BLUE),
         ("greet", "bob"),
         ("optional", 5),
+        ("cell", 7.0, 1.5),
+        ("cell", 1.0, 7.0),
+        ("rate", 3.5),
     ]
 
 
@@ -325,8 +362,8 @@ async def test_a_hook_sees_the_arguments_as_sent_as_received_and_as_canonical_te
         await client.get_prompt("pay", {"amount": "12"})  # canonical text is the text sent
         assert seen == [{"amount": "12"}, {"amount": 12}]
         seen.clear()
-        await client.get_prompt("quote", {"price": "7"})  # a whole float: 7 and 7.0
-        assert seen == [{"price": "7"}, {"price": 7.0}, {"price": "7.0"}]
+        await client.get_prompt("quote", {"price": "7.0"})  # a whole float: one text, "7"
+        assert seen == [{"price": "7.0"}, {"price": 7.0}, {"price": "7"}]
         seen.clear()
         await client.call_tool("add", {"a": 1})
         assert seen == [{"a": 1}]
@@ -364,9 +401,56 @@ async def test_a_conversion_securemcp_cannot_tell_fails_closed(
     monkeypatch.setattr(typing, "get_type_hints", unresolvable)
     values = prompt_values(FunctionPrompt.from_function(pay_like))
     assert isinstance(values, PromptValues)
+    # the function's own arguments schema (FastMCP's) still validates it, exactly
+    forms = values.forms({"amount": "05"})
+    assert forms is not None and forms.received == {"amount": 5}
+    # ... and without it, a parameter whose annotation cannot be resolved fails closed
+    import securemcp._prompt_values as prompt_module
+
+    monkeypatch.setattr(prompt_module, "_arguments_validator", lambda function: None)
+    values = prompt_values(FunctionPrompt.from_function(pay_like))
+    assert isinstance(values, PromptValues)
     with pytest.raises(UnknownConversion):
         values.forms({"amount": "5"})
     assert values.forms({"other": "5"}) is None  # no value for it: nothing to convert
+
+
+def _field_tagged(value: str, info: ValidationInfo) -> str:
+    """Prefixes the value with its parameter's name: known only when FastMCP validates the
+    function's arguments as a whole (its second step), not parameter by parameter."""
+    return f"{info.field_name or '-'}:{value}"
+
+
+async def test_prompt_arguments_are_validated_as_fastmcp_validates_the_whole_function(
+    idp: FakeIdentityProvider,
+) -> None:
+    """FastMCP's second step validates the function's arguments together (a validator sees its
+    field's name and the arguments before it; a ``Field`` default's constraints hold).
+    securemcp validated each parameter alone, so it judged another value than the function
+    received (``-:-:hi`` for ``label:-:hi``: a rule on the received value was dodged), and it
+    judged values FastMCP then refused. It now validates with the function's own arguments
+    schema, without calling it."""
+    policy = RulesPolicy.from_string(
+        'default = "allow"\n[[rule]]\nname = "no-label-hi"\neffect = "deny"\n'
+        'tools = ["tagged"]\narguments = { label = "label:-:hi" }\n'
+    )
+    mcp, ran = typed_server(idp, policy, audit=False)
+
+    @mcp.prompt
+    def tagged(
+        label: Annotated[str, AfterValidator(_field_tagged)], n: int = Field(1, gt=0)
+    ) -> str:
+        ran.append(("tagged", label, n))
+        return label
+
+    async with connect(mcp, idp.token("alice")) as client:
+        with pytest.raises(Exception, match="policy_denied"):
+            await client.get_prompt("tagged", {"label": "hi"})
+        await client.get_prompt("tagged", {"label": "ho", "n": "2"})
+        with pytest.raises(Exception) as refused:  # n > 0: FastMCP refuses, no policy step fails
+            await client.get_prompt("tagged", {"label": "hi", "n": "-1"})
+        assert "policy" not in str(refused.value)
+    assert ran == [("tagged", "label:-:ho", 2)]
 
 
 def pay_like(amount: int) -> str:
@@ -392,3 +476,43 @@ async def test_a_mounted_servers_typed_prompt_is_judged_as_the_mounted_server_co
                 await client.get_prompt("ns_pay", {"amount": amount})
         await client.get_prompt("ns_pay", {"amount": "12"})
     assert ran == [("pay", 12)]
+
+
+async def test_a_prompt_annotations_validator_runs_as_often_to_judge_as_in_fastmcp(
+    idp: FakeIdentityProvider,
+) -> None:
+    """securemcp judges a prompt call by running FastMCP's two conversion steps (never the
+    function), so a validator in a typed parameter's annotation runs as many times again as
+    FastMCP runs it (documented; FastMCP alone runs it two or three times: its per-parameter
+    conversion tries pydantic's Python then JSON validation, then the function's validation).
+    Handing FastMCP the converted values would still leave its second step. The text a rule
+    names is converted once per prompt, not per call."""
+    runs: list[int] = []
+
+    def counted(value: int) -> int:
+        runs.append(value)
+        return value
+
+    def counted_prompt(n: Annotated[int, AfterValidator(counted)]) -> str:
+        return f"n {n}"
+
+    bare = fastmcp.FastMCP("bare")
+    bare.prompt(counted_prompt)
+    async with fastmcp.Client(bare) as client:
+        for text in ("8", "08"):
+            await client.get_prompt("counted_prompt", {"n": text})
+    alone = len(runs)
+    assert alone >= 4
+
+    policy = RulesPolicy.from_string(
+        'default = "allow"\n[[rule]]\nname = "no-7"\neffect = "deny"\n'
+        'tools = ["counted_prompt"]\narguments = { n = "7" }\n'
+    )
+    mcp = FastMCP("counted", auth=idp.verifier(audience=AUDIENCE), policy=policy, audit=False)
+    mcp.prompt(counted_prompt)
+    async with connect(mcp, idp.token("alice")) as client:
+        await client.get_prompt("counted_prompt", {"n": "9"})  # the rule's "7" is converted
+        runs.clear()
+        for text in ("8", "08"):
+            await client.get_prompt("counted_prompt", {"n": text})
+    assert len(runs) == 2 * alone

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from pydantic import StringConstraints
+from pydantic import AfterValidator, StringConstraints
 
 from securemcp import FastMCP
 from securemcp.context import Principal
@@ -75,6 +75,21 @@ RULES = textwrap.dedent(
     name = "no-user-alice"
     effect = "deny"
     tools = ["users://alice"]
+
+    [[rule]]
+    name = "no-grid-7-1"
+    effect = "deny"
+    tools = ["grid://7/1.0"]
+
+    [[rule]]
+    name = "no-note-7"
+    effect = "deny"
+    tools = ["notes://7"]
+
+    [[rule]]
+    name = "no-memo-a-hash-b"
+    effect = "deny"
+    tools = ["memos://a#b"]
 
     [[rule]]
     name = "vault-7-needs-approval"
@@ -135,6 +150,21 @@ def typed_server(
         ran.append(("user", name))
         return f"user {name}"
 
+    @mcp.resource("grid://{a}/{b}")
+    def grid(a: float, b: float) -> str:
+        ran.append(("grid", a, b))
+        return f"grid {a} {b}"
+
+    @mcp.resource("notes://{id}#x")  # a literal "#": FastMCP matches the whole URI
+    def note(id: int) -> str:
+        ran.append(("note", id))
+        return f"note {id}"
+
+    @mcp.resource("memos://{name}#x")
+    def memo(name: str) -> str:
+        ran.append(("memo", name))
+        return f"memo {name}"
+
     @mcp.resource("vault://{id}")
     def vault(id: int) -> str:
         ran.append(("vault", id))
@@ -168,6 +198,17 @@ DODGES = [
     ("lazy://7.0", "no-lazy-7"),  # pydantic's int accepts an integral decimal
     ("optional://%207", "no-optional-7"),
     ("users://ALICE", "no-user-alice"),  # the function receives "alice"
+    # a rule mixing forms across several float values: one canonical spelling per value
+    ("grid://7/1.0", "no-grid-7-1"),
+    ("grid://7.0/1", "no-grid-7-1"),
+    ("grid://7/1", "no-grid-7-1"),
+    ("grid://7.0/1.0", "no-grid-7-1"),
+    ("grid://07/1e0", "no-grid-7-1"),
+    # a template spelling out "#": FastMCP matches the whole URI, values may hold a "#"
+    ("notes://7#x", "no-note-7"),
+    ("notes://07#x", "no-note-7"),
+    ("memos://a%23b#x", "no-memo-a-hash-b"),
+    ("memos://a#b#x", "no-memo-a-hash-b"),
 ]
 
 
@@ -207,6 +248,10 @@ async def test_other_values_and_the_rules_own_spelling_are_judged_as_before(
             "lists://x?ids=8&ids=17",
             "lazy://8",
             "users://bob",
+            "grid://7/1.5",
+            "grid://1/7",
+            "memos://a#x",
+            "memos://a#c#x",
         ):
             await client.read_resource(uri)
     assert ran == [
@@ -220,6 +265,10 @@ async def test_other_values_and_the_rules_own_spelling_are_judged_as_before(
         ("lists", [8, 17]),
         ("lazy", 8),
         ("user", "bob"),
+        ("grid", 7.0, 1.5),
+        ("grid", 1.0, 7.0),
+        ("memo", "a"),
+        ("memo", "a#c"),
     ]
 
 
@@ -367,3 +416,35 @@ async def test_a_parents_rule_holds_for_a_mounted_servers_typed_template(
         assert (await client.read_resource("items://ns/08"))[0].text == "item 8"  # type: ignore[union-attr]
         assert (await client.read_resource("deep://m/g/07?on=no"))[0].text == "deep 7 False"  # type: ignore[union-attr]
     assert ran == [("item", 8), ("deep", 7, False)]
+
+
+async def test_a_validator_in_an_annotation_runs_once_to_judge_and_once_in_fastmcp(
+    idp: FakeIdentityProvider,
+) -> None:
+    """securemcp cannot hand FastMCP the values it judged: FastMCP's read takes the URI and
+    converts its values itself (``FunctionResourceTemplate.read``). So a validator in a typed
+    parameter's annotation runs twice per read (documented): once when securemcp judges the
+    read, once in FastMCP. The values a rule names are converted once per template, not per
+    read."""
+    runs: list[int] = []
+
+    def counted(value: int) -> int:
+        runs.append(value)
+        return value
+
+    policy = RulesPolicy.from_string(
+        'default = "allow"\n[[rule]]\nname = "no-c-7"\neffect = "deny"\ntools = ["c://7"]\n'
+    )
+    mcp = FastMCP("counted", auth=idp.verifier(audience=AUDIENCE), policy=policy, audit=False)
+
+    @mcp.resource("c://{id}")
+    def counted_item(id: Annotated[int, AfterValidator(counted)]) -> str:
+        return f"c {id}"
+
+    async with connect(mcp, idp.token("alice")) as client:
+        await client.read_resource("c://8")
+        assert runs == [8, 7, 7, 8]  # judged, the rule's c://7 (a fixed point), FastMCP
+        runs.clear()
+        await client.read_resource("c://08")
+        await client.read_resource("c://9")
+    assert runs == [8, 8, 9, 9]

@@ -27,6 +27,7 @@ This module speaks FastMCP's prompt internals (``FunctionPrompt``, its string co
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,14 @@ from securemcp._template_values import (
     spell,
 )
 
-__all__ = ["ArgumentForms", "MountedPrompt", "PromptValues", "prompt_values"]
+__all__ = [
+    "ArgumentForms",
+    "ArgumentRespelling",
+    "MountedPrompt",
+    "PromptValues",
+    "declared_prompt_values",
+    "prompt_values",
+]
 
 #: How deep a mount's forwarders are followed (a mount of a mount of ...).
 _MOUNT_DEPTH: Final = 8
@@ -60,9 +68,9 @@ class ArgumentForms:
 
     ``received``: every argument as the function receives it, as JSON data (numbers, booleans,
     lists, objects; see :func:`jsonable`): number conditions and argument bounds judge these.
-    ``texts``: the converted arguments written canonically as text (:func:`spell`), the first
-    form canonical (an approval is bound to it), a second one when a whole-number float is also
-    written ``7.0``. Arguments FastMCP does not convert are as sent in every form.
+    ``texts``: the converted arguments written canonically as text (:func:`spell`), one text
+    per value (an approval is bound to it). Arguments FastMCP does not convert are as sent in
+    every form.
     """
 
     received: Mapping[str, Any]
@@ -98,18 +106,16 @@ def jsonable(value: Any) -> Any:
         return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(item) for item in value]
-    return spell(value)[0]
+    return spell(value)
 
 
-def _texts(value: Any) -> tuple[Any, Any]:
-    """(canonical, alternative) text of a received value: scalars by :func:`spell`, lists item
-    by item, objects as canonical JSON (sorted keys, no spaces) of their :func:`jsonable` form."""
+def _texts(value: Any) -> Any:
+    """The canonical text of a received value: a scalar by :func:`spell`, a list item by item,
+    an object as canonical JSON (sorted keys, no spaces) of its :func:`jsonable` form."""
     if isinstance(value, list | tuple | set | frozenset):
-        items = [_texts(item) for item in value]
-        return [item[0] for item in items], [item[1] for item in items]
+        return [_texts(item) for item in value]
     if isinstance(value, Mapping | BaseModel):
-        text = json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), default=str)
-        return text, text
+        return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), default=str)
     return spell(value)
 
 
@@ -140,6 +146,8 @@ class PromptValues:
 
     prompt: FunctionPrompt = field(compare=False)
     parameters: Mapping[str, _Parameter] = field(compare=False, repr=False)
+    #: FastMCP's step 2, built once: the prompt function's own arguments schema.
+    _arguments: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     def forms(self, arguments: Mapping[str, Any] | None) -> ArgumentForms | None:
         """The other forms of ``arguments`` (:class:`ArgumentForms`); ``None`` when every
@@ -158,27 +166,98 @@ class PromptValues:
             converted = self.prompt._convert_string_arguments(dict(arguments))
         except Exception:
             return None
+        try:  # step 2: the function's validation of every argument
+            validated = self._validated(converted)
+        except (ValueError, TypeError, AttributeError, ArithmeticError):
+            return None  # pydantic's ValidationError is a ValueError: the render fails
         received = dict(arguments)
         texts: dict[str, Any] = dict(arguments)
-        alternative: dict[str, Any] = dict(arguments)
-        changed = two_forms = False
+        changed = False
         for name, sent in arguments.items():
-            parameter = parameters.get(name)
-            if parameter is None:
+            if name not in parameters or name not in validated:
                 continue
-            try:  # step 2: the function's validation of that parameter
-                value = parameter.received(converted[name])
-            except (ValueError, TypeError, AttributeError, ArithmeticError):
-                return None  # pydantic's ValidationError is a ValueError: the render fails
+            value = validated[name]
             received[name] = jsonable(value)
-            texts[name], alternative[name] = _texts(value)
+            texts[name] = _texts(value)
             changed = changed or type(value) is not str or value != sent
-            two_forms = two_forms or texts[name] != alternative[name]
         if not changed:
             return None
-        if two_forms:
-            return ArgumentForms(received, (texts, alternative))
         return ArgumentForms(received, (texts,))
+
+    def _validated(self, converted: Mapping[str, Any]) -> Mapping[str, Any]:
+        """FastMCP's step 2 (``FunctionPrompt.render``): the arguments the function's own
+        ``TypeAdapter`` validates, as a whole (a validator sees the other arguments and its
+        field's name, a ``Field`` default's constraints hold), without calling the function:
+        its arguments schema only. A prompt whose schema is not FastMCP's usual one is
+        validated parameter by parameter instead."""
+        if not self._arguments:
+            self._arguments.append(_arguments_validator(self.prompt.fn))
+        validator = self._arguments[0]
+        if validator is None:
+            return {
+                name: parameter.received(converted[name])
+                for name, parameter in self.parameters.items()
+                if name in converted
+            }
+        signature = inspect.signature(self.prompt.fn)
+        kwargs = {name: value for name, value in converted.items() if name in signature.parameters}
+        args, validated = validator.validate_python(kwargs)
+        if args:  # positional values: named as the signature names them
+            return signature.bind_partial(*args, **validated).arguments
+        return validated  # type: ignore[no-any-return]
+
+
+def _arguments_validator(function: Any) -> Any:
+    """A validator of ``function``'s arguments as FastMCP's cached ``TypeAdapter`` of it
+    validates them (its core schema's ``arguments_schema``, which never calls it), or ``None``
+    when that schema has another shape."""
+    from fastmcp.utilities.types import get_cached_typeadapter
+    from pydantic_core import SchemaValidator
+
+    try:
+        schema: Any = get_cached_typeadapter(function).core_schema
+        definitions = None
+        if schema.get("type") == "definitions":
+            definitions, schema = schema["definitions"], schema["schema"]
+        if schema.get("type") != "call":
+            return None
+        arguments = schema["arguments_schema"]
+        if definitions is not None:
+            arguments = {"type": "definitions", "schema": arguments, "definitions": definitions}
+        return SchemaValidator(arguments)
+    except Exception:  # no usable schema: validated parameter by parameter
+        return None
+
+
+class ArgumentRespelling:
+    """The canonical text of one argument's text value (``CallRequest.canonical_argument``) for
+    one function prompt: ``("price", "7.0")`` -> ``"7"`` for ``price: float``, converted as
+    FastMCP converts it. A rules file writes the text values its argument conditions name this
+    way too, so a condition holds however the rule and the call write a value. Equal for one
+    prompt (the rules file caches its respelled conditions by it)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: PromptValues) -> None:
+        self._values = values
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ArgumentRespelling) and other._values.prompt is self._values.prompt
+
+    def __hash__(self) -> int:
+        return id(self._values.prompt)
+
+    def __call__(self, name: str, value: Any) -> Any:
+        """The canonical text of ``value`` for argument ``name``; ``value`` itself when it is
+        no text, the parameter takes text, or FastMCP would refuse it."""
+        parameter = self._values.parameters.get(name)
+        if parameter is None or not isinstance(value, str):
+            return value
+        try:
+            converted = self._values.prompt._convert_string_arguments({name: value})[name]
+            return _texts(parameter.received(converted))
+        except Exception:  # refused (or unknown): the rule's text is kept as written
+            return value
 
 
 def prompt_values(component: Any) -> PromptValues | MountedPrompt | None:
@@ -209,6 +288,28 @@ def prompt_values(component: Any) -> PromptValues | MountedPrompt | None:
     if not typed:
         return None
     return PromptValues(component, {name: _Parameter(hint) for name, (_, hint) in typed.items()})
+
+
+def declared_prompt_values(types: Mapping[str, type]) -> PromptValues:
+    """How a function prompt converts its arguments when its parameters (``types``, by name)
+    are annotated exactly with these types, for ``securemcp policy explain --prompt-param``,
+    which has no server to look the prompt up in: FastMCP's own conversion of a prompt whose
+    function has that signature."""
+
+    def declared(**arguments: Any) -> str:
+        return ""
+
+    signature = inspect.Signature(
+        [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation)
+            for name, annotation in types.items()
+        ]
+    )
+    declared.__signature__ = signature  # type: ignore[attr-defined]
+    declared.__annotations__ = dict(types)
+    prompt = FunctionPrompt.from_function(declared, name="declared")
+    parameters = {name: _Parameter(hint) for name, hint in types.items() if hint is not str}
+    return PromptValues(prompt, parameters)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ import dataclasses
 import enum
 import inspect
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from urllib.parse import quote, unquote_plus
 from fastmcp.resources.template import (
     FunctionResourceTemplate,
     build_regex,
+    expand_uri_template,
     extract_exploded_query_params,
     extract_query_params,
     forward_uri,
@@ -57,12 +59,14 @@ __all__ = [
     "DECLARABLE",
     "UNRESOLVED",
     "MountedTemplate",
+    "Respelling",
     "TemplateValues",
     "UnknownConversion",
     "converted_parameters",
     "decimal_text",
     "declared_values",
     "spell",
+    "template_target",
     "template_values",
 ]
 
@@ -117,43 +121,32 @@ def decimal_text(value: Decimal) -> tuple[str, bool]:
     return f"{minus}0.{'0' * -point}{digits}", False
 
 
-#: How one value is written: (canonical, alternative). They differ only for a whole-number float
-#: or Decimal, written ``7`` (what a rule author writes for the number seven) and ``7.0``.
-Spelling = tuple[str, str]
-
-
-def spell(value: Any) -> Spelling:
-    """The canonical text of a value as the template function receives it.
+def spell(value: Any) -> str:
+    """The canonical text of a value as the template function receives it: one text per value,
+    however the value was written.
 
     ``bool`` as ``true``/``false``; ``int`` in decimal; ``float`` as Python's shortest
-    round-trip ``repr`` (``2.5``, ``1e+16``, ``inf``, ``nan``), an integral one also as the
-    integer (``7`` and ``7.0``; ``-0.0`` as ``0``); a finite ``Decimal`` likewise, in plain
-    notation without trailing zeros (``2.5`` for ``2.50``, ``100`` and ``100.0`` for ``1E+2``);
-    an enum member by its value; ``str`` as it is; anything else as ``str()`` writes it (a
-    ``UUID`` in lower case).
+    round-trip ``repr`` (``2.5``, ``1e+16``, ``inf``, ``nan``), a whole number as the integer
+    (``7`` for 7.0; ``-0.0`` as ``0``); a finite ``Decimal`` likewise, in plain notation without
+    trailing zeros (``2.5`` for ``2.50``, ``100`` for ``1E+2``); an enum member by its value;
+    ``str`` as it is; anything else as ``str()`` writes it (a ``UUID`` in lower case).
     """
     if isinstance(value, enum.Enum):
         value = value.value
     if value is True or value is False:
-        text = "true" if value else "false"
-        return text, text
+        return "true" if value else "false"
     if isinstance(value, int):
-        text = str(int(value))
-        return text, text
+        return str(int(value))
     if isinstance(value, float):
         number = float(value) or 0.0  # -0.0 reads as 0
-        text = float.__repr__(number)
         if math.isfinite(number) and number.is_integer():
-            return str(int(number)), text
-        return text, text
+            return str(int(number))
+        return float.__repr__(number)
     if isinstance(value, Decimal) and value.is_finite():
-        text, whole = decimal_text(value)
-        return (text, f"{text}.0") if whole else (text, text)
+        return decimal_text(value)[0]
     if isinstance(value, bytes):
-        text = value.decode("utf-8", "backslashreplace")
-        return text, text
-    text = value if isinstance(value, str) else str(value)
-    return text, text
+        return value.decode("utf-8", "backslashreplace")
+    return value if isinstance(value, str) else str(value)
 
 
 def _fastmcp_converted(annotation: Any, text: str) -> Any:
@@ -248,18 +241,39 @@ class TemplateValues:
     exploded: frozenset[str] = field(compare=False, repr=False, default=frozenset())
 
     def spellings(self, uri: str, query_names: frozenset[str] | None) -> tuple[str, ...]:
-        """The read's canonical spelling, then its alternative when it differs (each as
-        :func:`~securemcp.policy.request.resource_target` writes a target); ``()`` when no value
-        of ``uri`` is written differently (``items://7`` for ``id: int``), or when FastMCP will
-        refuse one (the read fails).
+        """The read's canonical spelling (as :func:`template_target` writes a target), or
+        ``()`` when every value of ``uri`` is written as the function receives it
+        (``items://7`` for ``id: int``), or when FastMCP will refuse one (the read fails).
 
         Raises:
             UnknownConversion: a value's conversion cannot be told (the caller fails closed).
         """
+        spelled = self._spelled(uri)
+        if spelled is None or not spelled[1]:
+            return ()
+        return (template_target(self._written(uri, spelled[0]), self.uri_template, query_names),)
+
+    def canonical(self, uri: str, query_names: frozenset[str] | None) -> str | None:
+        """The canonical spelling of any read ``uri`` of this template (its target as
+        :func:`template_target` writes it when nothing is respelled); ``None`` when ``uri`` is
+        not a read of this template or FastMCP would refuse one of its values. Never raises:
+        a rules file canonicalizes the URIs its rules name with it (:class:`Respelling`)."""
+        try:
+            spelled = self._spelled(uri)
+        except Exception:  # an unknown conversion, a failing validator: no canonical form
+            return None
+        if spelled is None:
+            return None
+        written = self._written(uri, spelled[0]) if spelled[1] else uri
+        return template_target(written, self.uri_template, query_names)
+
+    def _spelled(self, uri: str) -> tuple[dict[str, str | list[str]], bool] | None:
+        """The canonical text of each converted value of ``uri``, and whether any differs from
+        the text read; ``None`` when ``uri`` does not match or FastMCP refuses a value."""
         params = match_uri_template(uri, self.uri_template, list_params=self.list_params)
         if not params:
-            return ()
-        spelled: dict[str, Spelling | list[Spelling]] = {}
+            return None
+        spelled: dict[str, str | list[str]] = {}
         respelled = False
         for name, value in params.items():
             parameter = self.parameters.get(name)
@@ -268,34 +282,20 @@ class TemplateValues:
             try:
                 received = parameter.received(value)
             except _REFUSED:
-                return ()  # FastMCP refuses it too: the function never runs
+                return None  # FastMCP refuses it too: the function never runs
             if isinstance(received, list | tuple):
                 items = [spell(item) for item in received]
                 spelled[name] = items
-                respelled = respelled or not (
-                    isinstance(value, list)
-                    and len(value) == len(items)
-                    and all(
-                        text == item[0] == item[1] for text, item in zip(value, items, strict=True)
-                    )
-                )
+                respelled = respelled or value != items
             else:
-                spelled[name] = spell(received)
-                respelled = respelled or not (value == spelled[name][0] == spelled[name][1])
-        if not respelled:
-            return ()  # every value is written as the function receives it
-        canonical = resource_target(self._written(uri, spelled, 0), query_names)
-        if all(_one_form(value) for value in spelled.values()):
-            return (canonical,)
-        alternative = resource_target(self._written(uri, spelled, 1), query_names)
-        return (canonical,) if alternative == canonical else (canonical, alternative)
+                spelled[name] = text = spell(received)
+                respelled = respelled or value != text
+        return spelled, respelled
 
-    def _written(
-        self, uri: str, spelled: Mapping[str, Spelling | list[Spelling]], form: int
-    ) -> str:
-        """``uri`` with each spelled value's text replaced by form ``form`` of its spelling,
-        percent-encoded (``resource_target`` decodes it again)."""
-        path, _, query = uri.partition("#")[0].partition("?")
+    def _written(self, uri: str, spelled: Mapping[str, str | list[str]]) -> str:
+        """``uri`` with each spelled value's text replaced by its canonical text,
+        percent-encoded (:func:`template_target` decodes it again)."""
+        path, _, query = _matched_part(uri, self.uri_template).partition("?")
         regex = build_regex(self.uri_template)
         match = regex.match(path) if regex is not None else None
         path_names: set[str] = set()
@@ -308,7 +308,7 @@ class TemplateValues:
                 if name not in spelled:
                     continue
                 pieces.append(path[end:start])
-                pieces.append(_encoded(spelled[name], form))
+                pieces.append(_encoded(spelled[name]))
                 end = stop
             pieces.append(path[end:])
             path = "".join(pieces)
@@ -330,23 +330,73 @@ class TemplateValues:
             value = spelled[key]
             if name in exploded and isinstance(value, list):
                 if index < len(value):
-                    part = f"{raw_name}={_encoded(value[index], form)}"
+                    part = f"{raw_name}={quote(value[index], safe='')}"
             elif index == 0:  # FastMCP reads the first value of a name that is not exploded
-                part = f"{raw_name}={_encoded(value, form)}"
+                part = f"{raw_name}={_encoded(value)}"
             parts.append(part)
         return f"{path}?{'&'.join(parts)}"
 
 
-def _one_form(value: Spelling | list[Spelling]) -> bool:
-    if isinstance(value, list):
-        return all(item[0] == item[1] for item in value)
-    return value[0] == value[1]
-
-
-def _encoded(value: Spelling | list[Spelling], form: int) -> str:
+def _encoded(value: str | list[str]) -> str:
     if isinstance(value, list):  # a list parameter's items, comma-joined (RFC 6570 3.2.8)
-        return ",".join(quote(item[form], safe="") for item in value)
-    return quote(value[form], safe="")
+        return ",".join(quote(item, safe="") for item in value)
+    return quote(value, safe="")
+
+
+def _matched_part(uri: str, uri_template: str) -> str:
+    """The part of ``uri`` FastMCP matches against ``uri_template``: all of it when the template
+    spells out a literal ``#`` (``notes://{id}#x``), else the URI without its fragment
+    (``match_uri_template``)."""
+    return uri if "#" in uri_template else uri.partition("#")[0]
+
+
+def _head(uri_template: str) -> str:
+    """``uri_template`` before its literal ``#``, without ``{?...}`` query expressions."""
+    depth = 0
+    for index, char in enumerate(uri_template):
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+        elif char == "#" and depth == 0:
+            uri_template = uri_template[:index]
+            break
+    return _QUERY_EXPRESSION.sub("", uri_template)
+
+
+_QUERY_EXPRESSION: Final = re.compile(r"\{\?[^}]+\}")
+
+
+def template_target(uri: str, uri_template: str, query_names: frozenset[str] | None) -> str:
+    """A template read's target: :func:`~securemcp.policy.request.resource_target` of ``uri``.
+
+    A template that spells out a literal ``#`` (``notes://{id}#x``) is matched by FastMCP
+    against the whole URI, so a value may hold a ``#`` (``notes://a#b#x`` reads
+    ``id = "a#b"``): cutting the URI at its first ``#`` would judge ``notes://a``. The target
+    is then the template's part before its ``#`` written with the values FastMCP reads
+    (``notes://a#b``), as a fragment is dropped from any other read.
+    """
+    if "#" not in uri_template:
+        return resource_target(uri, query_names)
+    params = match_uri_template(uri, uri_template)
+    if params is None:  # not a read of this template (FastMCP finds no resource)
+        return resource_target(uri, query_names)
+    path = expand_uri_template(_head(uri_template), params)
+    query = uri.partition("?")[2]
+    return resource_target(f"{path.replace('#', '%23')}?{query}" if query else path, query_names)
+
+
+@dataclass(frozen=True, slots=True)
+class Respelling:
+    """The canonical spelling of any read of one template (:meth:`TemplateValues.canonical`),
+    as ``CallRequest.canonical_spelling`` carries it: a rules file writes the URIs its rules
+    name this way too, so a rule matches a read however either writes its values."""
+
+    values: TemplateValues
+    query_names: frozenset[str] | None
+
+    def __call__(self, uri: str) -> str | None:
+        return self.values.canonical(uri, self.query_names)
 
 
 #: How many mounts deep a read is followed to the template that converts its values.

@@ -798,11 +798,13 @@ class SecurityPipeline(Middleware):
             if facts.prompt_values is None:  # every tool call
                 decision = await enforcement.decide(request)
             else:  # a prompt whose arguments FastMCP converts: judge them as converted too
-                forms = await enforcement.argument_forms(facts, arguments)
-                decision = await enforcement.decide(request, forms=forms)
+                forms, canonical_argument = await enforcement.argument_forms(facts, arguments)
+                decision = await enforcement.decide(
+                    request, forms=forms, argument_respelling=canonical_argument
+                )
         else:  # a template read whose values FastMCP converts: judge its canonical spelling too
-            spellings = await enforcement.spellings(facts, target)
-            decision = await enforcement.decide(request, spellings)
+            spellings, respelling = await enforcement.spellings(facts, target)
+            decision = await enforcement.decide(request, spellings, respelling=respelling)
         if decision is not None and decision.effect == "require_approval":
             self._telemetry.approval("consumed")  # the gate admitted it: an approval was used
         return decision

@@ -203,3 +203,59 @@ def test_explain_shows_a_template_reads_canonical_spelling(
     assert "canonical spelling" not in out and "decision: allow by 'default'" in out
     assert run(*argv, "--tool", "items://7", "--param", "id=long") == 2
     assert "--param must look like NAME=TYPE" in capsys.readouterr().err
+
+
+def test_explain_matches_a_rule_naming_a_read_in_any_spelling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rule naming grid://7/1.0 (two float values written in mixed forms) decides every
+    spelling of that read, as a server does; before, only the uniform forms were judged."""
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        'default = "allow"\n[[rule]]\nname = "no-grid"\neffect = "deny"\ntools = ["grid://7/1.0"]\n'
+    )
+    argv = ("policy", "explain", str(path), "--subject", "a", "--template", "grid://{a}/{b}")
+    floats = ("--param", "a=float", "--param", "b=float")
+    for uri in ("grid://7.0/1", "grid://7/1", "grid://07/1e0"):
+        assert run(*argv, "--tool", uri, *floats) == 0
+        assert "decision: deny by 'no-grid'" in capsys.readouterr().out, uri
+    assert run(*argv, "--tool", "grid://7/1.5", *floats) == 0
+    out = capsys.readouterr().out
+    assert "decision: allow by 'default'" in out
+    assert "(written canonically: ['grid://7/1'])" in out
+
+
+def test_explain_shows_a_prompt_calls_argument_forms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --prompt-param, explain judges a prompts/get call as the server does: the arguments
+    as sent (text), as the prompt function receives them and as canonical text."""
+    path = tmp_path / "prompts.toml"
+    path.write_text(
+        'default = "allow"\n'
+        '[[rule]]\nname = "no-cell-7-1"\neffect = "deny"\ntools = ["cell"]\n'
+        'arguments = { x = "7", y = "1.0" }\n'
+        '[[rule]]\nname = "no-big"\neffect = "deny"\ntools = ["pay"]\n'
+        "arguments = { amount = { gt = 1000 } }\n"
+    )
+    argv = ("policy", "explain", str(path), "--subject", "a")
+    cell = ("--tool", "cell", "--prompt-param", "x=float", "--prompt-param", "y=float")
+    assert run(*argv, *cell, "--arg", "x=07", "--arg", "y=1e0") == 0
+    out = capsys.readouterr().out
+    assert "call: prompts/get 'cell' as 'a'" in out
+    assert (
+        "arguments as sent: {'x': '07', 'y': '1e0'}; as received: {'x': 7.0, 'y': 1.0}; "
+        "canonical: {'x': '7', 'y': '1'}" in out
+    )
+    assert "strictest decision: deny by 'no-cell-7-1'" in out
+    # a number condition holds on the value received, never on the text sent
+    pay = ("--tool", "pay", "--prompt-param", "amount=int")
+    assert run(*argv, *pay, "--arg", "amount=5_000") == 0
+    assert "strictest decision: deny by 'no-big'" in capsys.readouterr().out
+    assert run(*argv, *pay, "--arg", "amount=500") == 0
+    assert "strictest decision: allow by 'default'" in capsys.readouterr().out
+    # a value FastMCP refuses: the render fails, the call is judged as sent
+    assert run(*argv, *pay, "--arg", "amount=five") == 0
+    assert "arguments: as sent" in capsys.readouterr().out
+    assert run(*argv, *pay, "--prompt-param", "amount=long") == 2
+    assert "--prompt-param must look like NAME=TYPE" in capsys.readouterr().err

@@ -7,7 +7,7 @@ which takes the parsed ``argparse.Namespace`` and returns the exit code::
     securemcp policy explain FILE --tool T --subject S [--issuer I] [--client-id C]
         [--tenant T] [--scope S ...] [--claim k=v ...] [--arg k=v ...] [--tag T ...]
         [--risk R] [--method M] [--version V]
-        [--template URI_TEMPLATE [--param NAME=TYPE ...]]
+        [--template URI_TEMPLATE [--param NAME=TYPE ...]] [--prompt-param NAME=TYPE ...]
                                              0 explained, 1 invalid file, 2 unreadable
     securemcp approvals list [--all] [--json] [--store PATH|URL]
     securemcp approvals approve ID [--reusable-for SECONDS] [--store ...]
@@ -112,13 +112,18 @@ def _explain(args: argparse.Namespace) -> int:
     )
     method, target, uri = args.method, args.tool, None
     spellings: tuple[str, ...] = ()
+    respelling: Any = None
     if args.template is not None:
         try:
-            method, target, spellings = _template_read(args.template, args.tool, args.param)
+            method, target, spellings, respelling = _template_read(
+                args.template, args.tool, args.param
+            )
         except ValueError as exc:
             print(f"securemcp policy explain: {exc}", file=sys.stderr)
             return 2
         uri = args.tool
+    elif args.prompt_param:
+        method = "prompts/get"
     request = CallRequest.build(
         principal,
         target,
@@ -135,23 +140,39 @@ def _explain(args: argparse.Namespace) -> int:
         f"call: {request.method} {request.target!r}{version} as {principal.subject!r}"
         f" (risk {request.risk})"
     )
+    if respelling is not None:  # rules naming a read are written canonically too
+        request = dataclasses.replace(request, canonical_spelling=respelling)
+    if args.prompt_param:
+        try:
+            sent = {
+                key: value for key, _, value in (item.partition("=") for item in args.arg or ())
+            }
+            return _explain_prompt(ruleset, request, sent, args.prompt_param)
+        except ValueError as exc:
+            print(f"securemcp policy explain: {exc}", file=sys.stderr)
+            return 2
     if not spellings:
         print(explain_ruleset(ruleset, request))
         return 0
     # a template read is judged as FastMCP reads it and as the function receives it
-    from securemcp.policy.hooks import strictest
-
-    others = [text for text in spellings if text != request.target]
     print(
         f"canonical spelling: {spellings[0]!r}"
-        + (f" (also {others[-1]!r})" if len(spellings) > 1 and others else "")
-        + "; each spelling is judged, the strictest decision wins"
+        "; each spelling is judged, the strictest decision wins"
     )
+    return _judged(ruleset, [request, dataclasses.replace(request, target=spellings[0])])
+
+
+def _judged(ruleset: Any, requests: list[Any]) -> int:
+    """Explain each form of one call (``as ...:``), then the strictest decision."""
+    from securemcp.policy.hooks import strictest
+    from securemcp.policy.rules import explain_ruleset
+
     decisions = []
-    for text in (request.target, *others):
-        explanation = explain_ruleset(ruleset, dataclasses.replace(request, target=text))
+    for form in requests:
+        explanation = explain_ruleset(ruleset, form)
         decisions.append(explanation.decision)
-        print(f"as {text!r}:")
+        shown = form.target if form.method == "resources/read" else dict(form.arguments)
+        print(f"as {shown!r}:")
         print(explanation)
     decided = strictest(decisions)
     effect = decided.effect.value if decided is not None else "abstain"
@@ -160,27 +181,62 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _template_read(
-    template: str, uri: str, declared: list[str] | None
-) -> tuple[str, str, tuple[str, ...]]:
-    """(method, target, canonical spellings) of a read of ``uri`` served by ``template`` whose
-    parameters are annotated as ``declared`` (``NAME=TYPE``), as a server would judge it."""
-    from securemcp._template_values import DECLARABLE, declared_values
-    from securemcp.components import template_query_names
-    from securemcp.policy.request import resource_target
+def _declared(declared: list[str] | None, option: str) -> dict[str, type]:
+    """``NAME=TYPE`` items (``--param``, ``--prompt-param``) as annotations by name."""
+    from securemcp._template_values import DECLARABLE
 
     types: dict[str, type] = {}
     for item in declared or ():
         name, sep, kind = item.partition("=")
         if not sep or not name or kind not in DECLARABLE:
             raise ValueError(
-                f"--param must look like NAME=TYPE with TYPE one of "
+                f"{option} must look like NAME=TYPE with TYPE one of "
                 f"{', '.join(DECLARABLE)}, got {item!r}"
             )
         types[name] = DECLARABLE[kind]
+    return types
+
+
+def _template_read(
+    template: str, uri: str, declared: list[str] | None
+) -> tuple[str, str, tuple[str, ...], Any]:
+    """(method, target, canonical spellings, respelling) of a read of ``uri`` served by
+    ``template`` whose parameters are annotated as ``declared`` (``NAME=TYPE``), as a server
+    would judge it."""
+    from securemcp._template_values import Respelling, declared_values, template_target
+    from securemcp.components import template_query_names
+
+    types = _declared(declared, "--param")
     query_names = template_query_names(template)
-    spellings = declared_values(template, types).spellings(uri, query_names)
-    return "resources/read", resource_target(uri, query_names), spellings
+    values = declared_values(template, types)
+    spellings = values.spellings(uri, query_names)
+    respelling = Respelling(values, query_names) if types else None
+    return "resources/read", template_target(uri, template, query_names), spellings, respelling
+
+
+def _explain_prompt(ruleset: Any, request: Any, sent: dict[str, str], declared: list[str]) -> int:
+    """Explain a prompts/get call with the arguments ``sent`` (the texts of ``--arg``: prompt
+    arguments are strings on the wire) whose prompt function's parameters are annotated as
+    ``declared``: as sent, as the function receives them and as canonical text, as a server
+    judges them (the strictest decision wins)."""
+    from securemcp._prompt_values import ArgumentRespelling, declared_prompt_values
+
+    values = declared_prompt_values(_declared(declared, "--prompt-param"))
+    request = dataclasses.replace(
+        request, arguments=sent, canonical_argument=ArgumentRespelling(values)
+    )
+    forms = values.forms(sent)
+    if forms is None:
+        print("arguments: as sent (each reaches the function as written, or FastMCP refuses one)")
+        return _judged(ruleset, [request])
+    received = dataclasses.replace(request, arguments=forms.received)
+    canonical = dataclasses.replace(request, arguments=forms.texts[0])
+    print(
+        f"arguments as sent: {sent!r}; as received: {dict(forms.received)!r}; "
+        f"canonical: {dict(forms.texts[0])!r}; each form is judged, the strictest decision wins"
+    )
+    others = [received] + ([canonical] if canonical.arguments != request.arguments else [])
+    return _judged(ruleset, [request, *others])
 
 
 # --- approvals -------------------------------------------------------------------------------
@@ -322,6 +378,14 @@ def register(subparsers: Any) -> None:
         metavar="NAME=TYPE",
         help="with --template: a parameter's annotation in the template function, "
         "int, float, bool or str (the default), e.g. id=int (repeatable)",
+    )
+    explain.add_argument(
+        "--prompt-param",
+        action="append",
+        metavar="NAME=TYPE",
+        help="for a prompts/get call (--tool is the prompt, --arg its arguments, as the text "
+        "sent): a parameter's annotation in the prompt function, int, float, bool or str, "
+        "e.g. amount=int (repeatable)",
     )
     explain.set_defaults(func=_explain)
 

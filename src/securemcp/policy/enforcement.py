@@ -30,7 +30,8 @@ from securemcp.policy.ratelimit import RateLimit, RateLimiter
 from securemcp.policy.request import CallRequest, resource_target
 
 if TYPE_CHECKING:
-    from securemcp._prompt_values import ArgumentForms
+    from securemcp._prompt_values import ArgumentForms, ArgumentRespelling
+    from securemcp._template_values import Respelling
     from securemcp.components import ComponentFacts
     from securemcp.context import Principal
 
@@ -193,7 +194,12 @@ class PolicyEnforcement:
         if method == "resources/read" and facts.uri_template is not None:
             # a template read; a concrete resource is found by its exact URI, which stays
             uri, template = target, facts.uri_template
-            target = resource_target(target, facts.query_names)
+            if "#" in template:  # FastMCP matches the whole URI: no fragment to drop
+                from securemcp._template_values import template_target
+
+                target = template_target(target, template, facts.query_names)
+            else:
+                target = resource_target(target, facts.query_names)
         return CallRequest.build(
             principal,
             target,
@@ -211,23 +217,31 @@ class PolicyEnforcement:
         )
 
     @staticmethod
-    async def spellings(facts: ComponentFacts, uri: str) -> tuple[str, ...]:
-        """The canonical spellings of a template read of ``uri`` (``()`` for any other call):
-        the URI with each value FastMCP converts for the template function (``id: int``)
-        written as the function receives it, see :mod:`securemcp._template_values`. A mount's
-        forwarder is followed to the mounted server's template (one lookup there).
+    async def spellings(
+        facts: ComponentFacts, uri: str
+    ) -> tuple[tuple[str, ...], Respelling | None]:
+        """The canonical spelling of a template read of ``uri`` (``()`` for any other call, or
+        when every value is written as the function receives it): the URI with each value
+        FastMCP converts for the template function (``id: int``) written as the function
+        receives it, see :mod:`securemcp._template_values`; and the template's
+        :class:`~securemcp._template_values.Respelling`, with which a rules file writes the
+        URIs its rules name canonically too. A mount's forwarder is followed to the mounted
+        server's template (one lookup there).
 
         Raises:
             PolicyError: how the template converts a value cannot be told (fail closed).
         """
         found = facts.template_values
         if found is None:
-            return ()
-        from securemcp._template_values import MountedTemplate, UnknownConversion
+            return (), None
+        from securemcp._template_values import MountedTemplate, Respelling, UnknownConversion
 
         try:
             values = await found.values(uri) if isinstance(found, MountedTemplate) else found
-            return values.spellings(uri, facts.query_names) if values is not None else ()
+            if values is None:
+                return (), None
+            spellings = values.spellings(uri, facts.query_names)
+            return spellings, Respelling(values, facts.query_names)
         except UnknownConversion as exc:
             policy_failures.log(
                 logger,
@@ -254,24 +268,28 @@ class PolicyEnforcement:
     @staticmethod
     async def argument_forms(
         facts: ComponentFacts, arguments: Mapping[str, Any] | None
-    ) -> ArgumentForms | None:
+    ) -> tuple[ArgumentForms | None, ArgumentRespelling | None]:
         """The other forms of a prompt call's ``arguments`` (``None`` for any other call, or
         when every argument reaches the function as sent): as the prompt function receives
-        them and canonically written as text, see :mod:`securemcp._prompt_values`. A mount's
-        forwarder is followed to the mounted server's prompt (one lookup there).
+        them and canonically written as text, see :mod:`securemcp._prompt_values`; and the
+        prompt's :class:`~securemcp._prompt_values.ArgumentRespelling`, with which a rules file
+        writes the text values its conditions name canonically too. A mount's forwarder is
+        followed to the mounted server's prompt (one lookup there).
 
         Raises:
             PolicyError: how the prompt converts an argument cannot be told (fail closed).
         """
         found = facts.prompt_values
         if found is None:
-            return None
-        from securemcp._prompt_values import MountedPrompt
+            return None, None
+        from securemcp._prompt_values import ArgumentRespelling, MountedPrompt
         from securemcp._template_values import UnknownConversion
 
         try:
             values = await found.values() if isinstance(found, MountedPrompt) else found
-            return values.forms(arguments) if values is not None else None
+            if values is None:
+                return None, None
+            return values.forms(arguments), ArgumentRespelling(values)
         except UnknownConversion as exc:
             policy_failures.log(
                 logger,
@@ -298,6 +316,8 @@ class PolicyEnforcement:
         request: CallRequest,
         spellings: tuple[str, ...] = (),
         forms: ArgumentForms | None = None,
+        respelling: Respelling | None = None,
+        argument_respelling: ArgumentRespelling | None = None,
     ) -> Decision | None:
         """The policy decision for ``request`` (``None`` when no policy is configured).
 
@@ -305,6 +325,10 @@ class PolicyEnforcement:
         template function receives it: the policy judges each as the request's target too,
         and the strictest decision wins (:func:`~securemcp.policy.hooks.strictest`). An
         approval is then bound to the first, the read's canonical spelling.
+
+        ``respelling`` (from :meth:`spellings`) is set as the request's
+        ``canonical_spelling``: a rules file then writes the URIs its rules name canonically
+        too, so ``grid://7/1.0`` holds for ``grid://7.0/1``.
 
         ``forms`` (from :meth:`argument_forms`) are other forms of a prompt call's arguments:
         the policy judges the request with each as its arguments too, the strictest decision
@@ -318,6 +342,10 @@ class PolicyEnforcement:
         policy = self.policy
         if policy is None:
             return None
+        if respelling is not None:
+            request = dataclasses.replace(request, canonical_spelling=respelling)
+        elif argument_respelling is not None:
+            request = dataclasses.replace(request, canonical_argument=argument_respelling)
         # hooks.evaluate in its two steps: a sync policy's decision needs no coroutine.
         decision = start(policy, request)
         if type(decision) is not Decision:

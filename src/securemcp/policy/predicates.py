@@ -170,13 +170,22 @@ OPERATORS: Final = frozenset(
 )
 
 
+#: The operators whose text operands name a value (and are written canonically for a prompt
+#: argument FastMCP converts, see :meth:`Predicate.respelled`).
+_VALUE_OPERATORS: Final = frozenset({"eq", "ne", "in", "not_in", "contains", "contains_any"})
+_LIST_OPERATORS: Final = frozenset({"in", "not_in", "contains_any"})
+_AS_LIST: Final = {"eq": "in", "ne": "not_in", "contains": "contains_any"}
+_RESPELLED_LIMIT: Final = 64
+
+
 class Predicate:
     """A compiled condition on one value. Call it with the value (or :data:`MISSING`)."""
 
-    __slots__ = ("_checks", "check")
+    __slots__ = ("_checks", "_respelled", "check")
 
     def __init__(self, checks: tuple[tuple[str, Any, _Check], ...]) -> None:
         self._checks = checks
+        self._respelled: dict[tuple[str, Any], Predicate] = {}
         if len(checks) == 1:
             self.check: _Check = checks[0][2]
         else:
@@ -199,6 +208,45 @@ class Predicate:
             if not check(value):
                 return f"{op} {_shown(operand)}"
         return None
+
+    def respelled(self, name: str, respell: Callable[[str, Any], Any]) -> Predicate:
+        """This condition with each text operand that names a value of argument ``name``
+        (``eq``, ``ne``, ``in``, ``not_in``, ``contains``, ``contains_any``) naming that value
+        as written and as ``respell`` writes it canonically (``CallRequest.canonical_argument``:
+        ``"7.0"`` and ``"7"`` for ``price: float``), so a condition holds however the rule and
+        the call write the value: ``eq`` holds for either text, ``ne`` for neither. A
+        canonical text is used only when it is a fixed point (written canonically again, it
+        stays): a conversion that changes its own output (a validator appending a suffix) would
+        otherwise make the operand name another value. Cached per ``respell``."""
+        key = (name, respell)
+        cached = self._respelled.get(key)
+        if cached is not None:
+            return cached
+
+        def texts(operand: Any) -> tuple[Any, ...]:
+            if not isinstance(operand, str):
+                return (operand,)
+            canonical = respell(name, operand)
+            if canonical == operand or respell(name, canonical) != canonical:
+                return (operand,)
+            return (operand, freeze(canonical))
+
+        checks = []
+        for op, operand, check in self._checks:
+            if op in _VALUE_OPERATORS:
+                listed = op in _LIST_OPERATORS and isinstance(operand, tuple)
+                options = operand if listed else (operand,)
+                named = tuple(text for option in options for text in texts(option))
+                if named != options:
+                    op = _AS_LIST.get(op, op)
+                    operand = named
+                    check = _build(op, named)
+            checks.append((op, operand, check))
+        cached = Predicate(tuple(checks))
+        if len(self._respelled) >= _RESPELLED_LIMIT:
+            self._respelled.clear()
+        self._respelled[key] = cached
+        return cached
 
     def describe(self) -> str:
         """The condition as text, e.g. ``lt 1000 and ge 0``."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -346,6 +346,17 @@ class CallRequest:
         template: for a resource template read, the URI template of the template that serves
             it (``users://{email}/ssn``); ``None`` otherwise. Rate limits count the reads of a
             template together, as they count the calls of a tool whatever its arguments.
+        canonical_spelling: for a read of a template whose function receives typed values,
+            a function giving the canonical spelling of any URI of that template
+            (``"grid://7.0/01"`` -> ``"grid://7/1"`` for ``a: float, b: int``; ``None`` when
+            FastMCP would refuse a value or the URI is not one of the template's), else
+            ``None``. A rules file writes the URIs its rules name this way too, so a rule
+            matches a read however either writes its values.
+        canonical_argument: for a prompt whose function takes typed parameters, a function
+            giving the canonical text of a text value of an argument (``("price", "7.0")`` ->
+            ``"7"`` for ``price: float``; any other value, and a value FastMCP would refuse,
+            unchanged), else ``None``. A rules file writes the text values its argument
+            conditions name this way too.
     """
 
     principal: Principal
@@ -362,6 +373,12 @@ class CallRequest:
     requested_version: str | None = None
     version_resolved: bool = True
     template: str | None = None
+    canonical_spelling: Callable[[str], str | None] | None = field(
+        default=None, compare=False, repr=False
+    )
+    canonical_argument: Callable[[str, Any], Any] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.arguments, MappingProxyType):
@@ -436,6 +453,8 @@ class CallRequest:
         _set_requested_version(request, requested_version)
         _set_version_resolved(request, version_resolved)
         _set_template(request, template)
+        _set_canonical_spelling(request, None)
+        _set_canonical_argument(request, None)
         return request
 
     def arguments_hash(self) -> str:
@@ -461,3 +480,5 @@ _set_uri = _slot_setter("uri")
 _set_requested_version = _slot_setter("requested_version")
 _set_version_resolved = _slot_setter("version_resolved")
 _set_template = _slot_setter("template")
+_set_canonical_spelling = _slot_setter("canonical_spelling")
+_set_canonical_argument = _slot_setter("canonical_argument")

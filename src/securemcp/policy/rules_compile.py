@@ -107,6 +107,29 @@ class Rule:
         """Whether the rule's ``tools`` globs admit ``target`` (no globs: every target)."""
         return self._tools is None or self._tools.match(target) is not None
 
+    def applies_to(self, request: CallRequest) -> bool:
+        """Whether the rule's ``tools`` admit ``request``'s target: by glob, or, for a read of a
+        template with typed values, as a URI the rule names written canonically
+        (``grid://7/1.0`` is ``grid://7/1`` for ``a: float, b: float``, see
+        ``CallRequest.canonical_spelling``)."""
+        if self.applies_to_target(request.target):
+            return True
+        spelling = request.canonical_spelling
+        return spelling is not None and request.target in self.respelled(spelling)
+
+    def respelled(self, spelling: Callable[[str], str | None]) -> frozenset[str]:
+        """The canonical spellings of the URIs the rule names literally (no ``*`` or ``[``;
+        a glob matches text), each a fixed point of ``spelling``."""
+        found = set()
+        for pattern in self.tool_patterns:
+            if "*" not in pattern and "[" not in pattern:
+                canonical = spelling(pattern)
+                # only a fixed point names the pattern's value (a validator that changes its
+                # own output would make it name another read)
+                if canonical is not None and spelling(canonical) == canonical:
+                    found.add(canonical)
+        return frozenset(found)
+
     def decision_for(self, request: CallRequest) -> Decision:
         """The decision of this rule for a ``request`` it matches."""
         if self.unresolved is None or request.version_resolved:
@@ -122,8 +145,13 @@ class Rule:
 
     def why_not(self, request: CallRequest) -> str | None:
         """Why the rule does not match ``request`` (``None`` when it does)."""
-        if not self.applies_to_target(request.target):
-            return f"tool {request.target!r} matches none of {list(self.tool_patterns)}"
+        if not self.applies_to(request):
+            spelling = request.canonical_spelling
+            respelled = (
+                sorted(self.respelled(spelling) - set(self.tool_patterns)) if spelling else []
+            )
+            also = f" (written canonically: {respelled})" if respelled else ""
+            return f"tool {request.target!r} matches none of {list(self.tool_patterns)}{also}"
         for matcher in self.matchers:
             if not matcher.check(request):
                 return matcher.why_not(request)
@@ -149,6 +177,8 @@ class RuleSet:
         self.name = name
         self.source = source
         self._candidates: dict[str, tuple[Rule, ...]] = {}
+        self._respelled: dict[tuple[Any, str], tuple[Rule, ...]] = {}
+        self._patterns: dict[Any, tuple[frozenset[str], ...]] = {}
         self._default_decision: Decision | None = None
         if default == "deny":
             self._default_decision = Decision.deny(
@@ -177,6 +207,34 @@ class RuleSet:
             self._candidates[target] = cached
         return cached
 
+    def candidates_for(self, request: CallRequest) -> tuple[Rule, ...]:
+        """The rules whose ``tools`` admit ``request`` (:meth:`Rule.applies_to`), in file order;
+        cached per target, and per template for a read of a template with typed values."""
+        spelling = request.canonical_spelling
+        if spelling is None:
+            return self.candidates(request.target)
+        target = request.target
+        key = (spelling, target)
+        cached = self._respelled.get(key)
+        if cached is None:
+            # the rules' URIs written canonically: once per template (a validator in its
+            # annotation runs on them then, not on every read)
+            patterns = self._patterns.get(spelling)
+            if patterns is None:
+                patterns = tuple(rule.respelled(spelling) for rule in self.rules)
+                if len(self._patterns) >= _CANDIDATE_CACHE_LIMIT:
+                    self._patterns.clear()
+                self._patterns[spelling] = patterns
+            cached = tuple(
+                rule
+                for rule, respelled in zip(self.rules, patterns, strict=True)
+                if rule.applies_to_target(target) or target in respelled
+            )
+            if len(self._respelled) >= _CANDIDATE_CACHE_LIMIT:
+                self._respelled.clear()
+            self._respelled[key] = cached
+        return cached
+
     def default_decision(self, request: CallRequest) -> Decision | None:
         """The decision when no rule matches (``None`` for ``default = "abstain"``)."""
         if self.default == "risk":
@@ -185,14 +243,18 @@ class RuleSet:
 
     def match(self, request: CallRequest) -> Rule | None:
         """The first rule that matches ``request``."""
-        for rule in self.candidates(request.target):
+        for rule in self.candidates_for(request):
             if rule.matches(request):
                 return rule
         return None
 
     def decide(self, request: CallRequest) -> Decision | None:
         """The first matching rule's decision, else the default."""
-        for rule in self.candidates(request.target):
+        if request.canonical_spelling is None:  # every call but a typed template read
+            rules = self.candidates(request.target)
+        else:
+            rules = self.candidates_for(request)
+        for rule in rules:
             if rule.matches(request):
                 if rule.unresolved is None or request.version_resolved:  # Rule.decision_for
                     return rule.decision
@@ -369,13 +431,18 @@ def _argument_matcher(name: str, predicate: Predicate) -> _Matcher:
     test = predicate.check
 
     def check(r: CallRequest) -> bool:
-        return test(r.arguments.get(name, MISSING))
+        respell = r.canonical_argument
+        if respell is None:  # every call but a prompt with typed parameters
+            return test(r.arguments.get(name, MISSING))
+        return predicate.respelled(name, respell).check(r.arguments.get(name, MISSING))
 
     def why_not(r: CallRequest) -> str:
         value = r.arguments.get(name, MISSING)
         if value is MISSING:
             return f"argument {name!r} is missing"
-        return f"argument {name!r} fails {predicate.failure(value)}"
+        respell = r.canonical_argument
+        judged = predicate if respell is None else predicate.respelled(name, respell)
+        return f"argument {name!r} fails {judged.failure(value)}"
 
     return _Matcher(f"arguments.{name}", check, why_not)
 
