@@ -38,9 +38,10 @@ event loop.
 ``permit`` is annotated ``@approval("required")``, the call needs a human approval instead
 (:meth:`Decision.require_approval`). Otherwise deny: by the applying ``forbid`` policies (their
 ``@reason("...")`` annotation, when given, is the decision's internal reason, in the server
-log), or by default when nothing permits. The decision's ``rule`` names the deciding policies by their ``@id`` annotation (or
-Cedar's ``policy0``, ``policy1``...), and ``policy_version`` is ``sha256:`` of the policy text
-(with the entities and schema, when given). A ``schema`` validates the policies when they load.
+log), or by default when nothing permits. The decision's ``rule`` names the deciding policies
+by their ``@id`` annotation (or Cedar's ``policy0``, ``policy1``...), and ``policy_version`` is
+``sha256:`` of the policy text (with the entities and schema, when given). A ``schema``
+validates the policies when they load.
 
 Hot reload, as for rules files: :meth:`CedarPolicy.from_file` re-reads the policy file when it
 changes (:mod:`securemcp.policy._hot_reload`); a file that does not parse or validate keeps the
