@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -176,6 +177,11 @@ class Upstream:
         pins: the lockfile state shared by every upstream of the proxy.
         credential_of_call: returns the current caller's verified raw credential; only used (and
             only called) for RFC 8693 token exchange, never sent upstream.
+        record_arguments: the audit log's opt-in to record the caller's arguments
+            (:class:`securemcp.audit.AuditLog`). An upstream's error text can quote them, so it
+            reaches a failure's ``reason`` (and the server log) only then, credentials cut out;
+            otherwise the reason names the failure's kind and the text's length and SHA-256
+            prefix (:meth:`upstream_text`).
     """
 
     def __init__(
@@ -186,8 +192,10 @@ class Upstream:
         *,
         credential_of_call: Callable[[], str | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        record_arguments: bool = False,
     ) -> None:
         self.config = config
+        self.record_arguments = record_arguments
         self.name = config.name
         self.auth = auth
         self.pins = pins
@@ -257,8 +265,8 @@ class Upstream:
         except Exception as exc:
             await self._close(client)
             raise UpstreamUnavailable(
-                reason=f"{self.name}: connect failed: {type(exc).__name__}: "
-                f"{self.redacted(str(exc))[:300]}"
+                reason=f"{self.name}: connect failed: {type(exc).__name__}"
+                f"{self.upstream_text(str(exc), 300)}"
             ) from None
         return client
 
@@ -500,7 +508,8 @@ class Upstream:
                 raise UpstreamTimeout(reason=f"{self.name}: upstream request timeout") from None
             raise UpstreamError(
                 f"The upstream server refused the request (JSON-RPC error {code}).",
-                reason=f"{self.name}: {self.redacted(exc.error.message)[:500]}",
+                reason=f"{self.name}: JSON-RPC error {code}"
+                f"{self.upstream_text(exc.error.message, 500)}",
             ) from None
         except (ValidationError, ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
             await self.sessions.discard(session)
@@ -510,23 +519,48 @@ class Upstream:
         except (*_TRANSPORT_FAILURES, RuntimeError) as exc:
             await self.sessions.discard(session)
             raise UpstreamUnavailable(
-                reason=f"{self.name}: {type(exc).__name__}: {self.redacted(str(exc))[:300]}"
+                reason=f"{self.name}: {type(exc).__name__}{self.upstream_text(str(exc), 300)}"
             ) from None
         self.check_output(result)
         return result
+
+    def upstream_text(self, text: str, limit: int) -> str:
+        """How a failure's ``reason`` shows ``text`` (an upstream's error message, or an
+        exception's text that may quote one), as a suffix.
+
+        The text can quote the caller's arguments, which securemcp keeps out of logs unless the
+        audit log records them (``record_arguments``): by default only its length and the first
+        12 hex digits of its SHA-256 are shown (enough to tell two failures apart, or to match
+        a text the upstream logged), ``": <text>"`` (at most ``limit`` characters, credentials
+        cut out first, :meth:`redacted`) with the opt-in. Text that holds a credential this
+        upstream is given is never shown, either way.
+        """
+        if not text:
+            return ""
+        note = self._credential_note(text)
+        if note is not None:
+            return f" {note}"
+        if self.record_arguments:
+            return f": {_JWT.sub('[redacted]', text)[:limit]}"
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        return f" (upstream text withheld: {len(text)} characters, sha256 {digest})"
 
     def redacted(self, text: str) -> str:
         """``text`` (upstream error text, for a reason and the log) without any JWT-shaped string,
         or a stable note in its place when it holds a credential this upstream is given, found
         as :meth:`check_output` finds it in an answer (verbatim or encoded)."""
+        note = self._credential_note(text)
+        return note if note is not None else _JWT.sub("[redacted]", text)
+
+    def _credential_note(self, text: str) -> str | None:
+        """What replaces ``text`` when it holds (or may hold) a credential this upstream is
+        given, else ``None``."""
         try:
             views = _views(text)
             found = views is None or self._credential_in(views, self._searched_secrets())
         except Exception:  # cannot tell what to cut: say nothing of the upstream's text
             return "(reason withheld: the upstream's credentials could not be read)"
-        if found:
-            return _REASON_WITHHELD
-        return _JWT.sub("[redacted]", text)
+        return _REASON_WITHHELD if found else None
 
     def check_output(self, result: Any) -> None:
         """Withhold an answer that echoes a credential the proxy injected upstream.
