@@ -40,7 +40,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from itertools import chain
 from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import unquote, unquote_plus
 
@@ -71,6 +72,7 @@ from securemcp.proxy.credentials import (
     UpstreamAuth,
     UpstreamAuthError,
 )
+from securemcp.proxy.encodings import decodings
 from securemcp.proxy.grants import grant_key
 from securemcp.proxy.pinning import PinnedDefinition, definition_of
 from securemcp.proxy.pinstate import PinState
@@ -566,15 +568,17 @@ class Upstream:
         """Withhold an answer that echoes a credential the proxy injected upstream.
 
         The answer is searched as JSON, as the concatenation of all its strings (a secret split
-        over two text blocks), URL-decoded, and with every base64 ``data`` / ``blob`` field
-        (images, audio, blob resources, embedded resources) decoded. Static secrets are looked
-        for verbatim, JSON-escaped and in base64 / base64url at each of the three byte
-        alignments (so inside any larger base64 text), whatever they look like: a configured
-        key that is itself a JWT, or starts like one, included. Exchanged JWTs (one per caller,
-        possibly thousands) are found by their index (:mod:`securemcp.proxy.issued`) in one
-        pass over every view, verbatim (also glued to other characters) and inside base64 /
-        base64url text, so the check costs the same for one caller or ten thousand. An answer
-        too large to search is withheld (fail closed).
+        over two text blocks), URL-decoded, with every base64 ``data`` / ``blob`` field
+        (images, audio, blob resources, embedded resources) decoded, and in the decodings of
+        every base64 and hex run in those views, whitespace removed, two levels deep
+        (:mod:`securemcp.proxy.encodings`). Static secrets are looked for verbatim,
+        JSON-escaped and in base64 / base64url at each of the three byte alignments (so inside
+        any larger base64 text), whatever they look like: a configured key that is itself a
+        JWT, or starts like one, included. Exchanged JWTs (one per caller, possibly thousands)
+        are found by their index (:mod:`securemcp.proxy.issued`) in one pass over every view
+        and decoding, verbatim (also glued to other characters), so the check costs the same
+        for one caller or ten thousand. An answer too large to search, or to decode, is
+        withheld (fail closed).
         """
         secrets = self._searched_secrets()  # read once: a secret file is read per call
         exchange = self._exchange
@@ -598,12 +602,12 @@ class Upstream:
         """Whether a credential this upstream is given (exchanged tokens by their index,
         ``secrets`` one by one) is in any of ``views``."""
         exchange = self._exchange
-        if exchange is not None and exchange.issued.found_in(views.for_jwts):
+        if exchange is not None and exchange.issued.found_in(views.for_jwts, views.decoded):
             return True
         for secret in secrets:
             if len(secret) >= 8:  # shorter: too short to search for
                 needles = _needles(secret)
-                if any(needle in view for view in views.every for needle in needles):
+                if any(needle in view for view in views.searched for needle in needles):
                     return True
         return False
 
@@ -623,21 +627,29 @@ _REASON_WITHHELD: Final = "(reason withheld: contained a credential)"
 
 
 def _strings(
-    value: Any, out: list[str], texts: list[str], binary: list[str], key: str = ""
+    value: Any,
+    out: list[str],
+    texts: list[str],
+    others: list[str],
+    binary: list[str],
+    key: str = "",
 ) -> None:
+    """Collect ``value``'s strings: every one (dict keys too) in ``out``, in order; the text
+    blocks' ``text`` in ``texts`` and the rest in ``others``; base64 ``data``/``blob`` apart."""
     if isinstance(value, str):
         if key in _BINARY_FIELDS:
             binary.append(value)
         else:
             out.append(value)
-            if key == "text":
-                texts.append(value)
+            (texts if key == "text" else others).append(value)
     elif isinstance(value, dict):
         for k, v in value.items():
-            _strings(v, out, texts, binary, str(k))
+            out.append(str(k))  # a key is text too (structured content's keys are the upstream's)
+            others.append(str(k))
+            _strings(v, out, texts, others, binary, str(k))
     elif isinstance(value, list | tuple):
         for v in value:
-            _strings(v, out, texts, binary)
+            _strings(v, out, texts, others, binary)
 
 
 def _b64decode(text: str) -> bytes:
@@ -662,6 +674,13 @@ class _Views(NamedTuple):
     #: in a JWT, and is a base64 character: a base64 run of the URL-decoded view holds whatever
     #: the form-decoded one splits.
     for_jwts: list[str]
+    #: The base64, hex and double-base64 decodings of ``for_jwts`` (:mod:`.encodings`).
+    decoded: list[str]
+
+    @property
+    def searched(self) -> Iterator[str]:
+        """Every view and decoding, searched for a configured secret."""
+        return chain(self.every, self.decoded)
 
 
 def _views(result: Any) -> _Views | None:
@@ -677,21 +696,32 @@ def _views(result: Any) -> _Views | None:
         return None
     strings: list[str] = []
     texts: list[str] = []
+    others: list[str] = []
     binary: list[str] = []
-    _strings(data, strings, texts, binary)
+    _strings(data, strings, texts, others, binary)
     views = [dumped]
     form_decoded = []
-    for joined in ("".join(strings), "".join(texts)):  # a secret split over several blocks
+    joined_texts = "".join(texts)  # a secret split over several text blocks
+    for joined in ("".join(strings), joined_texts):
         views += [joined, unquote(joined)]
         form_decoded.append(unquote_plus(joined))
     total = sum(len(v) for v in views) + sum(len(v) for v in form_decoded)
+    # Decoded: the text blocks joined and every other string joined, each also URL-decoded,
+    # and the binary fields' content: all the answer's text, once. (The JSON form's escapes,
+    # ``\n``, would cut a wrapped base64 text; all strings joined repeats the text blocks.)
+    joined_others = "".join(others)
+    to_decode = [joined_texts, views[-1], joined_others, unquote(joined_others)]
     for blob in binary:
         total += len(blob)
         if total > _MAX_SCANNED:
             return None
         decoded = _b64decode(blob).decode("latin-1")
         views += [decoded, unquote(decoded)]
-    return _Views(views + form_decoded, views) if total <= _MAX_SCANNED else None
+        to_decode += views[-2:]
+    if total > _MAX_SCANNED:
+        return None
+    encoded = decodings(to_decode)
+    return _Views(views + form_decoded, views, encoded) if encoded is not None else None
 
 
 @functools.lru_cache(maxsize=256)
