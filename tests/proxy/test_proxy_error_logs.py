@@ -131,3 +131,45 @@ async def test_record_arguments_logs_the_upstream_text_without_credentials(
     assert f"bank: JSON-RPC error -32602: Invalid arguments: bad account {ARGUMENT}" in logged
     assert "upstream text withheld" not in logged
     assert SECRET not in logged
+
+
+async def test_a_transport_failure_during_a_request_names_its_type_not_its_text(
+    tmp_path: Path,
+) -> None:
+    """An exception raised while a request is under way (its text may quote what was sent)."""
+    from types import SimpleNamespace
+
+    from securemcp.errors import UpstreamUnavailable
+    from securemcp.proxy.config import upstream_from
+    from securemcp.proxy.credentials import NoAuth
+    from securemcp.proxy.pinstate import PinState
+    from securemcp.proxy.upstream import Upstream
+
+    upstream = Upstream(
+        upstream_from("bank", url="http://127.0.0.1:9/mcp"),
+        NoAuth(),
+        PinState(tmp_path / "lock.json", quiet=True),
+    )
+
+    async def send(client: Any) -> Any:
+        raise RuntimeError(f"stream broke while sending {{'account': '{ARGUMENT}'}}")
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    async def discard(session: Any) -> None:
+        return None
+
+    upstream._verify_pins = nothing  # type: ignore[method-assign]
+    upstream._check_live = lambda *_: None  # type: ignore[method-assign]
+    upstream.sessions.discard = discard  # type: ignore[method-assign]
+    session = SimpleNamespace(client=None)
+    with pytest.raises(UpstreamUnavailable) as refused:
+        await upstream._send(session, "tool", "transfer", send, None)  # type: ignore[arg-type]
+    reason = refused.value.reason or ""
+    assert ARGUMENT not in reason
+    assert reason.startswith("bank: RuntimeError (upstream text withheld: ")
+    upstream.record_arguments = True
+    with pytest.raises(UpstreamUnavailable) as refused:
+        await upstream._send(session, "tool", "transfer", send, None)  # type: ignore[arg-type]
+    assert ARGUMENT in (refused.value.reason or "")

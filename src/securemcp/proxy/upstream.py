@@ -266,9 +266,10 @@ class Upstream:
             raise UpstreamUnavailable(reason=f"{self.name}: connect timed out") from None
         except Exception as exc:
             await self._close(client)
+            # No caller argument has been sent yet: the text is logged (credentials cut out).
             raise UpstreamUnavailable(
-                reason=f"{self.name}: connect failed: {type(exc).__name__}"
-                f"{self.upstream_text(str(exc), 300)}"
+                reason=f"{self.name}: connect failed: {type(exc).__name__}: "
+                f"{self.redacted(str(exc))[:300]}"
             ) from None
         return client
 
