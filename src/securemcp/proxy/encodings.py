@@ -90,8 +90,10 @@ def _hex_decodings(data: bytes) -> list[bytes]:
 
 
 def decodings(views: Iterable[str], budget: int | None = None) -> list[str] | None:
-    """The base64, hex and double-base64 decodings of ``views`` (as latin-1 text, one character
-    per byte), or ``None`` when they would exceed ``budget`` characters (default
+    """The base64, hex and double-base64 decodings of ``views`` as one latin-1 text (one
+    character per byte), the decodings joined by NUL, which no credential holds (a secret with
+    a control character is refused, RFC 6750 ``b64token`` and JWTs have none), so a match never
+    spans two; ``None`` when they would exceed ``budget`` characters (default
     :data:`MAX_DECODED`)."""
     if budget is None:
         budget = MAX_DECODED
@@ -106,4 +108,4 @@ def decodings(views: Iterable[str], budget: int | None = None) -> list[str] | No
     size += sum(len(d) for d in second)
     if size > budget:
         return None
-    return [d.decode("latin-1") for d in (*first, *second)]
+    return [b"\0".join((*first, *second)).decode("latin-1")]
