@@ -9,6 +9,7 @@ before it is cut to length, and withheld whole if it holds a credential.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import urllib.parse
 from pathlib import Path
@@ -156,7 +157,7 @@ async def test_an_encoded_credential_in_upstream_error_text_withholds_the_text(
         "verbatim": SECRET,
     }[name]
     reason = await refused_with(upstream, f"bad request, headers={shown}")
-    assert reason == "vendor: (reason withheld: contained a credential)"
+    assert reason == "vendor: JSON-RPC error -32603 (reason withheld: contained a credential)"
     assert upstream.redacted(reason) == reason  # what request() logs
 
 
@@ -166,12 +167,24 @@ async def test_an_encoded_exchanged_token_in_upstream_error_text_withholds_the_t
     upstream, _ = exchange_upstream(tmp_path, monkeypatch, EXCHANGED)
     shown = b64(f"Authorization: Bearer {EXCHANGED}")  # not JWT-shaped
     reason = await refused_with(upstream, f"denied; request dump {shown}")
-    assert reason == "vendor: (reason withheld: contained a credential)"
+    assert reason == "vendor: JSON-RPC error -32603 (reason withheld: contained a credential)"
 
 
-async def test_upstream_error_text_without_a_credential_is_kept(upstream: Upstream) -> None:
+async def test_upstream_error_text_without_a_credential_is_kept_when_arguments_are_recorded(
+    upstream: Upstream,
+) -> None:
+    upstream.record_arguments = True
     reason = await refused_with(upstream, "unknown tool; see eyJhbGciOiJub25lIn0.e30.sig")
-    assert reason == "vendor: unknown tool; see [redacted]"
+    assert reason == "vendor: JSON-RPC error -32603: unknown tool; see [redacted]"
+
+
+async def test_upstream_error_text_is_not_shown_by_default(upstream: Upstream) -> None:
+    """The text can quote the caller's arguments: only its length and digest are shown."""
+    reason = await refused_with(upstream, "bad account 4417")
+    assert reason == (
+        "vendor: JSON-RPC error -32603 (upstream text withheld: 16 characters, sha256 "
+        f"{hashlib.sha256(b'bad account 4417').hexdigest()[:12]})"
+    )
 
 
 @pytest.mark.http

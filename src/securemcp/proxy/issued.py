@@ -12,26 +12,26 @@ An answer is then searched once, whatever the number of tokens:
   :data:`SIGNATURE_SLICE` base64url characters is where a signature may start; those slices are
   looked up in the index, and a hit is confirmed by comparing the whole token at the position it
   implies;
-* **base64 / base64url inside text** (RFC 4648 §4, §5, also wrapped in lines): every run of
-  base64 characters long enough to hold a token is decoded at each of its four character offsets
-  (one of them is where its encoder started, whatever precedes it) and the decoded bytes are
-  searched verbatim.
+* **encoded** (base64 / base64url at any alignment, with any whitespace inside, hex in either
+  case, base64 inside base64): the same lookup in the decodings of the answer's text
+  (:mod:`securemcp.proxy.encodings`), which the caller computes once for every credential.
 
-The cost is linear in the size of the answer (each run decoded four times), independent of how
-many tokens were issued. An upstream knows the signatures of the tokens it receives and could
-spray an answer with their slices, each costing a Python-level confirmation: after
-:data:`MAX_NEAR_MISSES` failed confirmations in one answer the answer is treated as holding a
-token (withheld, fail closed), so the work stays bounded. Tokens the index cannot hold (not a
-JWT, or a signature shorter than the slice) are listed by :meth:`IssuedTokens.unindexed`, to be
-searched for one by one.
+The cost is linear in the size of the answer, independent of how many tokens were issued. An
+upstream knows the signatures of the tokens it receives and could spray an answer with their
+slices, each costing a Python-level confirmation: after :data:`MAX_NEAR_MISSES` failed
+confirmations in one answer the answer is treated as holding a token (withheld, fail closed),
+so the work stays bounded. Tokens the index cannot hold (not a JWT, or a signature shorter than
+the slice) are listed by :meth:`IssuedTokens.unindexed`, to be searched for one by one.
 """
 
 from __future__ import annotations
 
-import binascii
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from itertools import chain
 from typing import Final
+
+from securemcp.proxy.encodings import decodings
 
 __all__ = ["MAX_NEAR_MISSES", "SIGNATURE_SLICE", "IssuedTokens"]
 
@@ -45,16 +45,6 @@ MAX_NEAR_MISSES: Final = 64
 
 _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _SIGNATURE_START: Final = re.compile(rf"\.([A-Za-z0-9_-]{{{SIGNATURE_SLICE}}})")
-#: The shortest indexed JWT is ``eyJ?.?.`` and a signature slice (23 characters), so its base64
-#: form is at least 31 characters long; shorter runs cannot hold one.
-_MIN_RUN: Final = 31
-_BASE64_CHARS: Final = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_\r\n"
-)
-#: Maps each base64 / base64url character (and line break) to ``a``, anything else to a space.
-_RUN_MAP: Final = bytes(ord("a") if i in _BASE64_CHARS else ord(" ") for i in range(256))
-_RUN_START: Final = b"a" * _MIN_RUN
-_TO_STANDARD_ALPHABET: Final = bytes.maketrans(b"-_", b"+/")
 
 
 class IssuedTokens:
@@ -112,18 +102,23 @@ class IssuedTokens:
         """The held tokens :meth:`found_in` does not look for (to be searched one by one)."""
         return tuple(self._unindexed)
 
-    def found_in(self, views: Iterable[str]) -> bool:
-        """Whether an indexed token appears in any of ``views``, verbatim or base64-encoded
-        (or the views hold more than :data:`MAX_NEAR_MISSES` slices of one without it)."""
+    def found_in(self, views: Iterable[str], decoded: Iterable[str] | None = None) -> bool:
+        """Whether an indexed token appears in any of ``views``, verbatim or encoded (or the
+        views hold more than :data:`MAX_NEAR_MISSES` slices of one without it).
+
+        ``decoded`` are the views' decodings (:func:`securemcp.proxy.encodings.decodings`),
+        when the caller has them; else they are made here (and too many to make is a find:
+        fail closed).
+        """
         if not self._by_slice:
             return False
-        near_misses = [0]
-        runs: set[str] = set()
-        for view in views:
-            if self._found_verbatim(view, near_misses):
+        views = list(views)
+        if decoded is None:
+            decoded = decodings(views)
+            if decoded is None:
                 return True
-            runs.update(_base64_runs(view))
-        return any(self._found_verbatim(text, near_misses) for text in _decodings(runs))
+        near_misses = [0]
+        return any(self._found_verbatim(text, near_misses) for text in chain(views, decoded))
 
     def _found_verbatim(self, text: str, near_misses: list[int]) -> bool:
         by_slice = self._by_slice
@@ -150,38 +145,3 @@ class IssuedTokens:
             if start >= 0 and text.startswith(token, start):
                 return True
         return False
-
-
-def _base64_runs(text: str) -> Iterator[str]:
-    """Every run of at least :data:`_MIN_RUN` base64 characters in ``text``.
-
-    Found with ``bytes.translate`` and ``bytes.find`` (several times faster than a regular
-    expression, which tries every position of every word); ``encode("ascii", "replace")`` keeps
-    one byte per character, so positions match ``text``.
-    """
-    mapped = text.encode("ascii", "replace").translate(_RUN_MAP)
-    start = mapped.find(_RUN_START)
-    while start != -1:
-        end = mapped.find(b" ", start + _MIN_RUN)
-        if end == -1:
-            end = len(mapped)
-        yield text[start:end]
-        start = mapped.find(_RUN_START, end)
-
-
-def _decodings(runs: Iterable[str]) -> Iterator[str]:
-    """The runs of base64 characters decoded at each of their four offsets: one text per offset.
-
-    At offset ``o`` every run loses its first ``o`` characters and its last quantum is filled
-    with ``A`` (zero bits, as ``=`` padding would); the runs are joined with ``////``, which
-    decodes to 0xFF bytes no token contains, and decoded at once (as latin-1 text).
-    """
-    standard = [run.encode("ascii").translate(_TO_STANDARD_ALPHABET, b"\r\n") for run in runs]
-    for offset in range(4):
-        parts = []
-        for run in standard:
-            part = run[offset:]
-            if len(part) % 4 == 1:  # not a whole byte: the last character is noise
-                part = part[:-1]
-            parts.append(part + b"A" * (-len(part) % 4))
-        yield binascii.a2b_base64(b"////".join(parts)).decode("latin-1")

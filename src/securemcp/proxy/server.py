@@ -194,7 +194,14 @@ def create_proxy(
         auth = (upstream_auth or {}).get(upstream_config.name) or auth_from_config(
             upstream_config.auth
         )
-        upstream = Upstream(upstream_config, auth, pins, credential_of_call=credential)
+        upstream = Upstream(
+            upstream_config,
+            auth,
+            pins,
+            credential_of_call=credential,
+            # An upstream's error text can quote arguments: logged only where they are recorded.
+            record_arguments=auditor is not None and auditor.log.record_arguments,
+        )
         upstreams.append(upstream)
         providers.append(
             UpstreamProvider(upstream, config.namespace_of(upstream_config), registry=catalog)

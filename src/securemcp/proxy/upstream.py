@@ -36,10 +36,12 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from itertools import chain
 from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import unquote, unquote_plus
 
@@ -70,6 +72,7 @@ from securemcp.proxy.credentials import (
     UpstreamAuth,
     UpstreamAuthError,
 )
+from securemcp.proxy.encodings import decodings
 from securemcp.proxy.grants import grant_key
 from securemcp.proxy.pinning import PinnedDefinition, definition_of
 from securemcp.proxy.pinstate import PinState
@@ -176,6 +179,11 @@ class Upstream:
         pins: the lockfile state shared by every upstream of the proxy.
         credential_of_call: returns the current caller's verified raw credential; only used (and
             only called) for RFC 8693 token exchange, never sent upstream.
+        record_arguments: the audit log's opt-in to record the caller's arguments
+            (:class:`securemcp.audit.AuditLog`). An upstream's error text can quote them, so it
+            reaches a failure's ``reason`` (and the server log) only then, credentials cut out;
+            otherwise the reason names the failure's kind and the text's length and SHA-256
+            prefix (:meth:`upstream_text`).
     """
 
     def __init__(
@@ -186,8 +194,10 @@ class Upstream:
         *,
         credential_of_call: Callable[[], str | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        record_arguments: bool = False,
     ) -> None:
         self.config = config
+        self.record_arguments = record_arguments
         self.name = config.name
         self.auth = auth
         self.pins = pins
@@ -256,6 +266,7 @@ class Upstream:
             raise UpstreamUnavailable(reason=f"{self.name}: connect timed out") from None
         except Exception as exc:
             await self._close(client)
+            # No caller argument has been sent yet: the text is logged (credentials cut out).
             raise UpstreamUnavailable(
                 reason=f"{self.name}: connect failed: {type(exc).__name__}: "
                 f"{self.redacted(str(exc))[:300]}"
@@ -500,7 +511,8 @@ class Upstream:
                 raise UpstreamTimeout(reason=f"{self.name}: upstream request timeout") from None
             raise UpstreamError(
                 f"The upstream server refused the request (JSON-RPC error {code}).",
-                reason=f"{self.name}: {self.redacted(exc.error.message)[:500]}",
+                reason=f"{self.name}: JSON-RPC error {code}"
+                f"{self.upstream_text(exc.error.message, 500)}",
             ) from None
         except (ValidationError, ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
             await self.sessions.discard(session)
@@ -510,37 +522,64 @@ class Upstream:
         except (*_TRANSPORT_FAILURES, RuntimeError) as exc:
             await self.sessions.discard(session)
             raise UpstreamUnavailable(
-                reason=f"{self.name}: {type(exc).__name__}: {self.redacted(str(exc))[:300]}"
+                reason=f"{self.name}: {type(exc).__name__}{self.upstream_text(str(exc), 300)}"
             ) from None
         self.check_output(result)
         return result
+
+    def upstream_text(self, text: str, limit: int) -> str:
+        """How a failure's ``reason`` shows ``text`` (an upstream's error message, or an
+        exception's text that may quote one), as a suffix.
+
+        The text can quote the caller's arguments, which securemcp keeps out of logs unless the
+        audit log records them (``record_arguments``): by default only its length and the first
+        12 hex digits of its SHA-256 are shown (enough to tell two failures apart, or to match
+        a text the upstream logged), ``": <text>"`` (at most ``limit`` characters, credentials
+        cut out first, :meth:`redacted`) with the opt-in. Text that holds a credential this
+        upstream is given is never shown, either way.
+        """
+        if not text:
+            return ""
+        note = self._credential_note(text)
+        if note is not None:
+            return f" {note}"
+        if self.record_arguments:
+            return f": {_JWT.sub('[redacted]', text)[:limit]}"
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        return f" (upstream text withheld: {len(text)} characters, sha256 {digest})"
 
     def redacted(self, text: str) -> str:
         """``text`` (upstream error text, for a reason and the log) without any JWT-shaped string,
         or a stable note in its place when it holds a credential this upstream is given, found
         as :meth:`check_output` finds it in an answer (verbatim or encoded)."""
+        note = self._credential_note(text)
+        return note if note is not None else _JWT.sub("[redacted]", text)
+
+    def _credential_note(self, text: str) -> str | None:
+        """What replaces ``text`` when it holds (or may hold) a credential this upstream is
+        given, else ``None``."""
         try:
             views = _views(text)
             found = views is None or self._credential_in(views, self._searched_secrets())
         except Exception:  # cannot tell what to cut: say nothing of the upstream's text
             return "(reason withheld: the upstream's credentials could not be read)"
-        if found:
-            return _REASON_WITHHELD
-        return _JWT.sub("[redacted]", text)
+        return _REASON_WITHHELD if found else None
 
     def check_output(self, result: Any) -> None:
         """Withhold an answer that echoes a credential the proxy injected upstream.
 
         The answer is searched as JSON, as the concatenation of all its strings (a secret split
-        over two text blocks), URL-decoded, and with every base64 ``data`` / ``blob`` field
-        (images, audio, blob resources, embedded resources) decoded. Static secrets are looked
-        for verbatim, JSON-escaped and in base64 / base64url at each of the three byte
-        alignments (so inside any larger base64 text), whatever they look like: a configured
-        key that is itself a JWT, or starts like one, included. Exchanged JWTs (one per caller,
-        possibly thousands) are found by their index (:mod:`securemcp.proxy.issued`) in one
-        pass over every view, verbatim (also glued to other characters) and inside base64 /
-        base64url text, so the check costs the same for one caller or ten thousand. An answer
-        too large to search is withheld (fail closed).
+        over two text blocks), URL-decoded, with every base64 ``data`` / ``blob`` field
+        (images, audio, blob resources, embedded resources) decoded, and in the decodings of
+        every base64 and hex run in those views, whitespace removed, two levels deep
+        (:mod:`securemcp.proxy.encodings`). Static secrets are looked for verbatim,
+        JSON-escaped and in base64 / base64url at each of the three byte alignments (so inside
+        any larger base64 text), whatever they look like: a configured key that is itself a
+        JWT, or starts like one, included. Exchanged JWTs (one per caller, possibly thousands)
+        are found by their index (:mod:`securemcp.proxy.issued`) in one pass over every view
+        and decoding, verbatim (also glued to other characters), so the check costs the same
+        for one caller or ten thousand. An answer too large to search, or to decode, is
+        withheld (fail closed).
         """
         secrets = self._searched_secrets()  # read once: a secret file is read per call
         exchange = self._exchange
@@ -564,12 +603,12 @@ class Upstream:
         """Whether a credential this upstream is given (exchanged tokens by their index,
         ``secrets`` one by one) is in any of ``views``."""
         exchange = self._exchange
-        if exchange is not None and exchange.issued.found_in(views.for_jwts):
+        if exchange is not None and exchange.issued.found_in(views.for_jwts, views.decoded):
             return True
         for secret in secrets:
             if len(secret) >= 8:  # shorter: too short to search for
                 needles = _needles(secret)
-                if any(needle in view for view in views.every for needle in needles):
+                if any(needle in view for view in views.searched for needle in needles):
                     return True
         return False
 
@@ -589,21 +628,29 @@ _REASON_WITHHELD: Final = "(reason withheld: contained a credential)"
 
 
 def _strings(
-    value: Any, out: list[str], texts: list[str], binary: list[str], key: str = ""
+    value: Any,
+    out: list[str],
+    texts: list[str],
+    others: list[str],
+    binary: list[str],
+    key: str = "",
 ) -> None:
+    """Collect ``value``'s strings: every one (dict keys too) in ``out``, in order; the text
+    blocks' ``text`` in ``texts`` and the rest in ``others``; base64 ``data``/``blob`` apart."""
     if isinstance(value, str):
         if key in _BINARY_FIELDS:
             binary.append(value)
         else:
             out.append(value)
-            if key == "text":
-                texts.append(value)
+            (texts if key == "text" else others).append(value)
     elif isinstance(value, dict):
         for k, v in value.items():
-            _strings(v, out, texts, binary, str(k))
+            out.append(str(k))  # a key is text too (structured content's keys are the upstream's)
+            others.append(str(k))
+            _strings(v, out, texts, others, binary, str(k))
     elif isinstance(value, list | tuple):
         for v in value:
-            _strings(v, out, texts, binary)
+            _strings(v, out, texts, others, binary)
 
 
 def _b64decode(text: str) -> bytes:
@@ -628,6 +675,13 @@ class _Views(NamedTuple):
     #: in a JWT, and is a base64 character: a base64 run of the URL-decoded view holds whatever
     #: the form-decoded one splits.
     for_jwts: list[str]
+    #: The base64, hex and double-base64 decodings of ``for_jwts`` (:mod:`.encodings`).
+    decoded: list[str]
+
+    @property
+    def searched(self) -> Iterator[str]:
+        """Every view and decoding, searched for a configured secret."""
+        return chain(self.every, self.decoded)
 
 
 def _views(result: Any) -> _Views | None:
@@ -643,21 +697,32 @@ def _views(result: Any) -> _Views | None:
         return None
     strings: list[str] = []
     texts: list[str] = []
+    others: list[str] = []
     binary: list[str] = []
-    _strings(data, strings, texts, binary)
+    _strings(data, strings, texts, others, binary)
     views = [dumped]
     form_decoded = []
-    for joined in ("".join(strings), "".join(texts)):  # a secret split over several blocks
+    joined_texts = "".join(texts)  # a secret split over several text blocks
+    for joined in ("".join(strings), joined_texts):
         views += [joined, unquote(joined)]
         form_decoded.append(unquote_plus(joined))
     total = sum(len(v) for v in views) + sum(len(v) for v in form_decoded)
+    # Decoded: the text blocks joined and every other string joined, each also URL-decoded,
+    # and the binary fields' content: all the answer's text, once. (The JSON form's escapes,
+    # ``\n``, would cut a wrapped base64 text; all strings joined repeats the text blocks.)
+    joined_others = "".join(others)
+    to_decode = [joined_texts, views[-1], joined_others, unquote(joined_others)]
     for blob in binary:
         total += len(blob)
         if total > _MAX_SCANNED:
             return None
         decoded = _b64decode(blob).decode("latin-1")
         views += [decoded, unquote(decoded)]
-    return _Views(views + form_decoded, views) if total <= _MAX_SCANNED else None
+        to_decode += views[-2:]
+    if total > _MAX_SCANNED:
+        return None
+    encoded = decodings(to_decode)
+    return _Views(views + form_decoded, views, encoded) if encoded is not None else None
 
 
 @functools.lru_cache(maxsize=256)
