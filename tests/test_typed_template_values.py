@@ -307,7 +307,7 @@ async def test_an_approval_for_a_typed_value_is_asked_and_spent_under_its_canoni
         with pytest.raises(Exception, match=approval_id):
             await client.read_resource("vault://%207")
         granted = await store.approve(approval_id, APPROVER)
-        assert granted.tool == "resources/read vault://7"
+        assert granted.tool == "resources/read#vault://{id} vault://7"
         assert (await client.read_resource("vault://07"))[0].text == "vault 7"  # type: ignore[union-attr]
         # single use, whatever the spelling
         for uri in ("vault://07", "vault://7"):

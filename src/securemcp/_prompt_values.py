@@ -43,6 +43,7 @@ from securemcp._template_values import (
     UNRESOLVED,
     UnknownConversion,
     converted_parameters,
+    decimal_number,
     decimal_text,
     spell,
 )
@@ -50,10 +51,13 @@ from securemcp._template_values import (
 __all__ = [
     "ArgumentForms",
     "ArgumentRespelling",
+    "ConvertedParameter",
     "MountedPrompt",
     "PromptValues",
     "declared_prompt_values",
+    "jsonable",
     "prompt_values",
+    "text_form",
 ]
 
 #: How deep a mount's forwarders are followed (a mount of a mount of ...).
@@ -69,21 +73,26 @@ class ArgumentForms:
     ``received``: every argument as the function receives it, as JSON data (numbers, booleans,
     lists, objects; see :func:`jsonable`): number conditions and argument bounds judge these.
     ``texts``: the converted arguments written canonically as text (:func:`spell`), one text
-    per value (an approval is bound to it). Arguments FastMCP does not convert are as sent in
-    every form.
+    per value (an approval is bound to it unless ``binding`` is given). Arguments FastMCP does
+    not convert are as sent in every form.
+    ``binding``: the arguments an approval is bound to, when not ``texts[0]``: a tool's
+    arguments keep their JSON types (``7`` and ``"7"`` reach an ``int | str`` parameter as
+    different values), see :mod:`securemcp._tool_values`.
     """
 
     received: Mapping[str, Any]
     texts: tuple[Mapping[str, Any], ...]
+    binding: Mapping[str, Any] | None = None
 
 
 def jsonable(value: Any) -> Any:
     """``value`` (as the function receives it) as JSON data a policy compares.
 
     An enum member by its value; ``bool``, ``int``, ``float``, ``str`` and ``None`` as they are;
-    a finite ``Decimal`` as an ``int`` when whole, else a ``float``; lists, tuples and sets as
-    lists; mappings and pydantic models as objects; anything else as :func:`spell` writes it
-    (a ``UUID`` in lower case, a ``datetime`` by ``str()``).
+    a finite ``Decimal`` as an ``int`` when whole (up to 300 digits), else a ``float``; lists,
+    tuples and sets as lists; mappings and pydantic models (their fields, each as this function
+    writes it) as objects; anything else as :func:`spell` writes it (a ``UUID`` in lower case,
+    a ``datetime`` by ``str()``).
     """
     if isinstance(value, enum.Enum):
         value = value.value
@@ -98,10 +107,9 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             return float(value)
-        text, whole = decimal_text(value)  # bounded: never int() of a huge exponent
-        return int(text) if whole else float(text)
+        return decimal_number(*decimal_text(value))  # bounded: never int() of a long text
     if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
+        value = value.model_dump()  # Python values: a Decimal field stays a number here
     if isinstance(value, Mapping):
         return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
@@ -109,19 +117,20 @@ def jsonable(value: Any) -> Any:
     return spell(value)
 
 
-def _texts(value: Any) -> Any:
+def text_form(value: Any) -> Any:
     """The canonical text of a received value: a scalar by :func:`spell`, a list item by item,
     an object as canonical JSON (sorted keys, no spaces) of its :func:`jsonable` form."""
     if isinstance(value, list | tuple | set | frozenset):
-        return [_texts(item) for item in value]
+        return [text_form(item) for item in value]
     if isinstance(value, Mapping | BaseModel):
         return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), default=str)
     return spell(value)
 
 
 @dataclass(slots=True)
-class _Parameter:
-    """One function parameter whose value FastMCP converts (step 2 of the module docstring)."""
+class ConvertedParameter:
+    """One function parameter whose value FastMCP converts (step 2 of the module docstring; a
+    tool's parameters too, see :mod:`securemcp._tool_values`)."""
 
     hint: Any  # resolved (typing.get_type_hints), or _UNRESOLVED
     adapter: TypeAdapter[Any] | None = None
@@ -145,7 +154,7 @@ class PromptValues:
     """
 
     prompt: FunctionPrompt = field(compare=False)
-    parameters: Mapping[str, _Parameter] = field(compare=False, repr=False)
+    parameters: Mapping[str, ConvertedParameter] = field(compare=False, repr=False)
     #: FastMCP's step 2, built once: the prompt function's own arguments schema.
     _arguments: list[Any] = field(default_factory=list, compare=False, repr=False)
 
@@ -178,7 +187,7 @@ class PromptValues:
                 continue
             value = validated[name]
             received[name] = jsonable(value)
-            texts[name] = _texts(value)
+            texts[name] = text_form(value)
             changed = changed or type(value) is not str or value != sent
         if not changed:
             return None
@@ -255,7 +264,7 @@ class ArgumentRespelling:
             return value
         try:
             converted = self._values.prompt._convert_string_arguments({name: value})[name]
-            return _texts(parameter.received(converted))
+            return text_form(parameter.received(converted))
         except Exception:  # refused (or unknown): the rule's text is kept as written
             return value
 
@@ -287,7 +296,9 @@ def prompt_values(component: Any) -> PromptValues | MountedPrompt | None:
     typed = converted_parameters(component.fn)
     if not typed:
         return None
-    return PromptValues(component, {name: _Parameter(hint) for name, (_, hint) in typed.items()})
+    return PromptValues(
+        component, {name: ConvertedParameter(hint) for name, (_, hint) in typed.items()}
+    )
 
 
 def declared_prompt_values(types: Mapping[str, type]) -> PromptValues:
@@ -308,7 +319,7 @@ def declared_prompt_values(types: Mapping[str, type]) -> PromptValues:
     declared.__signature__ = signature  # type: ignore[attr-defined]
     declared.__annotations__ = dict(types)
     prompt = FunctionPrompt.from_function(declared, name="declared")
-    parameters = {name: _Parameter(hint) for name, hint in types.items() if hint is not str}
+    parameters = {name: ConvertedParameter(hint) for name, hint in types.items() if hint is not str}
     return PromptValues(prompt, parameters)
 
 

@@ -20,6 +20,7 @@ from securemcp.scopes import declared_risk, declared_scopes
 if TYPE_CHECKING:
     from securemcp._prompt_values import MountedPrompt, PromptValues
     from securemcp._template_values import MountedTemplate, TemplateValues
+    from securemcp._tool_values import MountedTool, ToolValues
 
 __all__ = ["ComponentFacts", "facts_of", "facts_of_cached"]
 
@@ -55,10 +56,12 @@ class ComponentFacts:
     #: ``None`` for everything else.
     template_values: TemplateValues | MountedTemplate | None = None
     #: For a FastMCP function prompt with a parameter whose string argument FastMCP converts
-    #: (``amount: int``), how it converts them, or a mount's forwarder to a prompt of the
-    #: mounted server: a call is also judged with its arguments as the function receives them
-    #: (:mod:`securemcp._prompt_values`). ``None`` for everything else.
-    prompt_values: PromptValues | MountedPrompt | None = None
+    #: (``amount: int``), or a FastMCP function tool with a parameter its validation converts
+    #: (``amount: Decimal``, ``id: UUID``), how it converts them, or a mount's forwarder
+    #: to such a prompt or tool of the mounted server: a call is also judged with its arguments
+    #: as the function receives them (:mod:`securemcp._prompt_values`,
+    #: :mod:`securemcp._tool_values`). ``None`` for everything else (every plain typed tool).
+    argument_values: PromptValues | MountedPrompt | ToolValues | MountedTool | None = None
 
 
 def _annotations(component: Any) -> Mapping[str, Any]:
@@ -95,7 +98,7 @@ def facts_of(component: Any) -> ComponentFacts:
         forwards_versions=version is None and _advertises_versions(component),
         uri_template=uri_template,
         template_values=_template_values(component) if uri_template is not None else None,
-        prompt_values=_prompt_values(component) if uri_template is None else None,
+        argument_values=_argument_values(component) if uri_template is None else None,
     )
 
 
@@ -123,10 +126,13 @@ def _template_values(component: Any) -> TemplateValues | MountedTemplate | None:
     return template_values(component)
 
 
-def _prompt_values(component: Any) -> PromptValues | MountedPrompt | None:
+def _argument_values(
+    component: Any,
+) -> PromptValues | MountedPrompt | ToolValues | MountedTool | None:
     from securemcp._prompt_values import prompt_values
+    from securemcp._tool_values import tool_values
 
-    return prompt_values(component)
+    return prompt_values(component) or tool_values(component)
 
 
 def _uri_template(component: Any) -> str | None:

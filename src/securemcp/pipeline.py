@@ -795,9 +795,9 @@ class SecurityPipeline(Middleware):
                     "declare (refused: the tool would receive a coerced value)",
                 )
         if facts.template_values is None:
-            if facts.prompt_values is None:  # every tool call
+            if facts.argument_values is None:  # every plain typed tool call
                 decision = await enforcement.decide(request)
-            else:  # a prompt whose arguments FastMCP converts: judge them as converted too
+            else:  # a prompt or tool whose arguments FastMCP converts: judge them converted too
                 forms, canonical_argument = await enforcement.argument_forms(facts, arguments)
                 decision = await enforcement.decide(
                     request, forms=forms, argument_respelling=canonical_argument

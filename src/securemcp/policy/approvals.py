@@ -7,7 +7,8 @@ scope approves (or denies) it through ``securemcp approvals approve ID`` or this
 same call then succeeds.
 
 An approval is **bound** to the requesting principal (tenant, issuer, subject, client id), the
-tool (and the version of the component that runs, if versioned), the SHA-256 of the canonical
+tool (and the version of the component that runs, if versioned; for a resource read, whether a
+concrete resource or a template serves it, and which template), the SHA-256 of the canonical
 arguments and the policy version hash, so it cannot be replayed
 by another caller, for another tool, with other arguments or under a changed policy. It expires,
 and it is **single-use** unless the approver grants it reusable for a time window. The requesting
@@ -98,47 +99,71 @@ def approval_target(
     *,
     resolved: bool = True,
     requested: str | None = None,
+    template: str | None = None,
 ) -> str:
     """What an approval names as its ``tool``: the tool's name for ``tools/call``, else the
     method and the target (``prompts/get summarize``, ``resources/read notes://x``); for a
     versioned component, ``METHOD@VERSION TARGET`` (``tools/call@2 purge``), ``VERSION`` being
-    the version that runs (:attr:`CallRequest.version`), however the call asked for it.
+    the version that runs (:attr:`CallRequest.version`), however the call asked for it; for a
+    resource template read, ``resources/read#TEMPLATE URI`` (``resources/read#x://{name}
+    x://a``), ``TEMPLATE`` being the URI template of the template that serves the read
+    (:attr:`CallRequest.template`), after the version if any.
 
-    An approval is bound to the kind of call it was granted for: one granted for a prompt can
-    never be spent on a tool of the same name (MCP tool names cannot contain a space), and one
-    granted for version 1 never on version 2, even for a call that asks for no version and ran
-    v1 then (the highest) but runs v2 now. The version is percent-encoded (no space can appear
-    in it), so a versioned target never equals an unversioned one or another version's.
-    Unversioned targets keep the form they always had, so existing approvals stay valid.
+    An approval is bound to the kind of call and the component it was granted for: one granted
+    for a prompt can never be spent on a tool of the same name (MCP tool names cannot contain a
+    space), one granted for version 1 never on version 2, even for a call that asks for no
+    version and ran v1 then (the highest) but runs v2 now, and one granted for reading the
+    concrete resource ``x://a`` never on the template ``x://{name}`` reading the same URI text
+    (``x://%61``), nor the reverse: they are different components, with different code. The
+    version and the template are percent-encoded (no space and no ``#`` can appear in them),
+    so a versioned target never equals an unversioned one or another version's, and a
+    template read's never a concrete read's or another template's. Unversioned targets of
+    tools, prompts and concrete resources keep the form they always had, so existing
+    approvals stay valid.
 
     A version securemcp cannot resolve (``resolved=False``: a forwarder to versioned components
     elsewhere) is bound to the version asked for, as ``METHOD@?ASKED TARGET`` (``ASKED`` empty
     when none was): never the target of a resolved version, whose encoding cannot start with
     ``?``.
     """
+    kind = method
     if not resolved:
-        return f"{method}@?{quote(requested or '', safe=_VERSION_SAFE)} {target}"
-    if version is None:
-        return target if method == "tools/call" else f"{method} {target}"
-    return f"{method}@{quote(version, safe=_VERSION_SAFE)} {target}"
+        kind = f"{method}@?{quote(requested or '', safe=_VERSION_SAFE)}"
+    elif version is not None:
+        kind = f"{method}@{quote(version, safe=_VERSION_SAFE)}"
+    if template is not None:
+        kind = f"{kind}#{quote(template, safe=_TEMPLATE_SAFE)}"
+    return target if kind == "tools/call" else f"{kind} {target}"
 
 
 _VERSION_SAFE: Final = "<>=,.+-_~!"
-_VERSIONED: Final = re.compile(r"^(tools/call|prompts/get|resources/read)@(\S*) (.*)$", re.DOTALL)
+#: Characters a URI template keeps in an approval's ``tool`` (RFC 6570 operators, URI
+#: delimiters); never a space (it ends the kind) nor ``#`` (it starts the template).
+_TEMPLATE_SAFE: Final = ":/{}?&=,*+.;!$'()@-_~"
+_KIND: Final = re.compile(
+    r"^(tools/call|prompts/get|resources/read)(?:@([^\s#]*))?(?:#(\S*))? (.*)$", re.DOTALL
+)
 
 
 def describe_target(tool: str) -> str:
     """An approval's ``tool`` for people: ``'purge' version 2`` for ``tools/call@2 purge``;
-    ``'purge' version unresolved (asked for 1)`` for ``tools/call@?1 purge``."""
-    found = _VERSIONED.match(tool)
-    if found is None:
+    ``'purge' version unresolved (asked for 1)`` for ``tools/call@?1 purge``;
+    ``resources/read 'x://a' of template 'x://{name}'`` for ``resources/read#x://{name} x://a``.
+    """
+    found = _KIND.match(tool)
+    if found is None or (found.group(2) is None and found.group(3) is None):
         return repr(tool)
-    method, version, target = found.groups()
+    method, version, template, target = found.groups()
     kind = "" if method == "tools/call" else f"{method} "
+    described = f"{kind}{target!r}"
+    if template is not None:
+        described += f" of template {unquote(template)!r}"
+    if version is None:
+        return described
     if version.startswith("?"):
         asked = _printable(unquote(version[1:]))
-        return f"{kind}{target!r} version unresolved" + (f" (asked for {asked})" if asked else "")
-    return f"{kind}{target!r} version {_printable(unquote(version))}"
+        return f"{described} version unresolved" + (f" (asked for {asked})" if asked else "")
+    return f"{described} version {_printable(unquote(version))}"
 
 
 def _printable(text: str) -> str:
@@ -458,6 +483,7 @@ class ApprovalGate:
             request.version,
             resolved=request.version_resolved,
             requested=request.requested_version,
+            template=request.template,
         )
         if approval_id is not None:
             return await self.store.consume(approval_id, principal, tool, args_hash, policy_hash)

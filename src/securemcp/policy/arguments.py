@@ -23,9 +23,11 @@ own validation the only one that builds values, needs only the public input sche
 few ``isinstance`` checks per argument (the checker is compiled once per schema). A client that
 sends the types the schema declares, as every conforming client does, is never refused.
 
-Remaining gap, by design: a parameter whose schema itself admits several JSON types for one value
-(``Decimal`` accepts a number or a string) reaches the policy in the form the client chose; a
-rule on such a parameter must cover each form.
+A parameter whose schema itself admits several JSON types for one value (``Decimal`` accepts a
+number or a string; ``int | str``) passes this check in the form the client chose, and one whose
+annotation rewrites a value of its type (a ``to_lower`` string, a ``UUID``) is changed after
+it: such a call is also judged as the function receives it and in canonical text, the
+strictest decision winning (:mod:`securemcp._tool_values`).
 """
 
 from __future__ import annotations

@@ -27,11 +27,12 @@ from securemcp.policy.decision import Constraints, Decision, Effect
 from securemcp.policy.errors import PolicyError
 from securemcp.policy.hooks import PolicyLike, refusal, settle, start, strictest
 from securemcp.policy.ratelimit import RateLimit, RateLimiter
-from securemcp.policy.request import CallRequest, resource_target
+from securemcp.policy.request import CallRequest, resource_target, same_json
 
 if TYPE_CHECKING:
     from securemcp._prompt_values import ArgumentForms, ArgumentRespelling
     from securemcp._template_values import Respelling
+    from securemcp._tool_values import ToolArgumentRespelling
     from securemcp.components import ComponentFacts
     from securemcp.context import Principal
 
@@ -268,47 +269,58 @@ class PolicyEnforcement:
     @staticmethod
     async def argument_forms(
         facts: ComponentFacts, arguments: Mapping[str, Any] | None
-    ) -> tuple[ArgumentForms | None, ArgumentRespelling | None]:
-        """The other forms of a prompt call's ``arguments`` (``None`` for any other call, or
-        when every argument reaches the function as sent): as the prompt function receives
-        them and canonically written as text, see :mod:`securemcp._prompt_values`; and the
-        prompt's :class:`~securemcp._prompt_values.ArgumentRespelling`, with which a rules file
+    ) -> tuple[ArgumentForms | None, ArgumentRespelling | ToolArgumentRespelling | None]:
+        """The other forms of a prompt call's or tool call's ``arguments`` (``None`` for any
+        other call, or when every argument reaches the function as sent): as the function
+        receives them and canonically written as text, see :mod:`securemcp._prompt_values`
+        and, for a tool parameter the validation converts (``Decimal``, ``int | str``, a
+        ``UUID``), :mod:`securemcp._tool_values`; and the function's respelling
+        (:class:`~securemcp._prompt_values.ArgumentRespelling`,
+        :class:`~securemcp._tool_values.ToolArgumentRespelling`), with which a rules file
         writes the text values its conditions name canonically too. A mount's forwarder is
-        followed to the mounted server's prompt (one lookup there).
+        followed to the mounted server's prompt or tool (one lookup there).
 
         Raises:
-            PolicyError: how the prompt converts an argument cannot be told (fail closed).
+            PolicyError: how the function converts an argument cannot be told (fail closed).
         """
-        found = facts.prompt_values
+        found = facts.argument_values
         if found is None:
             return None, None
-        from securemcp._prompt_values import ArgumentRespelling, MountedPrompt
+        from securemcp._prompt_values import ArgumentRespelling, PromptValues
         from securemcp._template_values import UnknownConversion
+        from securemcp._tool_values import ToolArgumentRespelling
 
         try:
-            values = await found.values() if isinstance(found, MountedPrompt) else found
+            # a mount's forwarder (MountedPrompt, MountedTool): the mounted server's own
+            values = await found.values() if hasattr(found, "values") else found
             if values is None:
                 return None, None
-            return values.forms(arguments), ArgumentRespelling(values)
+            if isinstance(values, PromptValues):
+                return values.forms(arguments), ArgumentRespelling(values)
+            return values.forms(arguments), ToolArgumentRespelling(values)
         except UnknownConversion as exc:
+            what = _converting(found)
             policy_failures.log(
                 logger,
                 logging.ERROR,
-                ("prompt arguments", str(exc)),
-                "securemcp cannot tell how a prompt converts its arguments: %s",
+                (f"{what} arguments", str(exc)),
+                "securemcp cannot tell how a %s converts its arguments: %s",
+                what,
                 exc,
             )
-            raise PolicyError(reason=f"policy_error (prompt arguments: {exc})") from None
+            raise PolicyError(reason=f"policy_error ({what} arguments: {exc})") from None
         except Exception as exc:  # failing unlike FastMCP's own conversion: fail closed
+            what = _converting(found)
             policy_failures.log(
                 logger,
                 logging.ERROR,
-                ("prompt conversion", type(exc).__name__),
-                "securemcp could not convert a prompt's arguments: %s",
+                (f"{what} conversion", type(exc).__name__),
+                "securemcp could not convert a %s's arguments: %s",
+                what,
                 type(exc).__name__,
             )
             raise PolicyError(
-                reason=f"policy_error (prompt arguments: {type(exc).__name__})"
+                reason=f"policy_error ({what} arguments: {type(exc).__name__})"
             ) from None
 
     async def decide(
@@ -317,7 +329,7 @@ class PolicyEnforcement:
         spellings: tuple[str, ...] = (),
         forms: ArgumentForms | None = None,
         respelling: Respelling | None = None,
-        argument_respelling: ArgumentRespelling | None = None,
+        argument_respelling: ArgumentRespelling | ToolArgumentRespelling | None = None,
     ) -> Decision | None:
         """The policy decision for ``request`` (``None`` when no policy is configured).
 
@@ -330,10 +342,11 @@ class PolicyEnforcement:
         ``canonical_spelling``: a rules file then writes the URIs its rules name canonically
         too, so ``grid://7/1.0`` holds for ``grid://7.0/1``.
 
-        ``forms`` (from :meth:`argument_forms`) are other forms of a prompt call's arguments:
-        the policy judges the request with each as its arguments too, the strictest decision
-        wins, argument bounds hold on the arguments as the function receives them, and an
-        approval is bound to the canonical text form.
+        ``forms`` (from :meth:`argument_forms`) are other forms of a prompt call's or tool
+        call's arguments: the policy judges the request with each as its arguments too (each
+        form unlike the arguments sent, once), the strictest decision wins, argument bounds hold
+        on the arguments as the function receives them, and an approval is bound to the
+        canonical form (``forms.binding``, else the canonical text).
 
         Raises:
             PolicyDenied / PolicyError: the policy denied the call or failed.
@@ -345,21 +358,28 @@ class PolicyEnforcement:
         if respelling is not None:
             request = dataclasses.replace(request, canonical_spelling=respelling)
         elif argument_respelling is not None:
-            request = dataclasses.replace(request, canonical_argument=argument_respelling)
+            request = request.with_canonical_argument(argument_respelling)
         # hooks.evaluate in its two steps: a sync policy's decision needs no coroutine.
         decision = start(policy, request)
         if type(decision) is not Decision:
             decision = await settle(policy, decision)
-        bounded = request
+        bounded = request.arguments
+        approval_arguments: Mapping[str, Any] | None = None
         if spellings:
             request, decision = await self._judge_spellings(policy, request, decision, spellings)
-            bounded = request
+            bounded = request.arguments
         elif forms is not None:
-            bounded = dataclasses.replace(request, arguments=forms.received)
-            texts = [dataclasses.replace(request, arguments=text) for text in forms.texts]
-            others = [bounded, *(text for text in texts if text.arguments != request.arguments)]
-            decision = await self._strictest(policy, decision, others)
-            request = texts[0]
+            judged: list[Mapping[str, Any]] = []  # each form unlike the arguments sent, once
+            for form in (forms.received, *forms.texts):
+                if not same_json(form, request.arguments) and not any(
+                    same_json(form, other) for other in judged
+                ):
+                    judged.append(form)
+            if judged:
+                others = [request.with_arguments(form) for form in judged]
+                decision = await self._strictest(policy, decision, others)
+            bounded = forms.received
+            approval_arguments = forms.binding if forms.binding is not None else forms.texts[0]
         if not decision.well_formed:
             # Fields changed behind the dataclass's back: fail closed, as for a raising hook.
             policy_failures.log(
@@ -374,12 +394,14 @@ class PolicyEnforcement:
         # Bounds before the approval gate: a call outside them cannot run, so no approver is
         # asked about it and no granted approval is spent on it.
         constraints = decision.constraints
-        violations = constraints.violations(bounded.arguments) if constraints.arguments else ()
+        violations = constraints.violations(bounded) if constraints.arguments else ()
         if violations:
             raise PolicyDenied(reason=f"constraint violated: {'; '.join(violations)}").decided_by(
                 decision
             )
         if decision.effect is Effect.REQUIRE_APPROVAL:
+            if approval_arguments is not None:  # bound to the canonical form
+                request = request.with_arguments(approval_arguments)
             try:
                 await self.gate.check(request, decision)
             except CallRefused as exc:
@@ -449,6 +471,13 @@ class PolicyEnforcement:
         if limit is not None and _result_size(result) > limit:
             raise ResultTooLarge(reason=f"result larger than {limit} bytes")
         return result
+
+
+def _converting(found: Any) -> str:
+    """What converts a call's arguments, for logs: a prompt or a tool."""
+    from securemcp._prompt_values import MountedPrompt, PromptValues
+
+    return "prompt" if isinstance(found, PromptValues | MountedPrompt) else "tool"
 
 
 def _result_size(result: Any) -> int:

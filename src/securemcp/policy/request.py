@@ -28,6 +28,7 @@ the same arguments always hash the same and approvals can be bound to them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -321,7 +322,8 @@ class CallRequest:
             whose function takes typed parameters (``amount: int``), the policy is asked again
             with the arguments as the function receives them (``5000``) and canonically written
             as text (``"5000"`` for ``"05000"``), and the strictest decision wins
-            (``PolicyEnforcement.argument_forms``).
+            (``PolicyEnforcement.argument_forms``); likewise for a tool parameter the validation
+            converts (``amount: Decimal`` receives ``"5e3"`` as 5000).
         tags: the component's FastMCP tags.
         annotations: the component's MCP annotations, read-only.
         risk: the risk class (declared, or derived from ``annotations``).
@@ -352,7 +354,8 @@ class CallRequest:
             FastMCP would refuse a value or the URI is not one of the template's), else
             ``None``. A rules file writes the URIs its rules name this way too, so a rule
             matches a read however either writes its values.
-        canonical_argument: for a prompt whose function takes typed parameters, a function
+        canonical_argument: for a prompt whose function takes typed parameters (or a tool
+            with a parameter its validation converts, ``amount: Decimal``), a function
             giving the canonical text of a text value of an argument (``("price", "7.0")`` ->
             ``"7"`` for ``price: float``; any other value, and a value FastMCP would refuse,
             unchanged), else ``None``. A rules file writes the text values its argument
@@ -461,6 +464,29 @@ class CallRequest:
         """``sha256:<hex>`` of the canonical JSON of the arguments (see :func:`arguments_hash`)."""
         return arguments_hash(self.arguments)
 
+    def with_arguments(self, arguments: Mapping[str, Any]) -> CallRequest:
+        """This call with other ``arguments`` (frozen): ``dataclasses.replace(self,
+        arguments=arguments)``, without its per-field work (a call judged in several forms
+        makes one per form)."""
+        if type(self) is not CallRequest:
+            return dataclasses.replace(self, arguments=arguments)
+        request = object.__new__(CallRequest)
+        for name, setter in _SETTERS:
+            setter(request, getattr(self, name))
+        _set_arguments(request, freeze(arguments) if arguments else _NO_ANNOTATIONS)
+        return request
+
+    def with_canonical_argument(self, respell: Callable[[str, Any], Any] | None) -> CallRequest:
+        """This call with ``canonical_argument`` set (as :meth:`with_arguments`, cheaply)."""
+        if type(self) is not CallRequest:
+            return dataclasses.replace(self, canonical_argument=respell)
+        request = object.__new__(CallRequest)
+        for name, setter in _SETTERS:
+            setter(request, getattr(self, name))
+        _set_arguments(request, self.arguments)
+        _set_canonical_argument(request, respell)
+        return request
+
 
 def _slot_setter(name: str) -> Any:
     return CallRequest.__dict__[name].__set__
@@ -482,3 +508,7 @@ _set_version_resolved = _slot_setter("version_resolved")
 _set_template = _slot_setter("template")
 _set_canonical_spelling = _slot_setter("canonical_spelling")
 _set_canonical_argument = _slot_setter("canonical_argument")
+#: Every field but ``arguments``, with its slot setter (see :meth:`CallRequest.with_arguments`).
+_SETTERS: Final = tuple(
+    (f.name, _slot_setter(f.name)) for f in dataclasses.fields(CallRequest) if f.name != "arguments"
+)
