@@ -14,8 +14,6 @@ validate keeps the previous policy in force, reported to the log and to ``on_pol
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,26 +94,12 @@ def explain_ruleset(ruleset: RuleSet, request: CallRequest) -> Explanation:
 
 
 class RulesPolicy(HotReloadedPolicy[RuleSet]):
-    """A policy decided by a rules file; optionally hot-reloaded. See the module docstring."""
+    """A policy decided by a rules file; optionally hot-reloaded. See the module docstring.
 
-    def __init__(
-        self,
-        ruleset: RuleSet,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        reload: bool = False,
-        check_interval: float = 1.0,
-        on_policy_change: PolicyChangeCallback | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            ruleset,
-            path=path,
-            reload=reload,
-            check_interval=check_interval,
-            on_policy_change=on_policy_change,
-            clock=clock,
-        )
+    Built from a compiled :class:`RuleSet` (see :class:`HotReloadedPolicy` for ``path``,
+    ``reload``, ``check_interval``, ``on_policy_change``), or with :meth:`from_file` /
+    :meth:`from_string`.
+    """
 
     @classmethod
     def from_file(
